@@ -1,0 +1,183 @@
+"""LightningDataModule over in-memory rating tensors.
+
+Batches are slices of a permuted index tensor — one gather per batch, never per-sample ``__getitem__``
+plus collate. Under DDP every global batch is cut into ``world_size`` disjoint pieces, so each rank
+takes ``batch_size / world_size`` ratings a step, all ranks take the same number of steps, and every
+training rating is seen exactly once per epoch in total. Evaluation sets are cut into contiguous,
+disjoint shards (no padding, no duplicates), so metrics synced across ranks count each rating once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from recsys.data.datasets import load_ratings
+from recsys.data.sources import DEFAULT_ROOT
+from recsys.data.splits import split_indices
+
+# Batches are produced in the main process by slicing tensors; worker processes would only add IPC.
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
+class IdMap:
+    """Original ids <-> contiguous indices 0..n-1 (order of first appearance in the file)."""
+
+    def __init__(self, ids):
+        self.ids = np.asarray(ids)
+        self._index = pd.Index(self.ids)
+        if not self._index.is_unique:
+            raise ValueError("IdMap ids must be unique")
+
+    @classmethod
+    def fit(cls, values) -> tuple[IdMap, np.ndarray]:
+        codes, uniques = pd.factorize(np.asarray(values))
+        return cls(uniques), codes.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_index(self, ids) -> np.ndarray:
+        idx = self._index.get_indexer(np.asarray(ids))
+        if (idx < 0).any():
+            unknown = np.asarray(ids)[idx < 0][:5].tolist()
+            raise KeyError(f"unknown ids {unknown}")
+        return idx
+
+    def to_ids(self, index) -> np.ndarray:
+        return self.ids[np.asarray(index)]
+
+
+class RatingBatches(IterableDataset):
+    """Yields ``(users, items, ratings)`` batches by slicing; see the module docstring for DDP.
+
+    ``batch_size`` is the global batch when shuffling (cut into ``world_size`` pieces) and the
+    per-rank batch when evaluating.
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool,
+                 seed: int = 0, rank: int = 0, world_size: int = 1,
+                 epoch_fn: Callable[[], int] | None = None):
+        self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch_fn = epoch_fn
+        self._epochs = 0
+
+    def _bounds(self, n: int, step: int) -> list[int]:
+        bounds = list(range(0, n, step)) + [n]
+        # a last piece too small to give every rank a rating is merged into the one before
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < self.world_size:
+            del bounds[-2]
+        return bounds
+
+    def __len__(self) -> int:
+        n = len(self.tensors[0])
+        if self.shuffle:
+            return len(self._bounds(n, self.batch_size)) - 1
+        shard = n * (self.rank + 1) // self.world_size - n * self.rank // self.world_size
+        return -(-shard // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        n = len(self.tensors[0])
+        if self.shuffle:
+            epoch = self.epoch_fn() if self.epoch_fn else self._epochs
+            self._epochs += 1
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(n, generator=gen)
+            bounds = self._bounds(n, self.batch_size)
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                piece = perm[lo:hi].tensor_split(self.world_size)[self.rank]
+                yield tuple(t[piece] for t in self.tensors)
+        else:
+            lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+            for s in range(lo, hi, self.batch_size):
+                yield tuple(t[s:min(s + self.batch_size, hi)] for t in self.tensors)
+
+
+class RatingsDataModule(L.LightningDataModule):
+    """Ratings of one data set, id-mapped and split; see :func:`recsys.data.split_ratings`.
+
+    ``batch_size`` is global: under DDP each rank takes ``batch_size / world_size`` a step.
+    ``val_ratio`` and ``test_ratio`` are fractions of all ratings; validation is carved from train.
+    """
+
+    def __init__(self, name: str = "ml-100k", path: str | None = None, root: str = DEFAULT_ROOT,
+                 rating_min: float = 1.0, rating_max: float = 5.0, split: str = "random",
+                 test_ratio: float = 0.1, val_ratio: float = 0.05, split_seed: int = 0,
+                 batch_size: int = 4096, eval_batch_size: int = 65536, shuffle_seed: int = 0):
+        super().__init__()
+        # floats, as the models hold them: Lightning refuses to merge hparams that differ in type
+        rating_min, rating_max = float(rating_min), float(rating_max)
+        self.save_hyperparameters()
+        self._ready = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.hparams.path is None:
+            from recsys.data.sources import fetch
+            fetch(self.hparams.name, self.hparams.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        hp = self.hparams
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if hp.batch_size % world:
+            raise ValueError(f"data.batch_size={hp.batch_size} is global and must divide by the "
+                             f"world size {world}")
+        df = load_ratings(hp.name, root=hp.root, path=hp.path,
+                          scale=(hp.rating_min, hp.rating_max))
+        self.user_map, users = IdMap.fit(df["user"])
+        self.item_map, items = IdMap.fit(df["item"])
+        cols = (torch.from_numpy(users), torch.from_numpy(items),
+                torch.from_numpy(df["rating"].to_numpy(np.float32)))
+        self.split_index = split_indices(len(df), hp.split, hp.test_ratio, hp.val_ratio, hp.split_seed)
+        self.train_set, self.val_set, self.test_set = (
+            tuple(c[torch.from_numpy(ix)] for c in cols) for ix in self.split_index)
+        self._ready = True
+
+    # -- facts the models need (train.py injects them) --------------------------------------------
+    @property
+    def num_users(self) -> int:
+        return len(self.user_map)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_map)
+
+    def model_kwargs(self) -> dict:
+        """Data-dependent model arguments: sizes, rating scale and the training mean."""
+        return dict(num_users=self.num_users, num_items=self.num_items,
+                    num_ratings=len(self.train_set[0]),
+                    global_mean=float(self.train_set[2].double().mean()),
+                    rating_min=float(self.hparams.rating_min), rating_max=float(self.hparams.rating_max))
+
+    # -- loaders --------------------------------------------------------------------------------
+    def _loader(self, tensors, batch_size: int, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
+        ds = RatingBatches(tensors, batch_size, shuffle, self.hparams.shuffle_seed, rank, world, epoch_fn)
+        return DataLoader(ds, batch_size=None, num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.hparams.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size, False)
+
+    # -- id maps travel with checkpoints --------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"user_ids": self.user_map.ids.tolist(), "item_ids": self.item_map.ids.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.user_map, self.item_map = IdMap(state["user_ids"]), IdMap(state["item_ids"])

@@ -1,0 +1,86 @@
+"""The training pipeline behind ``train.py``: datamodule -> model -> fit -> test -> metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` via a temp file and an atomic rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def _resume_path(cfg: DictConfig, out: Path) -> str | None:
+    if cfg.ckpt_path:
+        return str(cfg.ckpt_path)
+    last = out / "checkpoints" / "last.ckpt"
+    if last.exists():
+        log.info("resuming from %s", last)
+        return str(last)
+    return None
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit and test the configured model; return (and write to metrics.json) the final metrics."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
+                                     logger=_instantiate_all(cfg.get("logger")) or False)
+    # setup needs the trainer for the world size; prepare_data downloads once per node
+    datamodule.trainer = trainer
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = instantiate(cfg.model, **datamodule.model_kwargs())
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(cfg, out))
+    fit_seconds = time.perf_counter() - start
+
+    ckpt = trainer.checkpoint_callback
+    test_ckpt = cfg.get("test_ckpt", "best")
+    use_best = test_ckpt == "best" and ckpt is not None and ckpt.best_model_path
+    results = trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None,
+                           verbose=False)[0]
+
+    epochs = trainer.current_epoch
+    n_train = len(datamodule.train_set[0])
+    metrics = {k: float(v) for k, v in results.items()}
+    val = ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else \
+        trainer.callback_metrics.get(cfg.optimized_metric)
+    metrics.update({
+        "val/rmse": float(val) if val is not None else float("nan"),
+        "epochs": int(epochs),
+        "fit_seconds": fit_seconds,
+        "train_ratings_per_second": n_train * epochs / fit_seconds if fit_seconds > 0 else 0.0,
+        "num_train": n_train,
+        "test_checkpoint": str(ckpt.best_model_path) if use_best else "last",
+    })
+    if trainer.is_global_zero:
+        write_json_atomic(out / "metrics.json", metrics)
+        print(f"test/rmse={metrics['test/rmse']:.4f} test/mae={metrics['test/mae']:.4f} "
+              f"val/rmse={metrics['val/rmse']:.4f} epochs={epochs} fit_seconds={fit_seconds:.1f} "
+              f"-> {out / 'metrics.json'}")
+    return metrics
