@@ -103,14 +103,15 @@ class RatingBatches(IterableDataset):
 class RatingsDataModule(L.LightningDataModule):
     """Ratings of one data set, id-mapped and split; see :func:`recsys.data.split_ratings`.
 
-    ``batch_size`` is global: under DDP each rank takes ``batch_size / world_size`` a step.
+    ``batch_size`` is global: under DDP each rank takes ``batch_size / world_size`` a step; ``None``
+    (or 0) takes the whole training set each step (full-batch gradient).
     ``val_ratio`` and ``test_ratio`` are fractions of all ratings; validation is carved from train.
     """
 
     def __init__(self, name: str = "ml-100k", path: str | None = None, root: str = DEFAULT_ROOT,
                  rating_min: float = 1.0, rating_max: float = 5.0, split: str = "random",
                  test_ratio: float = 0.1, val_ratio: float = 0.05, split_seed: int = 0,
-                 batch_size: int = 4096, eval_batch_size: int = 65536, shuffle_seed: int = 0):
+                 batch_size: int | None = 4096, eval_batch_size: int = 65536, shuffle_seed: int = 0):
         super().__init__()
         # floats, as the models hold them: Lightning refuses to merge hparams that differ in type
         rating_min, rating_max = float(rating_min), float(rating_max)
@@ -128,7 +129,7 @@ class RatingsDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         world = self.trainer.world_size if self.trainer is not None else 1
-        if hp.batch_size % world:
+        if hp.batch_size and hp.batch_size % world:
             raise ValueError(f"data.batch_size={hp.batch_size} is global and must divide by the "
                              f"world size {world}")
         df = load_ratings(hp.name, root=hp.root, path=hp.path,
@@ -167,7 +168,7 @@ class RatingsDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=None, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, True)
+        return self._loader(self.train_set, self.hparams.batch_size or len(self.train_set[0]), True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size, False)

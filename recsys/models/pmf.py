@@ -23,8 +23,8 @@ from recsys.models.layers import Bilinear
 
 class PMF(RatingModel):
     def __init__(self, num_users: int, num_items: int, num_ratings: int = 1, global_mean: float = 0.0,
-                 rating_min: float = 1.0, rating_max: float = 5.0, dim: int = 32,
-                 lambda_u: float = 10.0, lambda_v: float = 10.0, lr: float = 0.01,
+                 rating_min: float = 1.0, rating_max: float = 5.0, dim: int = 4,
+                 lambda_u: float = 3.0, lambda_v: float = 3.0, lr: float = 0.1,
                  optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.9,
                  init_std: float = 0.1, center: bool = True):
         super().__init__()
