@@ -24,6 +24,8 @@ from recsys.data.splits import split_indices
 
 # Batches are produced in the main process by slicing tensors; worker processes would only add IPC.
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*IterableDataset` has `__len__` defined.*")
+warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
 class IdMap:
@@ -137,7 +139,7 @@ class RatingsDataModule(L.LightningDataModule):
         self.user_map, users = IdMap.fit(df["user"])
         self.item_map, items = IdMap.fit(df["item"])
         cols = (torch.from_numpy(users), torch.from_numpy(items),
-                torch.from_numpy(df["rating"].to_numpy(np.float32)))
+                torch.tensor(df["rating"].to_numpy(np.float32)))
         self.split_index = split_indices(len(df), hp.split, hp.test_ratio, hp.val_ratio, hp.split_seed)
         self.train_set, self.val_set, self.test_set = (
             tuple(c[torch.from_numpy(ix)] for c in cols) for ix in self.split_index)

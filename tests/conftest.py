@@ -1,0 +1,49 @@
+"""Shared fixtures: small synthetic rating files in tmp dirs (MovieLens is never committed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def synthetic_ratings(num_users=60, num_items=40, density=0.5, rank=3, noise=0.3, seed=0) -> np.ndarray:
+    """Rows (user, item, rating, timestamp) of a rank-``rank`` signal on the 1..5 scale, ids from 1."""
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=(num_users, rank))
+    v = rng.normal(size=(num_items, rank))
+    bu, bi = rng.normal(0, 0.5, num_users), rng.normal(0, 0.5, num_items)
+    mask = rng.random((num_users, num_items)) < density
+    users, items = np.nonzero(mask)
+    signal = 3.5 + bu[users] + bi[items] + 0.5 * (u[users] * v[items]).sum(1)
+    ratings = np.clip(np.rint(signal + rng.normal(0, noise, len(users))), 1, 5)
+    ts = 880_000_000 + rng.integers(0, 10**7, len(users))
+    return np.stack([users + 1, items + 1, ratings, ts], axis=1).astype(np.int64)
+
+
+def write_udata(path: Path, rows: np.ndarray) -> Path:
+    path.write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def udata(tmp_path) -> Path:
+    """A synthetic MovieLens-100K-format ratings file (u.data layout)."""
+    return write_udata(tmp_path / "u.data", synthetic_ratings())
+
+
+@pytest.fixture
+def compose_cfg(tmp_path, udata):
+    """Compose the training config as train.py would, on the synthetic file, writing under tmp."""
+
+    def make(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            return compose("train", overrides=[
+                f"data.path={udata}", f"output_dir={tmp_path / 'run'}", "data.root=" + str(tmp_path / "cache"),
+                "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", *overrides])
+
+    return make

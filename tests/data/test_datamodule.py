@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from recsys.data import IdMap, RatingsDataModule
+from recsys.data.datamodule import RatingBatches
+
+
+def _tensors(n):
+    return (torch.arange(n), torch.arange(n) * 2, torch.arange(n).float())
+
+
+@pytest.mark.parametrize("n,batch,world", [(1000, 128, 1), (1000, 128, 2), (1001, 100, 4), (10, 64, 2), (130, 64, 4)])
+def test_train_batches_partition_each_epoch_across_ranks(n, batch, world):
+    ranks = [RatingBatches(_tensors(n), batch, shuffle=True, seed=1, rank=r, world_size=world)
+             for r in range(world)]
+    for epoch in range(2):
+        per_rank = [list(iter(ds)) for ds in ranks]
+        assert len({len(b) for b in per_rank}) == 1  # same number of steps on every rank
+        assert all(len(b) == len(ds) for b, ds in zip(per_rank, ranks))
+        seen = torch.cat([b[0] for batches in per_rank for b in batches])
+        assert torch.equal(seen.sort().values, torch.arange(n))  # every rating exactly once
+        assert all(len(b[0]) > 0 for batches in per_rank for b in batches)
+        assert max(len(b[0]) for batches in per_rank for b in batches) <= -(-batch // world) + world
+        for batches in per_rank:  # columns stay aligned
+            assert all(torch.equal(b[1], b[0] * 2) for b in batches)
+    # a new permutation each epoch, the same for the same seed
+    a, b = RatingBatches(_tensors(50), 50, True, seed=1), RatingBatches(_tensors(50), 50, True, seed=1)
+    first, second = next(iter(a))[0], next(iter(a))[0]
+    assert not torch.equal(first, second) and torch.equal(first, next(iter(b))[0])
+
+
+@pytest.mark.parametrize("n,world", [(10, 1), (10, 3), (1000, 2), (2, 4)])
+def test_eval_batches_are_disjoint_contiguous_shards(n, world):
+    got = [torch.cat([b[0] for b in RatingBatches(_tensors(n), 3, False, rank=r, world_size=world)] or
+                     [torch.empty(0, dtype=torch.long)]) for r in range(world)]
+    assert torch.equal(torch.cat(got), torch.arange(n))
+
+
+def test_id_map_round_trip():
+    m, codes = IdMap.fit(np.array(["196", "186", "196", "22"]))
+    assert codes.tolist() == [0, 1, 0, 2]
+    assert m.to_ids(m.to_index(["22", "196"])).tolist() == ["22", "196"]
+    with pytest.raises(KeyError, match="unknown ids"):
+        m.to_index(["7"])
+
+
+def test_datamodule_maps_ids_and_saves_them(udata):
+    dm = RatingsDataModule(path=str(udata), split_seed=0)
+    dm.setup()
+    dm.setup()  # idempotent
+    n = sum(len(s[0]) for s in (dm.train_set, dm.val_set, dm.test_set))
+    assert n == len(udata.read_text().splitlines())
+    assert dm.num_users == 60 and dm.num_items == 40
+    kw = dm.model_kwargs()
+    assert kw["num_ratings"] == len(dm.train_set[0])
+    assert abs(kw["global_mean"] - dm.train_set[2].mean().item()) < 1e-6
+    state = dm.state_dict()
+    other = RatingsDataModule(path=str(udata))
+    other.load_state_dict(state)
+    assert other.user_map.to_ids([0, 5]).tolist() == dm.user_map.to_ids([0, 5]).tolist()
+
+
+def test_full_batch_when_batch_size_is_null(udata):
+    dm = RatingsDataModule(path=str(udata), batch_size=None)
+    dm.setup()
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 1 and len(batches[0][0]) == len(dm.train_set[0])

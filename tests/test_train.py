@@ -1,0 +1,100 @@
+"""End to end: the configs as train.py composes them, on synthetic ratings."""
+
+import json
+import logging
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recsys.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml"))
+KEYS = {"test/rmse", "test/mae", "val/rmse", "epochs", "fit_seconds", "train_ratings_per_second"}
+
+
+def test_model_configs_are_discovered():
+    assert {"mf", "pmf", "pmf_sigmoid"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_config_runs_end_to_end(compose_cfg, model, tmp_path):
+    metrics = train(compose_cfg(f"model={model}", "+trainer.fast_dev_run=true"))
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert KEYS <= saved.keys() and saved["test/rmse"] == pytest.approx(metrics["test/rmse"])
+    assert 0 < saved["test/rmse"] < 4 and 0 < saved["test/mae"] <= saved["test/rmse"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_training_learns_and_checkpoints_load(compose_cfg, model, tmp_path):
+    metrics = train(compose_cfg(f"model={model}", "trainer.max_epochs=30", "data.batch_size=256"))
+    assert metrics["epochs"] >= 1 and metrics["train_ratings_per_second"] > 0
+    # better than predicting the training mean on this low-rank synthetic set
+    assert metrics["test/rmse"] < 1.0, metrics
+    ckpt = Path(metrics["test_checkpoint"])
+    assert ckpt.exists() and (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    import hydra.utils
+
+    cls = hydra.utils.get_class(compose_cfg(f"model={model}").model._target_)
+    loaded = cls.load_from_checkpoint(ckpt, weights_only=True)
+    # the id maps travel with the checkpoint, in original ids
+    state = torch.load(ckpt, weights_only=True)
+    assert sorted(state["RatingsDataModule"]["user_ids"]) == list(range(1, 61))
+    assert loaded.hparams.num_users == 60
+    u, i = torch.tensor([0, 1]), torch.tensor([0, 1])
+    assert torch.allclose(loaded.predict(u, i), loaded.predict(u, i).clamp(1, 5))
+
+
+def test_resume_from_last_checkpoint(compose_cfg, caplog):
+    first = train(compose_cfg("trainer.max_epochs=2", "~callbacks.early_stopping"))
+    assert first["epochs"] == 2
+    with caplog.at_level(logging.INFO, logger="recsys.training"):
+        second = train(compose_cfg("trainer.max_epochs=4", "~callbacks.early_stopping"))
+    assert "resuming from" in caplog.text
+    assert second["epochs"] == 4
+
+
+def test_batch_size_must_divide_by_world_size(udata):
+    from recsys.data import RatingsDataModule
+
+    dm = RatingsDataModule(path=str(udata), batch_size=1001)
+
+    class FakeTrainer:
+        world_size = 2
+
+    dm.trainer = FakeTrainer()
+    with pytest.raises(ValueError, match="data.batch_size=1001 is global and must divide by the world size 2"):
+        dm.setup()
+
+
+def test_d2l_experiment_holds_the_chapter_settings(compose_cfg):
+    cfg = compose_cfg("experiment=d2l_mf")
+    assert (cfg.model.dim, cfg.model.lr, cfg.model.weight_decay, cfg.model.reg) == (30, 0.002, 1e-5, 0.0)
+    assert cfg.model.use_global_mean is False and cfg.trainer.max_epochs == 20 and cfg.data.batch_size == 512
+    assert cfg.data.test_ratio == 0.1
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_writes_metrics_json_in_the_run_dir(udata, tmp_path):
+    run = tmp_path / "cli"
+    res = _cli("model=pmf", f"data.path={udata}", "trainer.max_epochs=3", f"hydra.run.dir={run}",
+               f"data.root={tmp_path / 'cache'}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert KEYS <= metrics.keys() and math.isfinite(metrics["test/rmse"]) and metrics["epochs"] == 3
+    assert "test/rmse=" in res.stdout
+    assert list((run / "checkpoints").glob("*.ckpt"))
+
+
+def test_cli_unknown_model_lists_the_choices(tmp_path):
+    res = _cli("model=nope", f"hydra.run.dir={tmp_path}")
+    assert res.returncode != 0
+    assert "model/nope" in res.stderr and all(m in res.stderr for m in MODELS)
