@@ -10,6 +10,12 @@ rating_max, lr, optimizer, weight_decay``, build their scoring module, and imple
 The base class supplies training/validation/test steps, torchmetrics RMSE and MAE per stage (pooled
 over the whole split and synced across DDP ranks, never a mean of per-batch values), logging as
 ``train/loss``, ``val/rmse``, ``test/mae`` ..., clipping to the rating range, and the optimizer.
+
+Bilinear models (a ``self.net`` of :class:`recsys.models.layers.Bilinear` and ``target(ratings)``, the
+ratings in the space of the squared error) may also be fit by closed-form ALS (``solver="als"``): one
+epoch is a user half-sweep over the training batches followed by an item half-sweep over them again,
+each accumulating normal equations, summing them across DDP ranks and solving (see recsys/als.py).
+``train/loss`` is then the objective at the start of each epoch.
 """
 
 from __future__ import annotations
@@ -18,7 +24,11 @@ import lightning as L
 import torch
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
+from recsys import als
+
 OPTIMIZERS = ("adam", "sgd")
+SOLVERS = ("gradient", "als")
+
 
 
 class RatingModel(L.LightningModule):
@@ -37,6 +47,25 @@ class RatingModel(L.LightningModule):
             raise ValueError(f"rating_min={hp.rating_min} must be below rating_max={hp.rating_max}")
         if hp.num_users < 1 or hp.num_items < 1:
             raise ValueError(f"num_users={hp.num_users}, num_items={hp.num_items} must be positive")
+        solver = hp.get("solver", "gradient")
+        if solver not in SOLVERS:
+            raise ValueError(f"model.solver={solver!r}: choose one of {SOLVERS}")
+        self.automatic_optimization = solver == "gradient"
+
+    def _check_als(self, **lambdas: float) -> None:
+        """Reject ALS settings that make the normal equations singular or ill-defined."""
+        if self.hparams.get("solver") != "als":
+            return
+        if self.hparams.reg_scaling not in als.REG_SCALINGS:
+            raise ValueError(f"model.reg_scaling={self.hparams.reg_scaling!r}: choose one of {als.REG_SCALINGS}")
+        for name, value in lambdas.items():
+            if value <= 0:
+                raise ValueError(f"model.{name}={value} with model.solver=als: ALS needs a positive "
+                                 "regularization (rows with fewer ratings than factors are singular)")
+
+    def als_lambdas(self) -> tuple[float, float]:
+        """(λ for the user half-sweep, λ for the item half-sweep)."""
+        raise NotImplementedError
 
     # -- to implement -------------------------------------------------------------------------------
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -52,10 +81,50 @@ class RatingModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         users, items, ratings = batch
+        if not self.automatic_optimization:
+            return self._als_step(batch, batch_idx)
         loss = self.objective(users, items, ratings)
         # epoch-level only: no per-step host sync
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(ratings))
         return loss
+
+    # -- ALS ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _als_step(self, batch, batch_idx):
+        users, items, ratings = batch
+        self.log("train/loss", self.objective(users, items, ratings), on_step=False, on_epoch=True,
+                 batch_size=len(ratings))
+        if batch_idx == 0:
+            self._stats = self._new_stats("user")
+        self._accumulate("user", self._stats, batch)
+        if batch_idx == self.trainer.num_training_batches - 1:
+            self._solve("user", self._stats)
+            stats = self._new_stats("item")
+            for other in self.trainer.train_dataloader:  # the second half-sweep sees every batch again
+                self._accumulate("item", stats, [t.to(self.device) for t in other])
+            self._solve("item", stats)
+            self._stats = None
+            # a no-op step, so that global_step counts ALS epochs: checkpointing keys on it
+            self.optimizers().step()
+
+    def _new_stats(self, side: str) -> als.NormalEquations:
+        w = als.side_weights(self.net, side)
+        return als.NormalEquations(w.shape[0], w.shape[1], device=w.device, dtype=w.dtype)
+
+    def _accumulate(self, side: str, stats: als.NormalEquations, batch) -> None:
+        users, items, ratings = batch
+        stats.add(*als.side_problem(self.net, side, users, items, self.target(ratings)))
+
+    def _solve(self, side: str, stats: als.NormalEquations) -> None:
+        stats.all_reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+        lam = self.als_lambdas()[0 if side == "user" else 1]
+        try:
+            x = stats.solve(lam, self.hparams.reg_scaling, als.side_weights(self.net, side))
+        except FloatingPointError as err:
+            raise FloatingPointError(f"ALS {side} half-sweep in epoch {self.current_epoch}: {err}") from None
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError(f"ALS produced non-finite {side} factors in epoch {self.current_epoch}")
+        als.assign_side(self.net, side, x)
 
     def _eval_step(self, batch, metrics: MetricCollection) -> None:
         users, items, ratings = batch
@@ -73,6 +142,9 @@ class RatingModel(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        if not self.automatic_optimization:
+            # ALS solves in closed form; this optimizer never changes a weight (no gradients, lr 0)
+            return torch.optim.SGD(self.parameters(), lr=0.0)
         if hp.optimizer == "adam":
             return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         return torch.optim.SGD(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,

@@ -30,9 +30,9 @@ class Bilinear(nn.Module):
             score = score + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
         return score
 
-    def row_penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Per-rating ``‖P_u‖² + ‖Q_i‖² (+ b_u² + b_i²)``: the SGD-MF regularizer, one term per rating."""
-        pen = self.user(users).square().sum(-1) + self.item(items).square().sum(-1)
-        if self.user_bias is not None:
-            pen = pen + self.user_bias(users).squeeze(-1).square() + self.item_bias(items).squeeze(-1).square()
-        return pen
+    def row_penalty(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """Per-rating ``(‖P_u‖² + ‖Q_i‖², b_u² + b_i²)``: the SGD-MF regularizer, one term per rating."""
+        factors = self.user(users).square().sum(-1) + self.item(items).square().sum(-1)
+        if self.user_bias is None:
+            return factors, 0.0
+        return factors, self.user_bias(users).squeeze(-1).square() + self.item_bias(items).squeeze(-1).square()

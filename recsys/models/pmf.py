@@ -11,6 +11,9 @@ batch B drawn from the N training ratings is
 
 an unbiased estimate of E/N (exact when averaged over one epoch of equal batches), so gradient training
 and alternating least squares optimize the same function.
+
+``solver="als"`` minimizes E in closed form (recsys/als.py): ``reg_scaling="row"`` is E exactly
+(λ_U, λ_V per row); ``"frequency"`` scales them by each row's rating count (ALS-WR, Zhou et al. 2008).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ class PMF(RatingModel):
                  rating_min: float = 1.0, rating_max: float = 5.0, dim: int = 4,
                  lambda_u: float = 3.0, lambda_v: float = 3.0, lr: float = 0.1,
                  optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.9,
-                 init_std: float = 0.1, center: bool = True):
+                 init_std: float = 0.1, center: bool = True, solver: str = "gradient",
+                 reg_scaling: str = "row"):
         super().__init__()
         self.save_hyperparameters()
         self._check_common()
         if lambda_u < 0 or lambda_v < 0:
             raise ValueError(f"model.lambda_u={lambda_u}, model.lambda_v={lambda_v} must be >= 0")
+        self._check_als(lambda_u=lambda_u, lambda_v=lambda_v)
         if num_ratings < 1:
             raise ValueError(f"num_ratings={num_ratings}: PMF needs the training-set size")
         self.net = Bilinear(num_users, num_items, dim, bias=False, init_std=init_std)
@@ -58,6 +63,9 @@ class PMF(RatingModel):
 
     def objective(self, users, items, ratings):
         return 0.5 * self._fit(users, items, ratings).square().mean() + self._prior() / self.hparams.num_ratings
+
+    def als_lambdas(self):
+        return self.hparams.lambda_u, self.hparams.lambda_v
 
     def map_objective(self, users, items, ratings) -> torch.Tensor:
         """E itself over the given (full training) ratings."""

@@ -27,9 +27,14 @@ class SigmoidPMF(PMF):
                  rating_min: float = 1.0, rating_max: float = 5.0, dim: int = 4,
                  lambda_u: float = 0.3, lambda_v: float = 0.3, lr: float = 0.05,
                  optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.9,
-                 init_std: float = 0.1, center: bool = False, round_step: float = 0.0):
+                 init_std: float = 0.1, center: bool = False, solver: str = "gradient",
+                 reg_scaling: str = "row", round_step: float = 0.0):
+        if solver != "gradient":
+            raise ValueError(f"model.solver={solver!r}: the sigmoid model is not bilinear, so it has no "
+                             "closed-form ALS step; use solver=gradient (ALS serves model=mf and model=pmf)")
         super().__init__(num_users, num_items, num_ratings, global_mean, rating_min, rating_max, dim,
-                         lambda_u, lambda_v, lr, optimizer, weight_decay, momentum, init_std, center)
+                         lambda_u, lambda_v, lr, optimizer, weight_decay, momentum, init_std, center,
+                         solver, reg_scaling)
         self.save_hyperparameters()
         self.span = rating_max - rating_min
         t_mu = min(max((global_mean - rating_min) / self.span, 1e-3), 1 - 1e-3)
