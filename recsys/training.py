@@ -16,6 +16,16 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 
+def _quiet_duplicate_console_logs() -> None:
+    """Lightning adds its own console handler; under Hydra the root logger prints the same lines."""
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch"):
+            pl_log = logging.getLogger(name)
+            for h in list(pl_log.handlers):
+                if type(h) is logging.StreamHandler:
+                    pl_log.removeHandler(h)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write ``data`` as JSON to ``path`` via a temp file and an atomic rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -41,6 +51,7 @@ def _resume_path(cfg: DictConfig, out: Path) -> str | None:
 
 def train(cfg: DictConfig) -> dict:
     """Fit and test the configured model; return (and write to metrics.json) the final metrics."""
+    _quiet_duplicate_console_logs()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -94,7 +94,8 @@ def test_cli_writes_metrics_json_in_the_run_dir(udata, tmp_path):
     assert list((run / "checkpoints").glob("*.ckpt"))
 
 
-def test_cli_unknown_model_lists_the_choices(tmp_path):
-    res = _cli("model=nope", f"hydra.run.dir={tmp_path}")
+@pytest.mark.parametrize("group,choices", [("model", MODELS), ("data", ["ml100k"])])
+def test_cli_unknown_name_lists_the_choices(tmp_path, group, choices):
+    res = _cli(f"{group}=nope", f"hydra.run.dir={tmp_path}")
     assert res.returncode != 0
-    assert "model/nope" in res.stderr and all(m in res.stderr for m in MODELS)
+    assert f"{group}/nope" in res.stderr and all(c in res.stderr for c in choices)
