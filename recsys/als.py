@@ -32,25 +32,26 @@ class NormalEquations:
 
     def add(self, rows: torch.Tensor, feats: torch.Tensor, targets: torch.Tensor) -> None:
         """Accumulate ratings: ``rows`` (B,) row ids, ``feats`` (B, k) fixed-side features, ``targets`` (B,)."""
-        feats = feats.to(self.gram.dtype)
-        self.rhs.index_add_(0, rows, feats * targets.to(feats.dtype).unsqueeze(1))
-        self.count.index_add_(0, rows, torch.ones_like(targets, dtype=self.count.dtype))
         order = torch.argsort(rows)
-        rows, feats = rows[order], feats[order]
+        rows = rows[order]
+        feats = feats[order].to(self.gram.dtype)
+        targets = targets[order].to(self.gram.dtype)
         uniq, counts = torch.unique_consecutive(rows, return_counts=True)
+        self.count.index_add_(0, uniq, counts.to(self.count.dtype))
         starts = torch.cumsum(counts, 0) - counts
         # bucket by the next power of two of each row's count in this batch
         bucket = torch.ceil(torch.log2(counts.to(torch.float64))).long()
-        zero = torch.zeros(1, feats.shape[1], device=feats.device, dtype=feats.dtype)
-        padded = torch.cat([feats, zero])  # index len(feats) is the zero padding row
+        pad = len(feats)  # index of the zero row appended below
+        feats = torch.cat([feats, feats.new_zeros(1, feats.shape[1])])
+        targets = torch.cat([targets, targets.new_zeros(1)])
         for b in torch.unique(bucket).tolist():
             sel = bucket == b
-            length = 1 << b
-            offs = torch.arange(length, device=rows.device)
-            idx = starts[sel].unsqueeze(1) + offs
-            idx = torch.where(offs < counts[sel].unsqueeze(1), idx, len(feats))
-            block = padded[idx]  # (m, L, k)
-            self.gram.index_add_(0, uniq[sel], block.transpose(1, 2) @ block)
+            offs = torch.arange(1 << b, device=rows.device)
+            idx = torch.where(offs < counts[sel].unsqueeze(1), starts[sel].unsqueeze(1) + offs, pad)
+            block = feats[idx]  # (m, L, k)
+            block_t = block.transpose(1, 2)
+            self.gram.index_add_(0, uniq[sel], block_t @ block)
+            self.rhs.index_add_(0, uniq[sel], (block_t @ targets[idx].unsqueeze(-1)).squeeze(-1))
 
     def all_reduce(self, reduce) -> None:
         """Sum the statistics across processes with ``reduce(tensor) -> tensor`` (a no-op on one)."""
@@ -69,13 +70,17 @@ class NormalEquations:
         k = self.gram.shape[-1]
         ridge = torch.as_tensor(lam, device=self.gram.device, dtype=self.gram.dtype).expand(k)
         a = self.gram[seen] + scale.view(-1, 1, 1) * torch.diag(ridge)
-        chol, info = torch.linalg.cholesky_ex(a)
-        if bool((info != 0).any()):  # cannot happen with λ > 0 unless the factors are non-finite
-            raise FloatingPointError("ALS normal equations are not positive definite "
-                                     "(non-finite factors?)")
         x = current.clone().to(self.gram.dtype)
-        x[seen] = torch.cholesky_solve(self.rhs[seen].unsqueeze(-1), chol).squeeze(-1)
+        x[seen] = cholesky_solve(a, self.rhs[seen])
         return x.to(current.dtype)
+
+
+def cholesky_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve the SPD systems a[r] x[r] = b[r] by batched Cholesky (torch.linalg)."""
+    chol, info = torch.linalg.cholesky_ex(a)
+    if bool((info != 0).any()):  # cannot happen with λ > 0 unless the factors are non-finite
+        raise FloatingPointError("ALS normal equations are not positive definite (non-finite factors?)")
+    return torch.cholesky_solve(b.unsqueeze(-1), chol).squeeze(-1)
 
 
 def _tables(net, side: str):

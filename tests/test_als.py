@@ -25,12 +25,8 @@ def _kw(r, n_users, n_items):
 
 
 def _half_step(model, side, users, items, ratings, batches=1):
-    w = als.side_weights(model.net, side)
-    stats = als.NormalEquations(*w.shape, dtype=w.dtype)
-    for idx in torch.arange(len(ratings)).tensor_split(batches):
-        stats.add(*als.side_problem(model.net, side, users[idx], items[idx], model.target(ratings[idx])))
-    lam = model.als_lambdas()[0 if side == "user" else 1]
-    als.assign_side(model.net, side, stats.solve(lam, model.hparams.reg_scaling, w))
+    parts = torch.arange(len(ratings)).tensor_split(batches)
+    model.als_half_sweep(side, [(users[p], items[p], ratings[p]) for p in parts])
 
 
 def _naive_user_step(model, users, items, ratings, lam_vec, scaling):

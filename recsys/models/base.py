@@ -107,6 +107,17 @@ class RatingModel(L.LightningModule):
             # a no-op step, so that global_step counts ALS epochs: checkpointing keys on it
             self.optimizers().step()
 
+    @torch.no_grad()
+    def als_half_sweep(self, side: str, batches) -> None:
+        """Solve one side (``'user'`` or ``'item'``) in closed form from ``(users, items, ratings)`` batches.
+
+        The same steps as training, in one process; useful for tests, benchmarks and warm starts.
+        """
+        stats = self._new_stats(side)
+        for batch in batches:
+            self._accumulate(side, stats, batch)
+        self._solve(side, stats)
+
     def _new_stats(self, side: str) -> als.NormalEquations:
         w = als.side_weights(self.net, side)
         return als.NormalEquations(w.shape[0], w.shape[1], device=w.device, dtype=w.dtype)
@@ -116,7 +127,8 @@ class RatingModel(L.LightningModule):
         stats.add(*als.side_problem(self.net, side, users, items, self.target(ratings)))
 
     def _solve(self, side: str, stats: als.NormalEquations) -> None:
-        stats.all_reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+        if self._trainer is not None:  # sum the statistics over DDP ranks (a no-op on one)
+            stats.all_reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
         lam = self.als_lambdas()[0 if side == "user" else 1]
         try:
             x = stats.solve(lam, self.hparams.reg_scaling, als.side_weights(self.net, side))
