@@ -87,6 +87,7 @@ def train(cfg: DictConfig) -> dict:
         "fit_seconds": fit_seconds,
         "train_ratings_per_second": n_train * epochs / fit_seconds if fit_seconds > 0 else 0.0,
         "num_train": n_train,
+        "world_size": trainer.world_size,
         "test_checkpoint": str(ckpt.best_model_path) if use_best else "last",
     })
     if trainer.is_global_zero:

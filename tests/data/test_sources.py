@@ -35,7 +35,7 @@ def test_download_is_verified_and_cached(tmp_path, remote):
     served.unlink()  # a second fetch must not need the source
     assert fetch("ml-100k", tmp_path / "cache") == path
     assert load_ratings("ml-100k", root=tmp_path / "cache")["rating"].tolist() == [5.0, 3.0]
-    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".part")]  # no temp files left
 
 
 def test_corrupted_cache_is_reported_and_downloaded_again(tmp_path, remote, caplog):
@@ -54,7 +54,7 @@ def test_truncated_download_fails_and_leaves_nothing(tmp_path, remote):
     with pytest.raises(DataSourceError) as err:
         fetch("ml-100k", tmp_path / "cache")
     assert "checksum mismatch" in str(err.value)
-    assert list((tmp_path / "cache" / "ml-100k").iterdir()) == []
+    assert [p.name for p in (tmp_path / "cache" / "ml-100k").iterdir()] == [".lock"]
 
 
 def test_no_route_names_every_route_and_the_local_file_option(tmp_path, monkeypatch):
@@ -73,3 +73,24 @@ def test_verify_names_the_file(tmp_path):
     p.write_bytes(b"abc")
     with pytest.raises(ChecksumError, match="f.bin"):
         sources.verify(p, "0" * 64)
+
+
+def test_concurrent_fetches_download_once(tmp_path, remote, monkeypatch):
+    import threading
+
+    calls = []
+    real = sources._fetch_remote
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(sources, "_fetch_remote", counting)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(fetch("ml-100k", tmp_path / "cache")))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and len(set(results)) == 1 and len(calls) == 1

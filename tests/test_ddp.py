@@ -1,0 +1,100 @@
+"""DDP on CPU (2 gloo processes, as CI has no GPU) gives the answers of one process.
+
+Each run goes through train.py, so Lightning's re-launch of the script under Hydra is exercised too.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import synthetic_ratings, write_udata
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    return write_udata(tmp_path_factory.mktemp("data") / "u.data",
+                       synthetic_ratings(num_users=300, num_items=200, density=0.3, seed=5))
+
+
+def _run(tmp_path_factory, data_file, name, *overrides):
+    run = tmp_path_factory.mktemp(name) / "run"
+    res = subprocess.run(
+        [sys.executable, "train.py", f"data.path={data_file}", f"hydra.run.dir={run}",
+         "~callbacks.early_stopping", "callbacks.progress_bar.refresh_rate=0", *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return run, json.loads((run / "metrics.json").read_text())
+
+
+ALS = ("model=pmf", "model.solver=als", "model.dim=8", "trainer.max_epochs=3", "data.batch_size=4096")
+GRAD = ("model=mf", "trainer.max_epochs=4", "data.batch_size=1024")
+DDP = ("trainer=ddp_cpu", "trainer.devices=2")
+
+
+@pytest.fixture(scope="module")
+def als_runs(tmp_path_factory, data_file):
+    return (_run(tmp_path_factory, data_file, "als1", *ALS, "trainer=cpu"),
+            _run(tmp_path_factory, data_file, "als2", *ALS, *DDP))
+
+
+@pytest.fixture(scope="module")
+def grad_runs(tmp_path_factory, data_file):
+    return (_run(tmp_path_factory, data_file, "grad1", *GRAD, "trainer=cpu"),
+            _run(tmp_path_factory, data_file, "grad2", *GRAD, *DDP))
+
+
+def _factors(run):
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return state["net.user.weight"], state["net.item.weight"]
+
+
+def test_als_with_two_processes_equals_one(als_runs):
+    (one, m1), (two, m2) = als_runs
+    assert (m1["world_size"], m2["world_size"]) == (1, 2)
+    assert abs(m1["test/rmse"] - m2["test/rmse"]) < 1e-5
+    for a, b in zip(_factors(one), _factors(two)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_gradient_training_with_two_processes_matches_one(grad_runs):
+    (_, m1), (_, m2) = grad_runs
+    assert (m1["world_size"], m2["world_size"]) == (1, 2)
+    assert abs(m1["test/rmse"] - m2["test/rmse"]) < 0.01, (m1["test/rmse"], m2["test/rmse"])
+
+
+@pytest.mark.parametrize("which", ["grad_runs", "als_runs"])
+def test_every_training_rating_is_seen_once_per_epoch(request, which):
+    for run, metrics in request.getfixturevalue(which):
+        log = pd.read_csv(next((run / "csv").glob("version_*/metrics.csv")))
+        seen = log["train/ratings"].dropna()
+        assert len(seen) == metrics["epochs"] and (seen == metrics["num_train"]).all()
+
+
+def test_test_metrics_under_ddp_equal_a_direct_evaluation(grad_runs, data_file):
+    from recsys.data import RatingsDataModule
+    from recsys.models import BiasedMF
+
+    run, metrics = grad_runs[1]
+    model = BiasedMF.load_from_checkpoint(metrics["test_checkpoint"], weights_only=True)
+    dm = RatingsDataModule(path=str(data_file))
+    dm.setup()
+    users, items, ratings = dm.test_set
+    with torch.no_grad():
+        err = (model.predict(users, items) - ratings).double()
+    assert abs(err.square().mean().sqrt().item() - metrics["test/rmse"]) < 1e-6
+    assert abs(err.abs().mean().item() - metrics["test/mae"]) < 1e-6
+
+
+@pytest.mark.parametrize("which", ["grad_runs", "als_runs"])
+def test_one_metrics_json_and_one_set_of_checkpoints(request, which):
+    run, metrics = request.getfixturevalue(which)[1]
+    assert list(run.parent.rglob("metrics.json")) == [run / "metrics.json"]
+    ckpts = sorted(p.relative_to(run).as_posix() for p in run.parent.rglob("*.ckpt"))
+    assert ckpts == sorted(["checkpoints/last.ckpt", Path(metrics["test_checkpoint"]).relative_to(run).as_posix()])
