@@ -5,8 +5,9 @@ Recommender Systems", IEEE Computer 42(8)) — the model of the D2L chapter on m
 
     min  Σ_{(u,i)∈train} (r_ui − r̂_ui)² + λ (‖p_u‖² + ‖q_i‖²) + λ_b (b_u² + b_i²)
 
-(λ = ``reg``, λ_b = ``reg_bias``, equal to λ unless set). The regularizer is paid once per observed rating, so frequent users and items are regularized in
-proportion to their counts, as SGD-MF does. The minibatch loss is the batch mean of the summand.
+(λ = ``reg``, λ_b = ``reg_bias``, equal to λ unless set). The regularizer is paid once per observed
+rating, so frequent users and items are regularized in proportion to their counts, as SGD-MF does.
+The minibatch loss is the batch mean of the summand.
 μ is the training mean (``use_global_mean=false`` drops it, as the D2L chapter does).
 
 ``solver="als"`` minimizes the same objective in closed form (recsys/als.py): with

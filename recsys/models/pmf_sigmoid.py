@@ -8,8 +8,9 @@ with g the logistic function, trained on
 
 by the same unbiased minibatch estimate as :mod:`recsys.models.pmf`. The fixed offset
 c = logit(t(μ)) is this model's centring (``center=true``): the prior then shrinks towards the training
-mean μ rather than towards the middle of the scale (c = 0, the paper's form, with ``center=false``). Because t lies in [0, 1] the
-λ's live on a scale (r_max − r_min)² smaller than plain PMF's. ``round_step > 0`` rounds predictions
+mean μ rather than towards the middle of the scale (c = 0, the paper's form, with ``center=false``,
+the default: better on ml-100k). Because t lies in [0, 1] the λ's live on a scale (r_max − r_min)²
+smaller than plain PMF's. ``round_step > 0`` rounds predictions
 to the nearest valid rating (1.0 whole stars, 0.5 half stars), which usually costs RMSE.
 """
 

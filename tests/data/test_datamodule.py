@@ -14,7 +14,7 @@ def _tensors(n):
 def test_train_batches_partition_each_epoch_across_ranks(n, batch, world):
     ranks = [RatingBatches(_tensors(n), batch, shuffle=True, seed=1, rank=r, world_size=world)
              for r in range(world)]
-    for epoch in range(2):
+    for _epoch in range(2):
         per_rank = [list(iter(ds)) for ds in ranks]
         assert len({len(b) for b in per_rank}) == 1  # same number of steps on every rank
         assert all(len(b) == len(ds) for b, ds in zip(per_rank, ranks))
