@@ -11,7 +11,9 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from recsys import tracking
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +52,50 @@ def _resume_path(cfg: DictConfig, out: Path) -> str | None:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Fit and test the configured model; return (and write to metrics.json) the final metrics."""
+    """Fit and test the configured model; return (and write to metrics.json) the final metrics.
+
+    A failure writes ``failed.json`` (the error) into the run directory before it propagates, so a
+    multirun report can list it; W&B runs are finished whatever happens, so sweeps go on.
+    """
     _quiet_duplicate_console_logs()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    tracking.wandb_offline_unless_logged_in(cfg.get("logger"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    history = tracking.History()
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*_instantiate_all(cfg.get("callbacks")), history],
+                                     logger=loggers or False)
+    failed = True
+    try:
+        metrics = _fit_and_test(cfg, trainer, loggers, history, out)
+        failed = False
+        return metrics
+    except BaseException as err:
+        if trainer.is_global_zero:
+            write_json_atomic(out / "failed.json", {"error": f"{type(err).__name__}: {err}"[:4000]})
+        raise
+    finally:
+        if tracking.wandb_loggers(loggers):
+            import wandb
 
+            wandb.finish(exit_code=1 if failed else 0)
+
+
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, loggers: list, history: tracking.History,
+                  out: Path) -> dict:
     datamodule = instantiate(cfg.data)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
-                                     logger=_instantiate_all(cfg.get("logger")) or False)
-    # setup needs the trainer for the world size; prepare_data downloads once per node
+    # setup needs the trainer for the world size; prepare_data downloads (once: a file lock serializes)
     datamodule.trainer = trainer
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = instantiate(cfg.model, **datamodule.model_kwargs())
+    run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "data": datamodule.describe(),
+                "git": tracking.git_state(), "parameters": tracking.parameter_counts(model)}
+    for lg in loggers:
+        lg.log_hyperparams(run_info)
+    if trainer.is_global_zero:
+        write_json_atomic(out / "run_info.json", run_info)
 
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(cfg, out))
@@ -79,8 +110,9 @@ def train(cfg: DictConfig) -> dict:
     epochs = trainer.current_epoch
     n_train = len(datamodule.train_set[0])
     metrics = {k: float(v) for k, v in results.items()}
-    val = ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else \
-        trainer.callback_metrics.get(cfg.optimized_metric)
+    val = ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else None
+    if val is None:
+        val = min((r[cfg.optimized_metric] for r in history.rows if cfg.optimized_metric in r), default=None)
     metrics.update({
         "val/rmse": float(val) if val is not None else float("nan"),
         "epochs": int(epochs),
@@ -92,6 +124,12 @@ def train(cfg: DictConfig) -> dict:
     })
     if trainer.is_global_zero:
         write_json_atomic(out / "metrics.json", metrics)
+        curve = tracking.save_learning_curve(history.rows, out / "learning_curve.png",
+                                             title=f"{cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name}")
+        for lg in tracking.wandb_loggers(loggers):
+            lg.experiment.summary.update(metrics)
+            if curve is not None:
+                lg.log_image(key="learning_curve", images=[str(curve)])
         print(f"test/rmse={metrics['test/rmse']:.4f} test/mae={metrics['test/mae']:.4f} "
               f"val/rmse={metrics['val/rmse']:.4f} epochs={epochs} fit_seconds={fit_seconds:.1f} "
               f"-> {out / 'metrics.json'}")

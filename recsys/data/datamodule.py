@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from recsys.data.datasets import load_ratings
-from recsys.data.sources import DEFAULT_ROOT
+from recsys.data.datasets import load_ratings, source_path
+from recsys.data.sources import DEFAULT_ROOT, sha256sum
 from recsys.data.splits import split_indices
 
 # Batches are produced in the main process by slicing tensors; worker processes would only add IPC.
@@ -134,8 +134,8 @@ class RatingsDataModule(L.LightningDataModule):
         if hp.batch_size and hp.batch_size % world:
             raise ValueError(f"data.batch_size={hp.batch_size} is global and must divide by the "
                              f"world size {world}")
-        df = load_ratings(hp.name, root=hp.root, path=hp.path,
-                          scale=(hp.rating_min, hp.rating_max))
+        self.source = source_path(hp.name, hp.root, hp.path)
+        df = load_ratings(hp.name, path=self.source, scale=(hp.rating_min, hp.rating_max))
         self.user_map, users = IdMap.fit(df["user"])
         self.item_map, items = IdMap.fit(df["item"])
         cols = (torch.from_numpy(users), torch.from_numpy(items),
@@ -153,6 +153,15 @@ class RatingsDataModule(L.LightningDataModule):
     @property
     def num_items(self) -> int:
         return len(self.item_map)
+
+    def describe(self) -> dict:
+        """What a run should record about its data: name, source file and checksum, split settings."""
+        hp = self.hparams
+        return {"name": hp.name, "source": str(self.source), "source_sha256": sha256sum(self.source),
+                "split": hp.split, "split_seed": hp.split_seed, "test_ratio": hp.test_ratio,
+                "val_ratio": hp.val_ratio, "num_users": self.num_users, "num_items": self.num_items,
+                "num_train": len(self.train_set[0]), "num_val": len(self.val_set[0]),
+                "num_test": len(self.test_set[0])}
 
     def model_kwargs(self) -> dict:
         """Data-dependent model arguments: sizes, rating scale and the training mean."""

@@ -10,6 +10,16 @@ from recsys.data.readers import read_ratings
 from recsys.data.sources import DEFAULT_ROOT, ROUTES, fetch
 
 
+def source_path(name: str, root: str | os.PathLike = DEFAULT_ROOT,
+                path: str | os.PathLike | None = None):
+    """The local file holding data set ``name``: ``path`` if given, else the verified cached download."""
+    if path is not None:
+        return path
+    if name not in ROUTES:
+        raise KeyError(f"unknown data set {name!r}; known: {sorted(ROUTES)} (or pass path=...)")
+    return fetch(name, root)
+
+
 def load_ratings(name: str = "ml-100k", root: str | os.PathLike = DEFAULT_ROOT,
                  path: str | os.PathLike | None = None,
                  scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
@@ -19,8 +29,4 @@ def load_ratings(name: str = "ml-100k", root: str | os.PathLike = DEFAULT_ROOT,
     instead (``u.data``, ``ml-100k.zip`` or a RecBole ``.inter`` file). Ratings outside ``scale`` are
     an error naming the file and line.
     """
-    if path is None:
-        if name not in ROUTES:
-            raise KeyError(f"unknown data set {name!r}; known: {sorted(ROUTES)} (or pass path=...)")
-        path = fetch(name, root)
-    return read_ratings(path, scale)
+    return read_ratings(source_path(name, root, path), scale)

@@ -1,0 +1,107 @@
+"""Tracking: W&B offline runs, CSV/TensorBoard per-epoch logs, the learning curve, multiruns + report."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recsys.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def wandb_records(path: Path) -> list:
+    """Records of a W&B run file (a LevelDB-style log of protobuf records after a 7-byte header)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, block, chunks, partial = path.read_bytes(), 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind == 2:
+            partial = chunk
+        elif kind == 3:
+            partial += chunk
+        elif kind == 4:
+            chunks.append(partial + chunk)
+    return [pb.Record.FromString(c) for c in chunks]
+
+
+def test_wandb_offline_run_holds_config_summary_and_learning_curve(compose_cfg, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="the wandb extra is part of the dev extras")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    metrics = train(compose_cfg("logger=wandb", "trainer.max_epochs=3", "~callbacks.early_stopping"))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = wandb_records(next(runs[0].glob("run-*.wandb")))
+    config = {u.key: json.loads(u.value_json) for r in records if r.WhichOneof("record_type") == "config"
+              for u in r.config.update}
+    assert config["config"]["optimized_metric"] == "val/rmse"
+    assert len(config["data"]["source_sha256"]) == 64
+    assert config["data"]["split_seed"] == 0 and "commit" in config["git"]
+    assert config["parameters"]["total"] > 0
+    summary = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            summary.update({u.key: json.loads(u.value_json) for u in r.summary.update})
+    assert summary["test/rmse"] == pytest.approx(metrics["test/rmse"])
+    history_keys = {i.key or "/".join(i.nested_key) for r in records if r.WhichOneof("record_type") == "history"
+                    for i in r.history.item}
+    assert {"train/loss", "val/rmse", "val/mae"} <= history_keys
+    images = list(runs[0].glob("files/media/images/learning_curve*.png"))
+    assert images and images[0].read_bytes().startswith(PNG)
+
+
+def test_csv_and_tensorboard_hold_per_epoch_metrics(compose_cfg, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is part of the dev extras")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(compose_cfg("logger=[csv,tensorboard]", "trainer.max_epochs=3", "~callbacks.early_stopping"))
+    csv = pd.read_csv(next((tmp_path / "run" / "csv").glob("version_*/metrics.csv")))
+    assert csv["val/rmse"].notna().sum() == 3 and csv["train/loss"].notna().sum() == 3
+    events = EventAccumulator(str(next((tmp_path / "run" / "tensorboard").glob("version_*"))))
+    events.Reload()
+    for tag in ("train/loss", "val/rmse", "val/mae"):
+        assert len(events.Scalars(tag)) == 3
+
+
+def test_every_run_saves_a_valid_learning_curve(compose_cfg, tmp_path):
+    import matplotlib.image
+
+    train(compose_cfg("logger=none", "trainer.max_epochs=3"))
+    png = tmp_path / "run" / "learning_curve.png"
+    assert png.read_bytes().startswith(PNG)
+    height, width, _ = matplotlib.image.imread(png).shape
+    assert height > 100 and width > 100
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["data"]["num_train"] > 0 and info["config"]["model"]["_target_"] == "recsys.models.BiasedMF"
+
+
+def test_multirun_goes_on_past_a_failing_job_and_report_lists_it(udata, tmp_path):
+    sweep = tmp_path / "multirun"
+    res = subprocess.run(
+        [sys.executable, "train.py", "-m", "model=mf,pmf", "model.lr=0.01,-1.0", f"data.path={udata}",
+         "trainer.max_epochs=2", "logger=none", "callbacks.progress_bar.refresh_rate=0",
+         f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0  # Hydra reports the failure at the end ...
+    done = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    failed = sorted(p.parent.name for p in sweep.glob("*/failed.json"))
+    assert len(done) == 2 and len(failed) == 2  # ... after every job has run
+    rep = subprocess.run([sys.executable, "-m", "recsys.report", str(sweep)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    assert "| model=mf" in rep.stdout and "| model=pmf" in rep.stdout
+    assert "Failed jobs:" in rep.stdout and "Invalid learning rate: -1.0" in rep.stdout
+    table = pd.read_csv(sweep / "report.csv")
+    assert len(table) == 2 and list(table["val/rmse"]) == sorted(table["val/rmse"])
+    assert (sweep / "report.md").read_text().startswith("| configuration |")
