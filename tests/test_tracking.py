@@ -37,7 +37,6 @@ def wandb_records(path: Path) -> list:
 
 
 def test_wandb_offline_run_holds_config_summary_and_learning_curve(compose_cfg, tmp_path, monkeypatch):
-    pytest.importorskip("wandb", reason="the wandb extra is part of the dev extras")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     metrics = train(compose_cfg("logger=wandb", "trainer.max_epochs=3", "~callbacks.early_stopping"))
@@ -63,7 +62,6 @@ def test_wandb_offline_run_holds_config_summary_and_learning_curve(compose_cfg, 
 
 
 def test_csv_and_tensorboard_hold_per_epoch_metrics(compose_cfg, tmp_path):
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is part of the dev extras")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     train(compose_cfg("logger=[csv,tensorboard]", "trainer.max_epochs=3", "~callbacks.early_stopping"))
@@ -105,3 +103,47 @@ def test_multirun_goes_on_past_a_failing_job_and_report_lists_it(udata, tmp_path
     table = pd.read_csv(sweep / "report.csv")
     assert len(table) == 2 and list(table["val/rmse"]) == sorted(table["val/rmse"])
     assert (sweep / "report.md").read_text().startswith("| configuration |")
+
+
+def _report(sweep: Path) -> str:
+    rep = subprocess.run([sys.executable, "-m", "recsys.report", str(sweep)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    return rep.stdout
+
+
+def test_two_job_ddp_multirun_and_report(udata, tmp_path):
+    sweep = tmp_path / "multirun"
+    res = subprocess.run(
+        [sys.executable, "train.py", "-m", "model=mf,pmf", "trainer=ddp_cpu", "trainer.devices=2",
+         f"data.path={udata}", "trainer.max_epochs=2", "logger=none", "callbacks.progress_bar.refresh_rate=0",
+         f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted(sweep.glob("*/metrics.json"))
+    assert len(jobs) == 2 and all(json.loads(j.read_text())["world_size"] == 2 for j in jobs)
+    assert len(list(sweep.rglob("metrics.json"))) == 2  # one per job, not one per rank
+    out = _report(sweep)
+    assert "| model=mf" in out and "| model=pmf" in out and "Failed" not in out
+
+
+def test_two_trial_optuna_sweep_and_report(udata, tmp_path):
+    sweep = tmp_path / "optuna"
+    res = subprocess.run(
+        [sys.executable, "train.py", "-m", "hparams_search=optuna", "model=pmf", "hydra.sweeper.n_trials=2",
+         "hydra.sweeper.sampler.n_startup_trials=2", f"data.path={udata}", "trainer.max_epochs=3",
+         "logger=none", "callbacks.progress_bar.refresh_rate=0", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert len(trials) == 2
+    best = yaml_load(sweep / "optimization_results.yaml")
+    assert set(best["best_params"]) == {"model.dim", "model.lr", "model.lambda_u", "model.lambda_v"}
+    assert best["best_value"] == pytest.approx(min(t["val/rmse"] for t in trials))
+    out = _report(sweep)
+    assert out.count("| model.") == 2  # one row per trial configuration
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
