@@ -147,3 +147,30 @@ def yaml_load(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_a_failing_run_still_finishes_its_wandb_run(compose_cfg, tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with pytest.raises(ValueError, match="Invalid learning rate"):
+        train(compose_cfg("logger=wandb", "model.lr=-1.0"))
+    assert wandb.run is None  # finished, so the next job of a sweep starts a fresh run
+    assert "Invalid learning rate" in json.loads((tmp_path / "run" / "failed.json").read_text())["error"]
+
+
+def test_report_aggregates_seeds_into_mean_and_std(tmp_path):
+    from recsys.report import collect, summarize
+
+    for job, (model, seed, rmse) in enumerate([("mf", 0, 0.90), ("mf", 1, 0.92), ("pmf", 0, 0.95),
+                                               ("pmf", 1, 0.97)]):
+        d = tmp_path / str(job)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n- data.split_seed={seed}\n")
+        (d / "metrics.json").write_text(json.dumps({"test/rmse": rmse, "val/rmse": rmse + 0.01}))
+    table = summarize(collect(tmp_path)[0])
+    assert list(table["config"]) == ["model=mf", "model=pmf"]  # sorted by val/rmse
+    assert table["test/rmse"].tolist() == pytest.approx([0.91, 0.96])
+    assert table["test/rmse std"].tolist() == pytest.approx([0.01414, 0.01414], abs=1e-4)
+    assert table["runs"].tolist() == [2, 2]
