@@ -91,7 +91,7 @@ class RatingBatches(IterableDataset):
             epoch = self.epoch_fn() if self.epoch_fn else self._epochs
             self._epochs += 1
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen).to(self.tensors[0].device)
             bounds = self._bounds(n, self.batch_size)
             for lo, hi in zip(bounds[:-1], bounds[1:]):
                 piece = perm[lo:hi].tensor_split(self.world_size)[self.rank]
@@ -174,6 +174,9 @@ class RatingsDataModule(L.LightningDataModule):
     def _loader(self, tensors, batch_size: int, shuffle: bool) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if trainer is not None and trainer.strategy.root_device.type == "cuda":
+            # the ratings live on the GPU (ML-25M is ~300 MB): batches are slices there, no copies
+            tensors = tuple(t.to(trainer.strategy.root_device) for t in tensors)
         epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
         ds = RatingBatches(tensors, batch_size, shuffle, self.hparams.shuffle_seed, rank, world, epoch_fn)
         return DataLoader(ds, batch_size=None, num_workers=0)
