@@ -113,6 +113,7 @@ class RatingsDataModule(L.LightningDataModule):
     def __init__(self, name: str = "ml-100k", path: str | None = None, root: str = DEFAULT_ROOT,
                  rating_min: float = 1.0, rating_max: float = 5.0, split: str = "random",
                  test_ratio: float = 0.1, val_ratio: float = 0.05, split_seed: int = 0,
+                 leave_last_n: int = 1, folds: int | None = None, fold: int = 0,
                  batch_size: int | None = 4096, eval_batch_size: int = 65536, shuffle_seed: int = 0):
         super().__init__()
         # floats, as the models hold them: Lightning refuses to merge hparams that differ in type
@@ -140,7 +141,8 @@ class RatingsDataModule(L.LightningDataModule):
         self.item_map, items = IdMap.fit(df["item"])
         cols = (torch.from_numpy(users), torch.from_numpy(items),
                 torch.tensor(df["rating"].to_numpy(np.float32)))
-        self.split_index = split_indices(len(df), hp.split, hp.test_ratio, hp.val_ratio, hp.split_seed)
+        self.split_index = split_indices(df, hp.split, hp.test_ratio, hp.val_ratio, hp.split_seed,
+                                         hp.leave_last_n, hp.folds, hp.fold)
         self.train_set, self.val_set, self.test_set = (
             tuple(c[torch.from_numpy(ix)] for c in cols) for ix in self.split_index)
         self._ready = True
@@ -159,7 +161,7 @@ class RatingsDataModule(L.LightningDataModule):
         hp = self.hparams
         return {"name": hp.name, "source": str(self.source), "source_sha256": sha256sum(self.source),
                 "split": hp.split, "split_seed": hp.split_seed, "test_ratio": hp.test_ratio,
-                "val_ratio": hp.val_ratio, "num_users": self.num_users, "num_items": self.num_items,
+                "val_ratio": hp.val_ratio, "leave_last_n": hp.leave_last_n, "folds": hp.folds, "fold": hp.fold, "num_users": self.num_users, "num_items": self.num_items,
                 "num_train": len(self.train_set[0]), "num_val": len(self.val_set[0]),
                 "num_test": len(self.test_set[0])}
 
