@@ -161,7 +161,8 @@ class RatingsDataModule(L.LightningDataModule):
         hp = self.hparams
         return {"name": hp.name, "source": str(self.source), "source_sha256": sha256sum(self.source),
                 "split": hp.split, "split_seed": hp.split_seed, "test_ratio": hp.test_ratio,
-                "val_ratio": hp.val_ratio, "leave_last_n": hp.leave_last_n, "folds": hp.folds, "fold": hp.fold, "num_users": self.num_users, "num_items": self.num_items,
+                "val_ratio": hp.val_ratio, "leave_last_n": hp.leave_last_n, "folds": hp.folds, "fold": hp.fold,
+                "num_users": self.num_users, "num_items": self.num_items,
                 "num_train": len(self.train_set[0]), "num_val": len(self.val_set[0]),
                 "num_test": len(self.test_set[0])}
 
