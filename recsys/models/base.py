@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
 
 from recsys import als
 
@@ -37,6 +37,8 @@ class RatingModel(L.LightningModule):
         metrics = MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # cold-start accounting on the test split (see predict): fractions and the warm subset's RMSE
+        self.test_cold_user, self.test_cold_item, self.test_warm_mse = MeanMetric(), MeanMetric(), MeanMetric()
 
     def _check_common(self) -> None:
         """Validate the shared hyperparameters; subclasses call it after save_hyperparameters()."""
@@ -47,6 +49,9 @@ class RatingModel(L.LightningModule):
             raise ValueError(f"rating_min={hp.rating_min} must be below rating_max={hp.rating_max}")
         if hp.num_users < 1 or hp.num_items < 1:
             raise ValueError(f"num_users={hp.num_users}, num_items={hp.num_items} must be positive")
+        # which users/items have training ratings; set at fit start, saved with the weights
+        self.register_buffer("user_seen", torch.ones(hp.num_users, dtype=torch.bool))
+        self.register_buffer("item_seen", torch.ones(hp.num_items, dtype=torch.bool))
         solver = hp.get("solver", "gradient")
         if solver not in SOLVERS:
             raise ValueError(f"model.solver={solver!r}: choose one of {SOLVERS}")
@@ -75,9 +80,24 @@ class RatingModel(L.LightningModule):
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------------
+    def fallback(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Prediction for a cold pair (user or item without training ratings): the training mean μ.
+
+        Models with biases override it to add whatever bias is known (see BiasedMF).
+        """
+        return torch.full(users.shape, float(self.hparams.global_mean), device=users.device)
+
     def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Predicted ratings clipped to ``[rating_min, rating_max]``."""
-        return self(users, items).clamp(self.hparams.rating_min, self.hparams.rating_max)
+        """Predicted ratings clipped to ``[rating_min, rating_max]``; cold pairs get :meth:`fallback`."""
+        warm = self.user_seen[users] & self.item_seen[items]
+        pred = torch.where(warm, self(users, items), self.fallback(users, items))
+        return pred.clamp(self.hparams.rating_min, self.hparams.rating_max)
+
+    def on_fit_start(self) -> None:
+        train = getattr(self.trainer.datamodule, "train_set", None)
+        if train is not None:  # every rank holds the whole training split, so all agree
+            self.user_seen.copy_(torch.bincount(train[0], minlength=len(self.user_seen)) > 0)
+            self.item_seen.copy_(torch.bincount(train[1], minlength=len(self.item_seen)) > 0)
 
     def training_step(self, batch, batch_idx):
         users, items, ratings = batch
@@ -151,6 +171,18 @@ class RatingModel(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, self.test_metrics)
+        users, items, ratings = batch
+        cold_u, cold_i = ~self.user_seen[users], ~self.item_seen[items]
+        self.test_cold_user.update(cold_u.float())
+        self.test_cold_item.update(cold_i.float())
+        err = (self.predict(users, items) - ratings).square()
+        self.test_warm_mse.update(err, weight=(~(cold_u | cold_i)).float())
+        self.log("test/cold_user_fraction", self.test_cold_user, on_step=False, on_epoch=True)
+        self.log("test/cold_item_fraction", self.test_cold_item, on_step=False, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/rmse_warm", self.test_warm_mse.compute().sqrt())
+        self.test_warm_mse.reset()
 
     def predict_step(self, batch, batch_idx):
         return self.predict(batch[0], batch[1])

@@ -46,6 +46,14 @@ class BiasedMF(RatingModel):
     def target(self, ratings):
         return ratings - self.mu
 
+    def fallback(self, users, items):
+        """Cold pairs: μ plus the bias of whichever side has training ratings."""
+        pred = torch.full(users.shape, float(self.mu), device=users.device)
+        if self.hparams.use_bias:
+            pred = pred + self.net.user_bias(users).squeeze(-1) * self.user_seen[users]
+            pred = pred + self.net.item_bias(items).squeeze(-1) * self.item_seen[items]
+        return pred
+
     def objective(self, users, items, ratings):
         err = self.target(ratings) - self.net(users, items)
         factors, biases = self.net.row_penalty(users, items)
