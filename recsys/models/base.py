@@ -2,7 +2,8 @@
 
 Subclasses call ``super().__init__()``, then ``self.save_hyperparameters()`` with explicit, typed,
 primitive arguments that include ``num_users, num_items, num_ratings, global_mean, rating_min,
-rating_max, lr, optimizer, weight_decay``, build their scoring module, and implement
+rating_max, lr, optimizer, weight_decay``, then ``self.init_common()``, build their scoring module,
+and implement
 
 - ``forward(users, items)``: predicted ratings on the rating scale (unclipped), and
 - ``objective(users, items, ratings)``: the minibatch training loss.
@@ -30,7 +31,6 @@ OPTIMIZERS = ("adam", "sgd")
 SOLVERS = ("gradient", "als")
 
 
-
 class RatingModel(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
@@ -40,8 +40,8 @@ class RatingModel(L.LightningModule):
         # cold-start accounting on the test split (see predict): fractions and the warm subset's RMSE
         self.test_cold_user, self.test_cold_item, self.test_warm_mse = MeanMetric(), MeanMetric(), MeanMetric()
 
-    def _check_common(self) -> None:
-        """Validate the shared hyperparameters; subclasses call it after save_hyperparameters()."""
+    def init_common(self) -> None:
+        """Validate the shared hyperparameters and set up shared state; call after save_hyperparameters()."""
         hp = self.hparams
         if hp.optimizer not in OPTIMIZERS:
             raise ValueError(f"model.optimizer={hp.optimizer!r}: choose one of {OPTIMIZERS}")

@@ -32,7 +32,7 @@ class BiasedMF(RatingModel):
                  use_bias: bool = True, solver: str = "gradient", reg_scaling: str = "frequency"):
         super().__init__()
         self.save_hyperparameters()
-        self._check_common()
+        self.init_common()
         if reg < 0 or (reg_bias is not None and reg_bias < 0):
             raise ValueError(f"model.reg={reg}, model.reg_bias={reg_bias} must be >= 0")
         self._check_als(reg=reg, **({} if reg_bias is None or not use_bias else {"reg_bias": reg_bias}))

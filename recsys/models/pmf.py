@@ -33,7 +33,7 @@ class PMF(RatingModel):
                  reg_scaling: str = "row"):
         super().__init__()
         self.save_hyperparameters()
-        self._check_common()
+        self.init_common()
         if lambda_u < 0 or lambda_v < 0:
             raise ValueError(f"model.lambda_u={lambda_u}, model.lambda_v={lambda_v} must be >= 0")
         self._check_als(lambda_u=lambda_u, lambda_v=lambda_v)
