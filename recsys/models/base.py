@@ -161,21 +161,23 @@ class RatingModel(L.LightningModule):
             raise FloatingPointError(f"ALS produced non-finite {side} factors in epoch {self.current_epoch}")
         als.assign_side(self.net, side, x)
 
-    def _eval_step(self, batch, metrics: MetricCollection) -> None:
+    def _eval_step(self, batch, metrics: MetricCollection) -> torch.Tensor:
         users, items, ratings = batch
-        metrics.update(self.predict(users, items), ratings)
+        pred = self.predict(users, items)
+        metrics.update(pred, ratings)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
+        return pred
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, self.val_metrics)
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, self.test_metrics)
+        pred = self._eval_step(batch, self.test_metrics)
         users, items, ratings = batch
         cold_u, cold_i = ~self.user_seen[users], ~self.item_seen[items]
         self.test_cold_user.update(cold_u.float())
         self.test_cold_item.update(cold_i.float())
-        err = (self.predict(users, items) - ratings).square()
+        err = (pred - ratings).square()
         self.test_warm_mse.update(err, weight=(~(cold_u | cold_i)).float())
         self.log("test/cold_user_fraction", self.test_cold_user, on_step=False, on_epoch=True)
         self.log("test/cold_item_fraction", self.test_cold_item, on_step=False, on_epoch=True)
