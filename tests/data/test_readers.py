@@ -55,3 +55,36 @@ def test_inter_without_rating_field(tmp_path):
     p.write_text("user_id:token\titem_id:token\n1\t2\n")
     with pytest.raises(RatingsFormatError, match="lacks fields \\['rating'\\]"):
         read_ratings(p)
+
+
+def _zip(path, member, text):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(member, text)
+    return path
+
+
+def test_movielens_layouts_in_files_and_zips(tmp_path):
+    dat = "1::1193::5::978300760\n1::661::3::978302109\n"
+    csv = "userId,movieId,rating,timestamp\n1,296,5.0,1147880044\n1,306,3.5,1147868817\n"
+    for path in (_zip(tmp_path / "ml-1m.zip", "ml-1m/ratings.dat", dat), tmp_path / "ratings.dat"):
+        if path.suffix != ".zip":
+            path.write_text(dat)
+        df = read_ratings(path)
+        assert df.values.tolist() == [[1, 1193, 5.0, 978300760], [1, 661, 3.0, 978302109]]
+    df = read_ratings(_zip(tmp_path / "ml-25m.zip", "ml-25m/ratings.csv", csv), scale=(0.5, 5.0))
+    assert df["rating"].tolist() == [5.0, 3.5] and df["item"].tolist() == [296, 306]
+
+
+def test_csv_errors_count_the_header_line(tmp_path):
+    p = tmp_path / "ratings.csv"
+    p.write_text("userId,movieId,rating,timestamp\n1,2,3.5,4\n1,3,6.0,5\n")
+    with pytest.raises(RatingsFormatError, match=r"ratings.csv, line 3: rating outside the scale"):
+        read_ratings(p, scale=(0.5, 5.0))
+
+
+def test_zip_without_a_ratings_member(tmp_path):
+    path = _zip(tmp_path / "ml-1m.zip", "ml-1m/movies.dat", "1::Toy Story::Animation\n")
+    with pytest.raises(RatingsFormatError, match=r"ml-1m.zip: zip has no ratings member"):
+        read_ratings(path)

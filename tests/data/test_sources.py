@@ -9,10 +9,10 @@ from recsys.data import load_ratings, sources
 from recsys.data.sources import ChecksumError, DataSourceError, Remote, fetch
 
 
-def _zip_bytes(rows: str) -> bytes:
+def _zip_bytes(rows: str, member: str = "ml-100k/u.data") -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("ml-100k/u.data", rows)
+        zf.writestr(member, rows)
     return buf.getvalue()
 
 
@@ -94,3 +94,27 @@ def test_concurrent_fetches_download_once(tmp_path, remote, monkeypatch):
     for t in threads:
         t.join()
     assert len(results) == 4 and len(set(results)) == 1 and len(calls) == 1
+
+
+def test_other_movielens_sets_download_and_read(tmp_path, monkeypatch):
+    rows = "1::10::4::100\n2::10::2::101\n"
+    data = _zip_bytes(rows, "ml-1m/ratings.dat")
+    served = tmp_path / "ml-1m.zip"
+    served.write_bytes(data)
+    monkeypatch.setitem(sources.ROUTES, "ml-1m",
+                        [Remote(served.as_uri(), hashlib.sha256(data).hexdigest(), "ml-1m.zip")])
+    df = load_ratings("ml-1m", root=tmp_path / "cache")
+    assert df.values.tolist() == [[1, 10, 4.0, 100], [2, 10, 2.0, 101]]
+
+
+def test_every_data_config_names_a_known_data_set():
+    from pathlib import Path
+
+    import yaml
+
+    configs = Path(__file__).resolve().parents[2] / "configs" / "data"
+    for cfg in configs.glob("*.yaml"):
+        spec = yaml.safe_load(cfg.read_text())
+        name = spec.get("name", "ml-100k")
+        assert name in sources.ROUTES, cfg.name
+        assert spec.get("rating_min", 1.0) < spec.get("rating_max", 5.0)
