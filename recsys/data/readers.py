@@ -101,9 +101,6 @@ def read_movielens(path: str | Path, scale: tuple[float, float] | None = (1, 5))
     return validate(df, source, 2 if header else 1, scale)
 
 
-read_udata = read_movielens  # the ml-100k name, kept for callers
-
-
 def read_inter(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
     """RecBole atomic ``.inter`` file: tab-separated, header of ``name:type`` fields."""
     path = Path(path)

@@ -122,11 +122,9 @@ class RatingModel(L.LightningModule):
         self._accumulate("user", self._stats, batch)
         if batch_idx == self.trainer.num_training_batches - 1:
             self._solve("user", self._stats)
-            stats = self._new_stats("item")
-            for other in self.trainer.train_dataloader:  # the second half-sweep sees every batch again
-                self._accumulate("item", stats, [t.to(self.device) for t in other])
-            self._solve("item", stats)
             self._stats = None
+            # the second half-sweep sees every batch again
+            self.als_half_sweep("item", ([t.to(self.device) for t in b] for b in self.trainer.train_dataloader))
             # a no-op step, so that global_step counts ALS epochs: checkpointing keys on it
             self.optimizers().step()
 
