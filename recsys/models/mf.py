@@ -24,7 +24,7 @@ from recsys.models.layers import Bilinear
 
 
 class BiasedMF(RatingModel):
-    def __init__(self, num_users: int, num_items: int, num_ratings: int = 0, global_mean: float = 0.0,
+    def __init__(self, num_users: int, num_items: int, num_train_ratings: int = 0, global_mean: float = 0.0,
                  rating_min: float = 1.0, rating_max: float = 5.0, dim: int = 64, reg: float = 0.1,
                  reg_bias: float | None = 0.01,
                  lr: float = 0.005, optimizer: str = "adam", weight_decay: float = 0.0,

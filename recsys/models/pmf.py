@@ -25,7 +25,7 @@ from recsys.models.layers import Bilinear
 
 
 class PMF(RatingModel):
-    def __init__(self, num_users: int, num_items: int, num_ratings: int = 1, global_mean: float = 0.0,
+    def __init__(self, num_users: int, num_items: int, num_train_ratings: int = 1, global_mean: float = 0.0,
                  rating_min: float = 1.0, rating_max: float = 5.0, dim: int = 4,
                  lambda_u: float = 3.0, lambda_v: float = 3.0, lr: float = 0.1,
                  optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.9,
@@ -37,8 +37,8 @@ class PMF(RatingModel):
         if lambda_u < 0 or lambda_v < 0:
             raise ValueError(f"model.lambda_u={lambda_u}, model.lambda_v={lambda_v} must be >= 0")
         self._check_als(lambda_u=lambda_u, lambda_v=lambda_v)
-        if num_ratings < 1:
-            raise ValueError(f"num_ratings={num_ratings}: PMF needs the training-set size")
+        if num_train_ratings < 1:
+            raise ValueError(f"num_train_ratings={num_train_ratings}: PMF needs the training-set size")
         self.net = Bilinear(num_users, num_items, dim, bias=False, init_std=init_std)
         self.mu = global_mean if center else 0.0
 
@@ -62,7 +62,7 @@ class PMF(RatingModel):
         return self.target(ratings) - self.score(users, items)
 
     def objective(self, users, items, ratings):
-        return 0.5 * self._fit(users, items, ratings).square().mean() + self._prior() / self.hparams.num_ratings
+        return 0.5 * self._fit(users, items, ratings).square().mean() + self._prior() / self.hparams.num_train_ratings
 
     def als_lambdas(self):
         return self.hparams.lambda_u, self.hparams.lambda_v

@@ -24,7 +24,7 @@ from recsys.models.pmf import PMF
 
 
 class SigmoidPMF(PMF):
-    def __init__(self, num_users: int, num_items: int, num_ratings: int = 1, global_mean: float = 0.0,
+    def __init__(self, num_users: int, num_items: int, num_train_ratings: int = 1, global_mean: float = 0.0,
                  rating_min: float = 1.0, rating_max: float = 5.0, dim: int = 4,
                  lambda_u: float = 0.3, lambda_v: float = 0.3, lr: float = 0.05,
                  optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.9,
@@ -33,7 +33,7 @@ class SigmoidPMF(PMF):
         if solver != "gradient":
             raise ValueError(f"model.solver={solver!r}: the sigmoid model is not bilinear, so it has no "
                              "closed-form ALS step; use solver=gradient (ALS serves model=mf and model=pmf)")
-        super().__init__(num_users, num_items, num_ratings, global_mean, rating_min, rating_max, dim,
+        super().__init__(num_users, num_items, num_train_ratings, global_mean, rating_min, rating_max, dim,
                          lambda_u, lambda_v, lr, optimizer, weight_decay, momentum, init_std, center,
                          solver, reg_scaling)
         self.save_hyperparameters()

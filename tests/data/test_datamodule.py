@@ -53,7 +53,7 @@ def test_datamodule_maps_ids_and_saves_them(udata):
     assert n == len(udata.read_text().splitlines())
     assert dm.num_users == 60 and dm.num_items == 40
     kw = dm.model_kwargs()
-    assert kw["num_ratings"] == len(dm.train_set[0])
+    assert kw["num_train_ratings"] == len(dm.train_set[0])
     assert abs(kw["global_mean"] - dm.train_set[2].mean().item()) < 1e-6
     state = dm.state_dict()
     other = RatingsDataModule(path=str(udata))

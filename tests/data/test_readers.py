@@ -24,7 +24,9 @@ def test_recbole_inter_file(tmp_path):
     ("1\t2\t3\t4\n1\t2\tfive\t4\n", 2, "non-numeric rating 'five'"),
     ("1\t2\t3\t4\n1\t2\t3\t4\n1\t2\t9\t4\n", 3, "rating outside the scale"),
     ("1\t2\t0\t4\n", 1, "rating outside the scale"),
-    ("1\t2\t3\t4\n1\t2\t3\n", 2, "missing timestamp"),
+    ("1\t2\t3\t4\n1\t2\t3\n", 2, "missing or NaN timestamp"),
+    ("1\t2\t3\t4\n1\t2\tnan\t4\n", 2, "missing or NaN rating"),
+    ("1\t2\t3\t4\n1\t2\t\t4\n", 2, "missing or NaN rating"),
 ])
 def test_bad_rows_name_file_line_and_value(tmp_path, body, line, what):
     p = tmp_path / "u.data"
@@ -53,7 +55,7 @@ def test_empty_and_missing_files(tmp_path):
 def test_inter_without_rating_field(tmp_path):
     p = tmp_path / "x.inter"
     p.write_text("user_id:token\titem_id:token\n1\t2\n")
-    with pytest.raises(RatingsFormatError, match="lacks fields \\['rating'\\]"):
+    with pytest.raises(RatingsFormatError, match="no rating column among"):
         read_ratings(p)
 
 

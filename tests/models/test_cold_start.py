@@ -19,7 +19,7 @@ def test_fallback_is_the_mean_plus_known_biases():
     model.item_seen[1] = False
     pred = model.predict(torch.tensor([2, 0, 2]), torch.tensor([0, 1, 1]))
     assert pred.tolist() == pytest.approx([3.5 - 0.3, 3.5 + 0.5, 3.5])
-    pmf = PMF(num_users=2, num_items=2, num_ratings=1, global_mean=3.2)
+    pmf = PMF(num_users=2, num_items=2, num_train_ratings=1, global_mean=3.2)
     pmf.user_seen[0] = False
     assert pmf.predict(torch.tensor([0]), torch.tensor([1])).item() == pytest.approx(3.2)
 

@@ -12,7 +12,7 @@ def _problem(n_users=20, n_items=15, n=200, seed=0):
 
 
 def _kw(r, n_users=20, n_items=15):
-    return dict(num_users=n_users, num_items=n_items, num_ratings=len(r), global_mean=float(r.mean()))
+    return dict(num_users=n_users, num_items=n_items, num_train_ratings=len(r), global_mean=float(r.mean()))
 
 
 @pytest.mark.parametrize("cls,extra", [
@@ -57,7 +57,7 @@ def test_pmf_minibatch_loss_is_an_unbiased_estimate_of_E():
 
 
 def test_sigmoid_pmf_scales_targets_and_rounds():
-    model = SigmoidPMF(num_users=2, num_items=2, num_ratings=4, rating_min=1.0, rating_max=5.0, round_step=1.0)
+    model = SigmoidPMF(num_users=2, num_items=2, num_train_ratings=4, rating_min=1.0, rating_max=5.0, round_step=1.0)
     assert torch.allclose(model.target(torch.tensor([1.0, 3.0, 5.0])), torch.tensor([0.0, 0.5, 1.0]))
     pred = model.predict(torch.tensor([0, 1]), torch.tensor([0, 1]))
     assert torch.equal(pred, pred.round()) and ((pred >= 1) & (pred <= 5)).all()
