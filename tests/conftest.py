@@ -30,6 +30,13 @@ def write_udata(path: Path, rows: np.ndarray) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _private_data_root(request, tmp_path, monkeypatch):
+    """Parse caches and stamps of tmp files go to tmp, not ~/.cache/recsys (slow real-data tests use it)."""
+    if "slow" not in request.keywords:
+        monkeypatch.setenv("RECSYS_DATA", str(tmp_path / "recsys-data"))
+
+
 @pytest.fixture
 def udata(tmp_path) -> Path:
     """A synthetic MovieLens-100K-format ratings file (u.data layout)."""

@@ -4,12 +4,11 @@ Run with ``pytest -m slow`` (.ci/run does, after the default suite). Thresholds 
 "must reach" figures on the 90/10 random split.
 """
 
-import os
 
 import pytest
 
 from recsys.data import load_ratings, split_ratings
-from recsys.data.sources import DEFAULT_ROOT
+from recsys.data.sources import data_root
 from recsys.training import train
 
 pytestmark = pytest.mark.slow
@@ -25,7 +24,7 @@ def test_ml100k_loads_with_original_ids(tmp_path):
 
 @pytest.mark.parametrize("model,limit", [("mf", 0.915), ("pmf", 0.93), ("pmf_sigmoid", 0.93)])
 def test_default_models_reach_the_target_rmse(compose_cfg, model, limit):
-    root = os.environ.get("RECSYS_DATA", os.path.expanduser(DEFAULT_ROOT))
+    root = data_root()
     cfg = compose_cfg(f"model={model}", "data.path=null", f"data.root={root}")
     metrics = train(cfg)
     assert metrics["test/rmse"] <= limit, metrics

