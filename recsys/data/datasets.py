@@ -114,9 +114,10 @@ def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = 
         if duplicates == "error":
             first_line, unit = df.attrs.get("first_line", 1), df.attrs.get("unit", "line")
             a, b = np.sort(rows[key[rows] == key[rows[0]]])[:2]
+            pair = (df["user"].iloc[[b]].tolist()[0], df["item"].iloc[[b]].tolist()[0])
             raise RatingsFormatError(
                 f"{source}, {unit} {first_line + b}: duplicate (user, item) pair "
-                f"({df['user'].iloc[[b]].tolist()[0]!r}, {df['item'].iloc[[b]].tolist()[0]!r}), first rated on {unit} {first_line + a} "
+                f"({pair[0]!r}, {pair[1]!r}), first rated on {unit} {first_line + a} "
                 f"({int(dup.sum())} rows share a pair; data.duplicates=last keeps the latest of each)")
         drop = np.zeros(len(key), dtype=bool)
         drop[order[~last]] = True
