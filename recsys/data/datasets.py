@@ -93,18 +93,31 @@ class Ratings:
         return cls(**arrays, **meta)
 
 
+def _repeated(key: np.ndarray) -> np.ndarray:
+    """Mask of entries whose value occurs more than once (a sort, not a hash table: 3x less memory)."""
+    srt = np.sort(key)
+    same = srt[1:] == srt[:-1]
+    if not same.any():
+        return np.zeros(len(key), dtype=bool)
+    repeated = np.unique(srt[1:][same])
+    del srt, same
+    pos = np.minimum(np.searchsorted(repeated, key), len(repeated) - 1)
+    return repeated[pos] == key
+
+
 def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = "last") -> Ratings:
     """Map ids to indices (order of first appearance) and apply the duplicates policy."""
     if duplicates not in DUPLICATES:
         raise ValueError(f"data.duplicates={duplicates!r}: choose one of {DUPLICATES}")
     users, user_ids = pd.factorize(df["user"].to_numpy())
+    users = users.astype(np.int32)
     items, item_ids = pd.factorize(df["item"].to_numpy())
-    users, items = users.astype(np.int32), items.astype(np.int32)
+    items = items.astype(np.int32)
     # writable copies where pandas hands out read-only views (torch.from_numpy wants writable arrays)
     ratings = np.require(df["rating"].to_numpy(np.float32), requirements="W")
     times = np.require(df["timestamp"].to_numpy(), requirements="W") if "timestamp" in df else None
     key = users.astype(np.int64) * len(item_ids) + items
-    dup = pd.Series(key).duplicated(keep=False).to_numpy()
+    dup = _repeated(key)
     dropped = 0
     if dup.any():
         rows = np.flatnonzero(dup)

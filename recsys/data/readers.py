@@ -170,15 +170,18 @@ def read_delimited(data: bytes | Path, source: str, sep: str | None = None, colu
     labels = [f"c{i}" for i in range(len(fields))]
     keep = {labels[pos]: role for role, pos in roles.items()}
     try:
+        import pyarrow as pa
         import pyarrow.csv as pacsv
 
         table = pacsv.read_csv(
             data if isinstance(data, Path) else io.BytesIO(data),
             read_options=pacsv.ReadOptions(column_names=labels, skip_rows=1 if header else 0),
             parse_options=pacsv.ParseOptions(delimiter=sep, quote_char='"' if sep == "," else False),
-            convert_options=pacsv.ConvertOptions(include_columns=list(keep), strings_can_be_null=True),
+            convert_options=pacsv.ConvertOptions(include_columns=list(keep), strings_can_be_null=True,
+                                                 column_types={labels[roles["rating"]]: pa.float32()}),
         )
-        df = table.to_pandas()
+        df = table.to_pandas(self_destruct=True, split_blocks=True)  # frees arrow buffers as it goes
+        del table
     except Exception as err:  # noqa: BLE001 - find the line with pandas' C parser, else report pyarrow's
         _read_slowly(data, source, sep, header, roles, first_row, scale)
         raise RatingsFormatError(f"{source}: {err}") from None
