@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -29,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.data.readers import RatingsFormatError, read_ratings
+from recsys.data.readers import RatingsFormatError, read_ratings, validate
 from recsys.data.sources import ROUTES, _locked, data_root, fetch, file_digests
+from recsys.data.synthetic import generate_ratings as _generate
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +173,19 @@ def prepare(name: str = "ml-100k", root: str | os.PathLike | None = None,
     settings = {"format": format, "columns": columns, "sep": sep, "duplicates": duplicates,
                 "scale": list(scale) if scale is not None else None, "version": CACHE_VERSION}
     if name == SYNTHETIC and path is None:
-        gen = {"num_ratings": int(num_ratings or 100_000), **{k: v for k, v in dict(generator or {}).items()}}
+        defaults = {k: p.default for k, p in inspect.signature(_generate).parameters.items()
+                    if p.default is not inspect.Parameter.empty and k != "chunk"}
+        unknown = set(dict(generator or {})) - set(defaults)
+        if unknown:
+            raise ValueError(f"data.generator has unknown settings {sorted(unknown)}; known: {sorted(defaults)}")
+        gen = {**defaults, **dict(generator or {}), "num_ratings": int(num_ratings or 100_000)}
         digest = hashlib.sha256(json.dumps(gen, sort_keys=True).encode()).hexdigest()
         source = f"synthetic:{json.dumps(gen, sort_keys=True)}"
 
         def parse() -> pd.DataFrame:
-            from recsys.data.synthetic import generate_ratings
+            from recsys.data import synthetic  # looked up at call time (tests replace it)
 
-            return generate_ratings(**gen)
+            return validate(synthetic.generate_ratings(**gen), source, scale=scale, unit="rating")
     else:
         file = source_path(name, root, path)
         if not Path(file).is_file():

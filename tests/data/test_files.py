@@ -195,3 +195,5 @@ def test_synthetic_is_cached_by_its_settings(tmp_path, monkeypatch):
     assert np.array_equal(a.ratings, b.ratings) and len(b) == 3000
     with pytest.raises(pytest.fail.Exception):
         prepare("synthetic", num_ratings=3000, generator={"seed": 2})
+    with pytest.raises(ValueError, match=r"data.generator has unknown settings \['sed'\]"):
+        prepare("synthetic", num_ratings=3000, generator={"sed": 2})
