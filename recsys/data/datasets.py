@@ -188,7 +188,7 @@ def prepare(name: str = "ml-100k", root: str | os.PathLike | None = None,
             return validate(synthetic.generate_ratings(**gen), source, scale=scale, unit="rating")
     else:
         file = source_path(name, root, path)
-        if not Path(file).is_file():
+        if not Path(file).exists():
             raise FileNotFoundError(f"ratings file {file} does not exist (data.path)")
         digest, source = file_digests(file, root)["sha256"], str(file)
 

