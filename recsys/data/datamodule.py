@@ -166,6 +166,11 @@ class RatingsDataModule(L.LightningDataModule):
                                          hp.split_seed, hp.leave_last_n, hp.folds, hp.fold)
         self.train_set, self.val_set, self.test_set = (
             tuple(c[torch.from_numpy(ix)] for c in cols) for ix in self.split_index)
+        sizes = dict(zip(("train", "validation", "test"), map(len, self.split_index)))
+        empty = [k for k, n in sizes.items() if n == 0 and not (k == "validation" and hp.val_ratio == 0)]
+        if empty:
+            raise ValueError(f"{self.source}: {len(data)} ratings split by data.split={hp.split} into {sizes}: "
+                             f"the {' and '.join(empty)} set is empty; use more ratings or larger ratios")
         del data, cols
         self._ready = True
 

@@ -264,8 +264,10 @@ def read_ratings(path: str | Path, scale: tuple[float, float] | None = (1, 5), f
     """Read any supported ratings file; see the module docstring.
 
     ``format`` is one of :data:`FORMATS` (default: from the file name); ``sep`` overrides the sniffed
-    separator of text files; ``member`` names the file to read inside a zip.
+    separator of text files (``\\t`` or ``tab`` for a tab, as typed on a command line); ``member`` names
+    the file to read inside a zip.
     """
+    sep = {"\\t": "\t", "tab": "\t", "space": " "}.get(sep, sep) if sep is not None else None
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"ratings file {path} does not exist")

@@ -66,3 +66,12 @@ def test_full_batch_when_batch_size_is_null(udata):
     dm.setup()
     batches = list(dm.train_dataloader())
     assert len(batches) == 1 and len(batches[0][0]) == len(dm.train_set[0])
+
+
+def test_a_split_that_leaves_a_set_empty_is_named(tmp_path):
+    path = tmp_path / "tiny.csv"
+    path.write_text("user,item,rating\n1,2,3\n2,2,4\n")
+    dm = RatingsDataModule(path=str(path))
+    with pytest.raises(ValueError, match=r"tiny.csv: 2 ratings split by data.split=random into .* the validation "
+                                         r"and test set is empty"):
+        dm.setup()
