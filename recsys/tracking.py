@@ -9,6 +9,8 @@ from pathlib import Path
 
 import lightning as L
 
+from recsys.io import atomic_file
+
 log = logging.getLogger(__name__)
 
 
@@ -79,10 +81,9 @@ def save_learning_curve(rows: list[dict], path: Path, title: str = "") -> Path |
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_file(path) as out:
+        fig.savefig(out, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -142,12 +142,6 @@ class RatingsDataModule(L.LightningDataModule):
             from recsys.data.sources import fetch
             fetch(self.hparams.name, self.hparams.root)
 
-    def _prepare(self):
-        hp = self.hparams
-        return prepare(hp.name, hp.root, hp.path, (hp.rating_min, hp.rating_max), format=hp.format,
-                       columns=hp.columns, sep=hp.sep, duplicates=hp.duplicates, num_ratings=hp.num_ratings,
-                       generator=hp.generator, cache=hp.cache)
-
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
@@ -156,7 +150,9 @@ class RatingsDataModule(L.LightningDataModule):
         if hp.batch_size and hp.batch_size % world:
             raise ValueError(f"data.batch_size={hp.batch_size} is global and must divide by the "
                              f"world size {world}")
-        data = self._prepare()
+        data = prepare(hp.name, hp.root, hp.path, (hp.rating_min, hp.rating_max), format=hp.format,
+                       columns=hp.columns, sep=hp.sep, duplicates=hp.duplicates, num_ratings=hp.num_ratings,
+                       generator=hp.generator, cache=hp.cache)
         self.source, self.source_sha256, self.duplicates_dropped = data.source, data.source_sha256, \
             data.duplicates_dropped
         self.user_map, self.item_map = IdMap(data.user_ids), IdMap(data.item_ids)

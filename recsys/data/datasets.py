@@ -22,7 +22,6 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ import pandas as pd
 from recsys.data.readers import RatingsFormatError, read_ratings, validate
 from recsys.data.sources import ROUTES, _locked, data_root, fetch, file_digests
 from recsys.data.synthetic import generate_ratings as _generate
+from recsys.io import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,8 @@ class Ratings:
                 arrays[key] = arrays[key].astype(str)
         meta = {"source": self.source, "source_sha256": self.source_sha256,
                 "duplicates_dropped": self.duplicates_dropped, "version": CACHE_VERSION}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                np.savez(out, meta=np.array(json.dumps(meta)), **arrays)
-            os.replace(tmp, path)  # atomic: a killed run leaves no half-written cache
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_file(path) as out:  # a killed run leaves no half-written cache
+            np.savez(out, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
     def load(cls, path: Path) -> Ratings:

