@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterator
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from recsys.data.datasets import SYNTHETIC, prepare
+from recsys.data.datasets import SYNTHETIC, IdMap, prepare
 from recsys.data.sources import ROUTES
 from recsys.data.splits import split_indices
 
@@ -26,34 +25,6 @@ from recsys.data.splits import split_indices
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*IterableDataset` has `__len__` defined.*")
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-
-
-class IdMap:
-    """Original ids <-> contiguous indices 0..n-1 (order of first appearance in the file)."""
-
-    def __init__(self, ids):
-        self.ids = np.asarray(ids)
-        self._index = pd.Index(self.ids)
-        if not self._index.is_unique:
-            raise ValueError("IdMap ids must be unique")
-
-    @classmethod
-    def fit(cls, values) -> tuple[IdMap, np.ndarray]:
-        codes, uniques = pd.factorize(np.asarray(values))
-        return cls(uniques), codes.astype(np.int64)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def to_index(self, ids) -> np.ndarray:
-        idx = self._index.get_indexer(np.asarray(ids))
-        if (idx < 0).any():
-            unknown = np.asarray(ids)[idx < 0][:5].tolist()
-            raise KeyError(f"unknown ids {unknown}")
-        return idx
-
-    def to_ids(self, index) -> np.ndarray:
-        return self.ids[np.asarray(index)]
 
 
 class RatingBatches(IterableDataset):

@@ -41,6 +41,34 @@ DUPLICATES = ("last", "error")
 SYNTHETIC = "synthetic"
 
 
+class IdMap:
+    """Original ids <-> contiguous indices 0..n-1 (order of first appearance in the file)."""
+
+    def __init__(self, ids):
+        self.ids = np.asarray(ids)
+        self._index = pd.Index(self.ids)
+        if not self._index.is_unique:
+            raise ValueError("IdMap ids must be unique")
+
+    @classmethod
+    def fit(cls, values) -> tuple[IdMap, np.ndarray]:
+        codes, uniques = pd.factorize(np.asarray(values))
+        return cls(uniques), codes.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_index(self, ids) -> np.ndarray:
+        idx = self._index.get_indexer(np.asarray(ids))
+        if (idx < 0).any():
+            unknown = np.asarray(ids)[idx < 0][:5].tolist()
+            raise KeyError(f"unknown ids {unknown}")
+        return idx
+
+    def to_ids(self, index) -> np.ndarray:
+        return self.ids[np.asarray(index)]
+
+
 @dataclasses.dataclass
 class Ratings:
     """Ratings with users and items as indices ``0..n-1`` into ``user_ids``/``item_ids`` (original ids)."""
@@ -106,14 +134,14 @@ def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = 
     """Map ids to indices (order of first appearance) and apply the duplicates policy."""
     if duplicates not in DUPLICATES:
         raise ValueError(f"data.duplicates={duplicates!r}: choose one of {DUPLICATES}")
-    users, user_ids = pd.factorize(df["user"].to_numpy())
+    user_map, users = IdMap.fit(df["user"])
     users = users.astype(np.int32)
-    items, item_ids = pd.factorize(df["item"].to_numpy())
+    item_map, items = IdMap.fit(df["item"])
     items = items.astype(np.int32)
     # writable copies where pandas hands out read-only views (torch.from_numpy wants writable arrays)
     ratings = np.require(df["rating"].to_numpy(np.float32), requirements="W")
     times = np.require(df["timestamp"].to_numpy(), requirements="W") if "timestamp" in df else None
-    key = users.astype(np.int64) * len(item_ids) + items
+    key = users.astype(np.int64) * len(item_map) + items
     dup = _repeated(key)
     dropped = 0
     if dup.any():
@@ -137,7 +165,7 @@ def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = 
         times = times[keep] if times is not None else None
         log.warning("%s: dropped %d duplicate (user, item) ratings, keeping the latest of each pair "
                     "(data.duplicates=error refuses them)", source, dropped)
-    return Ratings(users, items, ratings, times, np.asarray(user_ids), np.asarray(item_ids),
+    return Ratings(users, items, ratings, times, user_map.ids, item_map.ids,
                    source, sha256, dropped)
 
 

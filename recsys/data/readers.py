@@ -278,7 +278,6 @@ def read_ratings(path: str | Path, scale: tuple[float, float] | None = (1, 5), f
         raise ValueError(f"data.format={format!r} is not one of {FORMATS}")
     if format == "parquet":
         return read_parquet(path, columns, scale)
-    layout = None
     if path.suffix.lower() == ".zip":
         data, source, base = _zip_member(path, member)
         layout = LAYOUTS.get(base)
@@ -287,19 +286,10 @@ def read_ratings(path: str | Path, scale: tuple[float, float] | None = (1, 5), f
         layout = LAYOUTS.get(path.name)
     if format == "inter":
         return read_delimited(data, source, sep or "\t", columns, True, scale, strip_types=True)
+    header = None  # sniffed
     if format == "tsv":
         sep = sep or "\t"
-    if format == "movielens" and layout is not None and sep is None and columns is None:
-        sep, header = layout
-        return read_delimited(data, source, sep, None, header, scale)
-    return read_delimited(data, source, sep, columns, None, scale)
+    elif format == "movielens" and layout is not None and sep is None and columns is None:
+        sep, header = layout  # a known MovieLens file: its own separator and header
+    return read_delimited(data, source, sep, columns, header, scale)
 
-
-def read_inter(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
-    """RecBole atomic ``.inter`` file: tab-separated, header of ``name:type`` fields."""
-    return read_ratings(path, scale, format="inter")
-
-
-def read_movielens(path: str | Path, scale: tuple[float, float] | None = (1, 5)) -> pd.DataFrame:
-    """A MovieLens ratings file (``u.data``, ``ratings.dat``, ``ratings.csv``) or the zip holding it."""
-    return read_ratings(path, scale, format="movielens")
