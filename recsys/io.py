@@ -1,10 +1,12 @@
-"""Atomic file writes: content goes to a temporary file beside the destination and replaces it with
-``os.replace`` only once complete (and checked), so a killed run never leaves a half-written file that
-a later run would trust."""
+"""Safe file writes for everything the project stores: atomic writes (content goes to a temporary file
+beside the destination and replaces it with ``os.replace`` only once complete and checked, so a killed run
+never leaves a half-written file that a later run would trust) and an exclusive file lock (so concurrent
+processes, e.g. DDP ranks, download or parse a file once)."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -35,3 +37,14 @@ def atomic_file(dest: str | os.PathLike, check: Callable[[Path], None] | None = 
 def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:
     with atomic_file(dest) as out:
         out.write(data)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the duration of the block."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

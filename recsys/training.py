@@ -46,6 +46,20 @@ def _resume_path(cfg: DictConfig, out: Path) -> str | None:
     return None
 
 
+def _best_validation(metric: str, history: tracking.History, ckpt) -> dict:
+    """The validation metrics of the epoch that was best by ``metric`` (``optimized_metric``).
+
+    ``metric`` gets the checkpoint callback's best score where there is one; the epoch's other ``val/*``
+    metrics come from the history, so ``val/rmse`` is always reported beside it.
+    """
+    rows = [r for r in history.rows if metric in r]
+    best = dict(min(rows, key=lambda r: r[metric])) if rows else {}
+    best = {k: v for k, v in best.items() if k.startswith("val/")}
+    if ckpt is not None and ckpt.best_model_score is not None:
+        best[metric] = float(ckpt.best_model_score)
+    return {"val/rmse": float("nan"), metric: float("nan"), **best}
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit and test the configured model; return (and write to metrics.json) the final metrics.
 
@@ -80,11 +94,10 @@ def train(cfg: DictConfig) -> dict:
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, loggers: list, history: tracking.History,
                   out: Path) -> dict:
     datamodule = instantiate(cfg.data)
-    # setup needs the trainer for the world size; prepare_data downloads (once: a file lock serializes)
-    datamodule.trainer = trainer
+    # the model is sized by the data: read and split first (downloads once: a file lock serializes ranks)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model = instantiate(cfg.model, **datamodule.model_kwargs())
+    model = instantiate(cfg.model, data=datamodule.facts())
     run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "data": datamodule.describe(),
                 "git": tracking.git_state(), "parameters": tracking.parameter_counts(model)}
     for lg in loggers:
@@ -105,11 +118,8 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, loggers: list, history: t
     epochs = trainer.current_epoch
     n_train = len(datamodule.train_set[0])
     metrics = {k: float(v) for k, v in results.items()}
-    val = ckpt.best_model_score if ckpt is not None and ckpt.best_model_score is not None else None
-    if val is None:
-        val = min((r[cfg.optimized_metric] for r in history.rows if cfg.optimized_metric in r), default=None)
+    metrics.update(_best_validation(cfg.optimized_metric, history, ckpt))
     metrics.update({
-        "val/rmse": float(val) if val is not None else float("nan"),
         "epochs": int(epochs),
         "fit_seconds": fit_seconds,
         "train_ratings_per_second": n_train * epochs / fit_seconds if fit_seconds > 0 else 0.0,

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from recsys.data.datasets import SYNTHETIC, IdMap, prepare
-from recsys.data.sources import ROUTES
+from recsys.data.datasets import IdMap, Source, prepare
+from recsys.data.facts import DataFacts
+from recsys.data.sources import fetch
 from recsys.data.splits import split_indices
 
 # Batches are produced in the main process by slicing tensors; worker processes would only add IPC.
@@ -79,8 +80,9 @@ class RatingsDataModule(L.LightningDataModule):
     ``batch_size`` is global: under DDP each rank takes ``batch_size / world_size`` a step; ``None``
     (or 0) takes the whole training set each step (full-batch gradient).
     ``val_ratio`` and ``test_ratio`` are fractions of all ratings; validation is carved from train.
-    ``format``, ``columns``, ``sep``, ``duplicates``, ``num_ratings``, ``generator`` and ``cache`` are
-    the reading settings of :func:`recsys.data.datasets.prepare`.
+    ``name``, ``path``, ``root``, the scale, ``format``, ``columns``, ``sep``, ``duplicates``,
+    ``num_ratings``, ``generator`` and ``cache`` are the reading settings: kept flat for the command
+    line (``data.path=...``), gathered into one :class:`~recsys.data.datasets.Source` handed to the reader.
     """
 
     def __init__(self, name: str = "ml-100k", path: str | None = None, root: str | None = None,
@@ -93,38 +95,29 @@ class RatingsDataModule(L.LightningDataModule):
                  leave_last_n: int = 1, folds: int | None = None, fold: int = 0,
                  batch_size: int | None = 4096, eval_batch_size: int = 65536, shuffle_seed: int = 0):
         super().__init__()
-        # plain containers (Hydra passes DictConfigs) so hparams and checkpoints hold no OmegaConf types
-        columns = {k: v for k, v in dict(columns or {}).items() if v is not None} or None
-        generator = dict(generator or {}) or None
-        if path is None and name not in ROUTES and name != SYNTHETIC:
-            raise ValueError(f"data={name} reads your own file: pass data.path=/path/to/ratings.csv "
-                             f"(or .tsv, .parquet, .inter); named data sets are {sorted(ROUTES)} and synthetic")
         if rating_min >= rating_max or rating_step <= 0:
             raise ValueError(f"data.rating_min={rating_min}, data.rating_max={rating_max}, "
                              f"data.rating_step={rating_step}: need min < max and a positive step")
         # floats, as the models hold them: Lightning refuses to merge hparams that differ in type
         rating_min, rating_max, rating_step = float(rating_min), float(rating_max), float(rating_step)
+        # the reading settings as one block (checked here, before any work); handed to the reader in setup
+        self.source = Source(name, root, path, (rating_min, rating_max), format, columns, sep, duplicates,
+                             num_ratings, generator, cache)
+        columns, generator = self.source.columns, self.source.generator  # plain dicts in hparams and checkpoints
         self.save_hyperparameters()
         self._ready = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.hparams.path is None and self.hparams.name != SYNTHETIC:
-            from recsys.data.sources import fetch
-            fetch(self.hparams.name, self.hparams.root)
+        if self.source.path is None and not self.source.synthetic:
+            fetch(self.source.name, self.source.root)
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
         hp = self.hparams
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if hp.batch_size and hp.batch_size % world:
-            raise ValueError(f"data.batch_size={hp.batch_size} is global and must divide by the "
-                             f"world size {world}")
-        data = prepare(hp.name, hp.root, hp.path, (hp.rating_min, hp.rating_max), format=hp.format,
-                       columns=hp.columns, sep=hp.sep, duplicates=hp.duplicates, num_ratings=hp.num_ratings,
-                       generator=hp.generator, cache=hp.cache)
-        self.source, self.source_sha256, self.duplicates_dropped = data.source, data.source_sha256, \
+        data = prepare(self.source)
+        self.source_file, self.source_sha256, self.duplicates_dropped = data.source, data.source_sha256, \
             data.duplicates_dropped
         self.user_map, self.item_map = IdMap(data.user_ids), IdMap(data.item_ids)
         cols = (torch.from_numpy(data.users.astype(np.int64)), torch.from_numpy(data.items.astype(np.int64)),
@@ -136,12 +129,12 @@ class RatingsDataModule(L.LightningDataModule):
         sizes = dict(zip(("train", "validation", "test"), map(len, self.split_index)))
         empty = [k for k, n in sizes.items() if n == 0 and not (k == "validation" and hp.val_ratio == 0)]
         if empty:
-            raise ValueError(f"{self.source}: {len(data)} ratings split by data.split={hp.split} into {sizes}: "
+            raise ValueError(f"{self.source_file}: {len(data)} ratings split by data.split={hp.split} into {sizes}: "
                              f"the {' and '.join(empty)} set is empty; use more ratings or larger ratios")
         del data, cols
         self._ready = True
 
-    # -- facts the models need (train.py injects them) --------------------------------------------
+    # -- facts the models need (handed to the model once) ------------------------------------------
     @property
     def num_users(self) -> int:
         return len(self.user_map)
@@ -153,7 +146,7 @@ class RatingsDataModule(L.LightningDataModule):
     def describe(self) -> dict:
         """What a run should record about its data: name, source file and checksum, split settings."""
         hp = self.hparams
-        return {"name": hp.name, "source": str(self.source), "source_sha256": self.source_sha256,
+        return {"name": hp.name, "source": str(self.source_file), "source_sha256": self.source_sha256,
                 "duplicates_dropped": self.duplicates_dropped,
                 "rating_scale": [hp.rating_min, hp.rating_max, hp.rating_step],
                 "split": hp.split, "split_seed": hp.split_seed, "test_ratio": hp.test_ratio,
@@ -162,12 +155,14 @@ class RatingsDataModule(L.LightningDataModule):
                 "num_train": len(self.train_set[0]), "num_val": len(self.val_set[0]),
                 "num_test": len(self.test_set[0])}
 
-    def model_kwargs(self) -> dict:
-        """Data-dependent model arguments: sizes, rating scale and the training mean."""
-        return dict(num_users=self.num_users, num_items=self.num_items,
-                    num_train_ratings=len(self.train_set[0]),
-                    global_mean=float(self.train_set[2].double().mean()),
-                    rating_min=float(self.hparams.rating_min), rating_max=float(self.hparams.rating_max))
+    def facts(self) -> DataFacts:
+        """What a model needs to know: sizes, training mean and count, rating scale, rows seen in training."""
+        users, items, ratings = self.train_set
+        return DataFacts(num_users=self.num_users, num_items=self.num_items, num_train=len(ratings),
+                         global_mean=float(ratings.double().mean()), rating_min=self.hparams.rating_min,
+                         rating_max=self.hparams.rating_max, rating_step=self.hparams.rating_step,
+                         user_counts=torch.bincount(users, minlength=self.num_users),
+                         item_counts=torch.bincount(items, minlength=self.num_items))
 
     # -- loaders --------------------------------------------------------------------------------
     def _loader(self, tensors, batch_size: int, shuffle: bool) -> DataLoader:
@@ -181,7 +176,10 @@ class RatingsDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=None, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size or len(self.train_set[0]), True)
+        batch, world = self.hparams.batch_size, self.trainer.world_size if self.trainer is not None else 1
+        if batch and batch % world:
+            raise ValueError(f"data.batch_size={batch} is global and must divide by the world size {world}")
+        return self._loader(self.train_set, batch or len(self.train_set[0]), True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size, False)

@@ -30,15 +30,14 @@ import numpy as np
 import pandas as pd
 
 from recsys.data.readers import RatingsFormatError, read_ratings, validate
-from recsys.data.sources import ROUTES, _locked, data_root, fetch, file_digests
+from recsys.data.sources import SYNTHETIC, check_name, data_root, fetch, file_digests
 from recsys.data.synthetic import generate_ratings as _generate
-from recsys.io import atomic_file
+from recsys.io import atomic_file, file_lock
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 DUPLICATES = ("last", "error")
-SYNTHETIC = "synthetic"
 
 
 class IdMap:
@@ -169,62 +168,89 @@ def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = 
                    source, sha256, dropped)
 
 
-def source_path(name: str, root: str | os.PathLike | None = None,
-                path: str | os.PathLike | None = None):
-    """The local file holding data set ``name``: ``path`` if given, else the verified cached download."""
-    if path is not None:
-        return Path(path).expanduser()
-    if name not in ROUTES:
-        raise KeyError(f"unknown data set {name!r}; known: {sorted(ROUTES)}, {SYNTHETIC!r}, or pass a "
-                       "file with data.path=...")
-    return fetch(name, root)
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one data set's ratings come from and how to read them: the block handed to the reader.
 
-
-def prepare(name: str = "ml-100k", root: str | os.PathLike | None = None,
-            path: str | os.PathLike | None = None, scale: tuple[float, float] | None = (1, 5),
-            format: str | None = None, columns: Mapping | None = None, sep: str | None = None,
-            duplicates: str = "last", num_ratings: int | None = None, generator: Mapping | None = None,
-            cache: bool = True) -> Ratings:
-    """Id-mapped ratings of data set ``name`` (downloaded and verified on first use), from the cache
-    when an earlier run parsed the same source with the same settings; see the module docstring.
-
-    ``path`` reads a local file instead (see :func:`recsys.data.readers.read_ratings` for ``format``,
-    ``columns`` and ``sep``). ``name="synthetic"`` generates ``num_ratings`` ratings with
-    ``generator`` settings (:func:`recsys.data.synthetic.generate_ratings`).
+    ``name`` is a known data set (downloaded and verified on first use) or ``synthetic``; ``path`` reads a
+    local file instead (see :func:`recsys.data.readers.read_ratings` for ``format``, ``columns`` and
+    ``sep``). ``scale`` is the declared (min, max) rating; ``duplicates`` the policy for repeated pairs;
+    ``num_ratings``/``generator`` configure ``synthetic``; ``cache`` turns the parse cache on or off.
     """
-    columns = {k: v for k, v in dict(columns or {}).items() if v is not None} or None
-    settings = {"format": format, "columns": columns, "sep": sep, "duplicates": duplicates,
-                "scale": [float(x) for x in scale] if scale is not None else None, "version": CACHE_VERSION}
-    if name == SYNTHETIC and path is None:
+
+    name: str = "ml-100k"
+    root: str | os.PathLike | None = None
+    path: str | os.PathLike | None = None
+    scale: tuple[float, float] | None = (1.0, 5.0)
+    format: str | None = None
+    columns: Mapping | None = None
+    sep: str | None = None
+    duplicates: str = "last"
+    num_ratings: int | None = None
+    generator: Mapping | None = None
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        # plain containers (Hydra passes DictConfigs); roles left null are found by the reader
+        columns = {k: v for k, v in dict(self.columns or {}).items() if v is not None} or None
+        object.__setattr__(self, "columns", columns)
+        object.__setattr__(self, "generator", dict(self.generator or {}) or None)
+        if self.scale is not None:
+            object.__setattr__(self, "scale", tuple(float(x) for x in self.scale))
+        if self.path is None:
+            check_name(self.name, synthetic=True)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.name == SYNTHETIC and self.path is None
+
+    def settings(self) -> dict:
+        """What, besides the source file's content, decides the parsed result (the cache key)."""
+        return {"format": self.format, "columns": self.columns, "sep": self.sep, "duplicates": self.duplicates,
+                "scale": list(self.scale) if self.scale is not None else None, "version": CACHE_VERSION}
+
+    def file(self) -> Path:
+        """The local file holding the ratings: ``path`` if given, else the verified cached download."""
+        file = Path(self.path).expanduser() if self.path is not None else fetch(self.name, self.root)
+        if not file.exists():
+            raise FileNotFoundError(f"ratings file {file} does not exist (data.path)")
+        return file
+
+
+def prepare(*args, **kwargs) -> Ratings:
+    """Id-mapped ratings of a :class:`Source` (or of the settings that make one: ``prepare("ml-1m")``,
+    ``prepare(path="r.csv", scale=(1, 10))``), from the parse cache when an earlier run read the same
+    source with the same settings; see the module docstring.
+    """
+    src = args[0] if len(args) == 1 and not kwargs and isinstance(args[0], Source) else Source(*args, **kwargs)
+    if src.synthetic:
         defaults = {k: p.default for k, p in inspect.signature(_generate).parameters.items()
                     if p.default is not inspect.Parameter.empty and k != "chunk"}
-        unknown = set(dict(generator or {})) - set(defaults)
+        unknown = set(src.generator or {}) - set(defaults)
         if unknown:
             raise ValueError(f"data.generator has unknown settings {sorted(unknown)}; known: {sorted(defaults)}")
-        gen = {**defaults, **dict(generator or {}), "num_ratings": int(num_ratings or 100_000)}
+        gen = {**defaults, **(src.generator or {}), "num_ratings": int(src.num_ratings or 100_000)}
         digest = hashlib.sha256(json.dumps(gen, sort_keys=True).encode()).hexdigest()
         source = f"synthetic:{json.dumps(gen, sort_keys=True)}"
 
         def parse() -> pd.DataFrame:
             from recsys.data import synthetic  # looked up at call time (tests replace it)
 
-            return validate(synthetic.generate_ratings(**gen), source, scale=scale, unit="rating")
+            return validate(synthetic.generate_ratings(**gen), source, scale=src.scale, unit="rating")
     else:
-        file = source_path(name, root, path)
-        if not Path(file).exists():
-            raise FileNotFoundError(f"ratings file {file} does not exist (data.path)")
-        digest, source = file_digests(file, root)["sha256"], str(file)
+        file = src.file()
+        digest, source = file_digests(file, src.root)["sha256"], str(file)
 
         def parse() -> pd.DataFrame:
-            return read_ratings(file, scale, format=format, columns=columns, sep=sep)
+            return read_ratings(file, src.scale, format=src.format, columns=src.columns, sep=src.sep)
 
-    if not cache:
-        return index_ratings(parse(), source, digest, duplicates)
-    key = hashlib.sha256(json.dumps([digest, settings], sort_keys=True).encode()).hexdigest()[:20]
-    folder = data_root(root) / (name if path is None else "files")  # user files: <root>/files/
+    if not src.cache:
+        return index_ratings(parse(), source, digest, src.duplicates)
+    key = hashlib.sha256(json.dumps([digest, src.settings()], sort_keys=True).encode()).hexdigest()[:20]
+    folder = data_root(src.root) / (src.name if src.path is None else "files")  # user files: <root>/files/
     folder.mkdir(parents=True, exist_ok=True)
     cached = folder / f"parsed-{key}.npz"
-    with _locked(folder / ".parsed.lock"):  # DDP ranks: one parses, the others read its cache
+    with file_lock(folder / ".parsed.lock"):  # DDP ranks: one parses, the others read its cache
         if cached.exists():
             try:
                 data = Ratings.load(cached)
@@ -232,7 +258,7 @@ def prepare(name: str = "ml-100k", root: str | os.PathLike | None = None,
                 return data
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
                 log.warning("parsed cache %s is unreadable (%s); parsing the source again", cached, err)
-        data = index_ratings(parse(), source, digest, duplicates)
+        data = index_ratings(parse(), source, digest, src.duplicates)
         with contextlib.suppress(OSError):  # a read-only cache folder costs only speed
             data.save(cached)
         return data
@@ -247,4 +273,4 @@ def load_ratings(name: str = "ml-100k", root: str | os.PathLike | None = None,
     instead (MovieLens files or zips, CSV/TSV, Parquet, RecBole ``.inter``). Ratings outside ``scale``
     are an error naming the file and line. Further keyword arguments go to :func:`prepare`.
     """
-    return prepare(name, root, path, scale, **kwargs).frame()
+    return prepare(Source(name, root, path, scale, **kwargs)).frame()

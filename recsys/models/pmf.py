@@ -12,7 +12,7 @@ batch B drawn from the N training ratings is
 an unbiased estimate of E/N (exact when averaged over one epoch of equal batches), so gradient training
 and alternating least squares optimize the same function.
 
-``solver="als"`` minimizes E in closed form (recsys/als.py): ``reg_scaling="row"`` is E exactly
+``solver="als"`` minimizes E in closed form (recsys/solvers/als.py): ``reg_scaling="row"`` is E exactly
 (λ_U, λ_V per row); ``"frequency"`` scales them by each row's rating count (ALS-WR, Zhou et al. 2008).
 """
 
@@ -21,52 +21,38 @@ from __future__ import annotations
 import torch
 
 from recsys.models.base import RatingModel
-from recsys.models.layers import Bilinear
+from recsys.models.nets import Bilinear, Centered
+from recsys.models.objectives import gaussian_prior, map_estimate, map_objective
+from recsys.solvers.als import LeastSquares
 
 
 class PMF(RatingModel):
-    def __init__(self, num_users: int, num_items: int, num_train_ratings: int = 1, global_mean: float = 0.0,
-                 rating_min: float = 1.0, rating_max: float = 5.0, dim: int = 4,
-                 lambda_u: float = 3.0, lambda_v: float = 3.0, lr: float = 0.1,
-                 optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.9,
-                 init_std: float = 0.1, center: bool = True, solver: str = "gradient",
-                 reg_scaling: str = "row"):
+    default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.1, "weight_decay": 0.0}
+
+    def __init__(self, dim: int = 4, lambda_u: float = 3.0, lambda_v: float = 3.0, init_std: float = 0.1,
+                 center: bool = True, reg_scaling: str = "row"):
         super().__init__()
-        self.save_hyperparameters()
-        self.init_common()
         if lambda_u < 0 or lambda_v < 0:
             raise ValueError(f"model.lambda_u={lambda_u}, model.lambda_v={lambda_v} must be >= 0")
-        self._check_als(lambda_u=lambda_u, lambda_v=lambda_v)
-        if num_train_ratings < 1:
-            raise ValueError(f"num_train_ratings={num_train_ratings}: PMF needs the training-set size")
-        self.net = Bilinear(num_users, num_items, dim, bias=False, init_std=init_std)
-        self.mu = global_mean if center else 0.0
-
-    def score(self, users, items):
-        """The model's raw output before mapping to the rating scale."""
-        return self.net(users, items)
-
-    def target(self, ratings):
-        """Ratings in the space where the squared error of E is taken."""
-        return ratings - self.mu
+        self.net = Bilinear(self.data.num_users, self.data.num_items, dim, bias=False, init_std=init_std)
+        self.link = Centered(self.data.global_mean if center else 0.0)
+        self.lambdas, self.reg_scaling = (lambda_u, lambda_v), reg_scaling
 
     def forward(self, users, items):
-        return self.mu + self.score(users, items)
+        return self.link.rating(self.link.mean(self.net(users, items)))
 
     def _prior(self) -> torch.Tensor:
-        hp = self.hparams
-        return 0.5 * (hp.lambda_u * self.net.user.weight.square().sum()
-                      + hp.lambda_v * self.net.item.weight.square().sum())
+        return gaussian_prior(*self.net.squared_norms(), *self.lambdas)
 
-    def _fit(self, users, items, ratings) -> torch.Tensor:
-        return self.target(ratings) - self.score(users, items)
+    def _residual(self, users, items, ratings) -> torch.Tensor:
+        return self.link.target(ratings) - self.link.mean(self.net(users, items))
 
     def objective(self, users, items, ratings):
-        return 0.5 * self._fit(users, items, ratings).square().mean() + self._prior() / self.hparams.num_train_ratings
-
-    def als_lambdas(self):
-        return self.hparams.lambda_u, self.hparams.lambda_v
+        return map_estimate(self._residual(users, items, ratings), self._prior(), self.data.num_train)
 
     def map_objective(self, users, items, ratings) -> torch.Tensor:
         """E itself over the given (full training) ratings."""
-        return 0.5 * self._fit(users, items, ratings).square().sum() + self._prior()
+        return map_objective(self._residual(users, items, ratings), self._prior())
+
+    def least_squares(self) -> LeastSquares:
+        return LeastSquares(self.net, self.link.target, self.lambdas, self.reg_scaling, ("lambda_u", "lambda_v"))

@@ -1,0 +1,91 @@
+"""Scoring math shared by the models, kept apart from the Lightning systems: small ``nn.Module``\\ s.
+
+- :class:`Bilinear`: s(u, i) = P_uᵀQ_i [+ b_u + b_i], the factor (and bias) tables. ``dim=0`` leaves only
+  the biases (the baseline model). It exposes the tables ALS needs (:class:`recsys.solvers.als.Tables`).
+- Links map between ratings and the space where the squared error is taken:
+  :class:`Centered` (t = r − μ, r̂ = μ + s) and :class:`ScaledSigmoid` (t = (r − r_min)/(r_max − r_min),
+  r̂ = r_min + (r_max − r_min)·g(c + s), g the logistic function).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Bilinear(nn.Module):
+    """``s(u, i) = P_uᵀQ_i [+ b_u + b_i]``: user/item factor tables with optional bias tables.
+
+    Dense embeddings on purpose: sparse gradients do not all-reduce under DDP on NCCL.
+    """
+
+    def __init__(self, num_users: int, num_items: int, dim: int, bias: bool, init_std: float):
+        super().__init__()
+        self.user = nn.Embedding(num_users, dim)
+        self.item = nn.Embedding(num_items, dim)
+        nn.init.normal_(self.user.weight, std=init_std)
+        nn.init.normal_(self.item.weight, std=init_std)
+        self.user_bias = nn.Embedding(num_users, 1) if bias else None
+        self.item_bias = nn.Embedding(num_items, 1) if bias else None
+        if bias:
+            nn.init.zeros_(self.user_bias.weight)
+            nn.init.zeros_(self.item_bias.weight)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        score = (self.user(users) * self.item(items)).sum(-1)
+        if self.user_bias is not None:
+            score = score + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
+        return score
+
+    def row_penalty(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """Per-rating ``(‖P_u‖² + ‖Q_i‖², b_u² + b_i²)``: the SGD-MF regularizer, one term per rating."""
+        factors = self.user(users).square().sum(-1) + self.item(items).square().sum(-1)
+        if self.user_bias is None:
+            return factors, 0.0
+        return factors, self.user_bias(users).squeeze(-1).square() + self.item_bias(items).squeeze(-1).square()
+
+    def known_bias(self, users: torch.Tensor, items: torch.Tensor, user_seen: torch.Tensor,
+                   item_seen: torch.Tensor) -> torch.Tensor:
+        """The cold-start score: b_u + b_i counting only the sides with training ratings (0 without biases)."""
+        if self.user_bias is None:
+            return torch.zeros(users.shape, device=users.device)
+        return self.user_bias(users).squeeze(-1) * user_seen[users] + self.item_bias(items).squeeze(-1) * item_seen[items]
+
+    def squared_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(‖P‖², ‖Q‖²) over all rows: PMF's Gaussian priors."""
+        return self.user.weight.square().sum(), self.item.weight.square().sum()
+
+
+class Centered(nn.Module):
+    """Identity link around the training mean: t(r) = r − μ, r̂ = μ + s."""
+
+    def __init__(self, mu: float):
+        super().__init__()
+        self.mu = float(mu)
+
+    def target(self, ratings: torch.Tensor) -> torch.Tensor:
+        return ratings - self.mu
+
+    def mean(self, score: torch.Tensor) -> torch.Tensor:
+        """The model's estimate of t(r) from the raw score."""
+        return score
+
+    def rating(self, mean: torch.Tensor) -> torch.Tensor:
+        return self.mu + mean
+
+
+class ScaledSigmoid(nn.Module):
+    """Logistic link onto the rating scale: t(r) = (r − r_min)/span, r̂ = r_min + span·g(c + s)."""
+
+    def __init__(self, rating_min: float, rating_max: float, offset: float = 0.0):
+        super().__init__()
+        self.low, self.span, self.offset = float(rating_min), float(rating_max - rating_min), float(offset)
+
+    def target(self, ratings: torch.Tensor) -> torch.Tensor:
+        return (ratings - self.low) / self.span
+
+    def mean(self, score: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.offset + score)
+
+    def rating(self, mean: torch.Tensor) -> torch.Tensor:
+        return self.low + self.span * mean

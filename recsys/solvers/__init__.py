@@ -1,0 +1,14 @@
+"""Fitting strategies, apart from the models they fit: ``model.solver=gradient|als``.
+
+A strategy is a small object with ``automatic_optimization``, ``check(model)``,
+``configure_optimizers(model)`` and ``training_step(model, batch, batch_idx)``; the Lightning system
+(:class:`recsys.models.base.RatingModel`) delegates to it. :mod:`recsys.solvers.als` works on any model
+whose ``least_squares()`` returns a :class:`~recsys.solvers.als.LeastSquares`.
+"""
+
+from recsys.solvers.als import ALS, LeastSquares
+from recsys.solvers.gradient import Gradient
+
+SOLVERS = {"gradient": Gradient, "als": ALS}
+
+__all__ = ["ALS", "SOLVERS", "Gradient", "LeastSquares"]

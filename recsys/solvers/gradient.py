@@ -1,0 +1,84 @@
+"""Gradient training: the model's minibatch objective, minimized by a torch optimizer that the config names.
+
+The optimizer is a config component, as in lightning-hydra-template::
+
+    optimizer:
+      _target_: torch.optim.Adam
+      _partial_: true
+      lr: 0.005
+
+It reaches the model as a dict, a DictConfig or a ``functools.partial`` of the optimizer class and is
+kept in the hyperparameters as primitives (``{"_target_": "torch.optim.Adam", "lr": 0.005}``), so a
+checkpoint loads with ``weights_only=True``. Only optimizers under ``torch.optim`` or this project
+(``recsys.``) are accepted: a checkpoint must not name arbitrary code to import.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Mapping
+
+import torch
+
+ALLOWED = ("torch.optim.", "recsys.")
+
+
+def _locate(target: str) -> type[torch.optim.Optimizer]:
+    from hydra.utils import get_class
+
+    if not isinstance(target, str) or not target.startswith(ALLOWED):
+        raise ValueError(f"model.optimizer._target_={target!r}: name an optimizer under {' or '.join(ALLOWED)} "
+                         "(e.g. torch.optim.Adam)")
+    try:
+        cls = get_class(target)
+    except Exception as err:  # noqa: BLE001 - Hydra raises several kinds; all mean "not found"
+        raise ValueError(f"model.optimizer._target_={target!r} cannot be imported: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ValueError(f"model.optimizer._target_={target!r} is not a torch.optim.Optimizer")
+    return cls
+
+
+def optimizer_spec(optimizer) -> dict:
+    """The optimizer setting as primitives, checked: its class exists and takes every argument given."""
+    if isinstance(optimizer, functools.partial):
+        target = f"{optimizer.func.__module__}.{optimizer.func.__qualname__}"
+        spec = {"_target_": target, **optimizer.keywords}
+    elif isinstance(optimizer, type):
+        spec = {"_target_": f"{optimizer.__module__}.{optimizer.__qualname__}"}
+    elif isinstance(optimizer, Mapping):
+        from omegaconf import DictConfig, OmegaConf
+
+        spec = OmegaConf.to_container(optimizer, resolve=True) if isinstance(optimizer, DictConfig) else dict(optimizer)
+        spec.pop("_partial_", None)
+        if "_target_" not in spec:
+            raise ValueError(f"model.optimizer={spec}: needs a _target_ (e.g. torch.optim.Adam)")
+    else:
+        raise TypeError(f"model.optimizer={optimizer!r}: give a dict with _target_, or a partial of an optimizer class")
+    cls = _locate(spec["_target_"])
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in spec if k != "_target_" and k not in accepted]
+    if unknown:
+        raise ValueError(f"model.optimizer: {spec['_target_']} takes no argument {unknown}; it takes "
+                         f"{[k for k in accepted if k not in ('self', 'params')]}")
+    return spec
+
+
+def build_optimizer(spec: Mapping, params) -> torch.optim.Optimizer:
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    return _locate(spec["_target_"])(params, **kwargs)
+
+
+class Gradient:
+    """Fitting strategy: Lightning's automatic optimization of ``model.objective`` per batch."""
+
+    automatic_optimization = True
+
+    def check(self, model) -> None:
+        pass  # every model has an objective
+
+    def configure_optimizers(self, model):
+        return build_optimizer(model.hparams.optimizer, model.parameters())
+
+    def training_step(self, model, batch, batch_idx: int) -> torch.Tensor:
+        return model.objective(*batch)
