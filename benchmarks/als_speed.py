@@ -20,18 +20,18 @@ import numpy as np
 import torch
 
 from recsys.data import RatingsDataModule
-from recsys.models import BiasedMF
+from recsys.models.mf import BiasedMF
+from recsys.solvers.als import half_sweep
 
 
 def ours(dm: RatingsDataModule, dim: int, epochs: int) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = BiasedMF(**dm.model_kwargs(), dim=dim, solver="als")
-    batches = [dm.train_set]  # full batch: one accumulation per half-sweep
+    model = BiasedMF(data=dm.facts(), dim=dim, solver="als")
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
-        model.als_half_sweep("user", batches)
-        model.als_half_sweep("item", batches)
+        for side in ("user", "item"):  # what one ALS epoch of train.py does
+            half_sweep(model.least_squares(), side, *dm.train_set)
         times.append(time.perf_counter() - start)
     users, items, ratings = dm.test_set
     with torch.no_grad():

@@ -1,27 +1,33 @@
-"""``hparams_search=optuna``: Hydra's Optuna sweeper, refusing to run a study that tunes nothing.
+"""``hparams_search=optuna``: refuse a study that would tune nothing, before its first trial.
 
 The search space of ``model=<name>`` is ``configs/hparams_search/space/optuna_<name>.yaml`` (an optional
 default of train.yaml, so runs without a search work for every model). A model without that file would
-otherwise give ``n_trials`` identical jobs; this sweeper stops before the first one, naming the file.
+otherwise give ``n_trials`` identical jobs. :class:`RequireSearchSpace` is a Hydra callback (configured
+by configs/hparams_search/optuna.yaml) that stops the multirun before it starts, naming the file to add.
 """
 
 from __future__ import annotations
 
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _HydraOptunaSweeper
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 DISTRIBUTIONS = ("choice(", "range(", "interval(", "tag(")
 
 
-class OptunaSweeper(_HydraOptunaSweeper):
-    def setup(self, *, hydra_context, task_function, config) -> None:
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self._model = config.hydra.runtime.choices.get("model")
+class MissingSearchSpace(SystemExit):
+    """Raised before the first trial. A SystemExit: Hydra turns a callback's ordinary exception into a warning."""
 
-    def sweep(self, arguments: list[str]) -> None:
-        from_command_line = any(v.split("=", 1)[-1].startswith(DISTRIBUTIONS) for v in arguments)
-        if not self.sweeper.params and not from_command_line:
-            raise ValueError(
-                f"hparams_search=optuna: model={self._model} has no search space. Add "
-                f"configs/hparams_search/space/optuna_{self._model}.yaml (e.g. `model.optimizer.lr: "
-                "interval(0.001, 0.05)`, see optuna_mf.yaml), or give ranges on the command line")
-        return super().sweep(arguments)
+
+class RequireSearchSpace(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        params = config.hydra.sweeper.get("params") or {}
+        overrides = config.hydra.overrides.task
+        from_command_line = any(o.split("=", 1)[-1].startswith(DISTRIBUTIONS) for o in overrides)
+        if not params and not from_command_line:
+            model = config.hydra.runtime.choices.get("model")
+            raise MissingSearchSpace(
+                f"hparams_search=optuna: model={model} has no search space. Add "
+                f"configs/hparams_search/space/optuna_{model}.yaml (e.g. `model.optimizer.lr: interval(0.001, 0.05)`, "
+                "see optuna_mf.yaml), or give ranges on the command line")

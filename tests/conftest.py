@@ -25,9 +25,21 @@ def synthetic_ratings(num_users=60, num_items=40, density=0.5, rank=3, noise=0.3
     return np.stack([users + 1, items + 1, ratings, ts], axis=1).astype(np.int64)
 
 
+def fake_facts(num_users=20, num_items=15, num_train=200, global_mean=3.0, **kw):
+    """Data facts for building a model without data (as tests of lightning-hydra-template do)."""
+    from recsys.data.facts import DataFacts
+
+    return DataFacts(num_users=num_users, num_items=num_items, num_train=num_train, global_mean=global_mean, **kw)
+
+
 def write_udata(path: Path, rows: np.ndarray) -> Path:
     path.write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
     return path
+
+
+def model_configs() -> dict[str, Path]:
+    """Every model config: adding configs/model/<name>.yaml enrols the model in every model test."""
+    return {p.stem: p for p in sorted((CONFIGS / "model").glob("*.yaml"))}
 
 
 @pytest.fixture(autouse=True)

@@ -5,11 +5,15 @@ import json
 import lightning as L
 import pytest
 import torch
+from conftest import fake_facts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys import als
-from recsys.models import PMF, BiasedMF, SigmoidPMF
+from recsys.models.baseline import Baseline
+from recsys.models.mf import BiasedMF
+from recsys.models.pmf import PMF
+from recsys.models.pmf_sigmoid import SigmoidPMF
+from recsys.solvers import als
 from recsys.training import train
 
 
@@ -21,22 +25,21 @@ def _problem(n_users, n_items, n, seed):
 
 
 def _kw(r, n_users, n_items):
-    return dict(num_users=n_users, num_items=n_items, num_train_ratings=len(r), global_mean=float(r.mean()))
+    return dict(data=fake_facts(n_users, n_items, len(r), float(r.mean())))
 
 
-def _half_step(model, side, users, items, ratings, batches=1):
-    parts = torch.arange(len(ratings)).tensor_split(batches)
-    model.als_half_sweep(side, [(users[p], items[p], ratings[p]) for p in parts])
+def _half_step(model, side, users, items, ratings):
+    als.half_sweep(model.least_squares(), side, users, items, ratings)
 
 
 def _naive_user_step(model, users, items, ratings, lam_vec, scaling):
     """Per user: torch.linalg.solve of the normal equations, written out directly."""
     net = model.net
-    out = als.side_weights(net, "user").clone()
+    out = model.least_squares().weights("user").clone()
     for u in users.unique():
         sel = users == u
         feats = net.item.weight[items[sel]]
-        target = model.target(ratings[sel])
+        target = model.link.target(ratings[sel])
         if net.user_bias is not None:
             feats = torch.cat([feats, torch.ones(len(feats), 1, dtype=feats.dtype)], 1)
             target = target - net.item_bias.weight[items[sel], 0]
@@ -47,22 +50,27 @@ def _naive_user_step(model, users, items, ratings, lam_vec, scaling):
 
 
 @pytest.mark.parametrize("scaling", ["row", "frequency"])
-@pytest.mark.parametrize("model_cls", ["pmf", "mf"])
-def test_half_step_equals_naive_normal_equations(model_cls, scaling):
+@pytest.mark.parametrize("model_cls", ["pmf", "mf", "baseline"])
+def test_half_step_equals_naive_normal_equations(model_cls, scaling, monkeypatch):
     torch.manual_seed(0)
     users, items, r = _problem(30, 25, 300, seed=1)
     if model_cls == "pmf":
         model = PMF(**_kw(r, 30, 25), dim=6, lambda_u=0.7, lambda_v=1.3, solver="als", reg_scaling=scaling)
-    else:
+    elif model_cls == "mf":
         model = BiasedMF(**_kw(r, 30, 25), dim=6, reg=0.2, reg_bias=0.05, solver="als", reg_scaling=scaling,
                          init_std=0.3)
+    else:
+        model = Baseline(**_kw(r, 30, 25), reg=0.2, solver="als", reg_scaling=scaling)
+        with torch.no_grad():
+            model.net.item_bias.weight.normal_()
     model = model.double()
-    lam = model.als_lambdas()[0]
-    k = als.side_weights(model.net, "user").shape[1]
-    lam_vec = torch.as_tensor(lam, dtype=torch.float64).expand(k)
+    problem = model.least_squares()
+    k = problem.weights("user").shape[1]
+    lam_vec = torch.as_tensor(problem.ridge[0], dtype=torch.float64).expand(k)
     expected = _naive_user_step(model, users, items, r, lam_vec, scaling)
-    _half_step(model, "user", users, items, r, batches=4)  # accumulated over 4 batches
-    assert torch.allclose(als.side_weights(model.net, "user"), expected, atol=1e-6, rtol=0)
+    monkeypatch.setattr(als, "CHUNK", 75)  # the normal equations accumulated over 4 chunks
+    _half_step(model, "user", users, items, r)
+    assert torch.allclose(problem.weights("user"), expected, atol=1e-6, rtol=0)
 
 
 def _E(model, users, items, ratings):
@@ -74,9 +82,10 @@ def _als_objective(model, users, items, ratings):
 
     For PMF with row scaling it is 2E; for MF with frequency scaling, N times its minibatch loss.
     """
-    total = (model.target(ratings) - model.net(users, items)).square().sum()
-    for side, rows, lam in zip(("user", "item"), (users, items), model.als_lambdas()):
-        x = als.side_weights(model.net, side)
+    problem = model.least_squares()
+    total = (model.link.target(ratings) - model.net(users, items)).square().sum()
+    for side, rows, lam in zip(("user", "item"), (users, items), problem.ridge):
+        x = problem.weights(side)
         n = torch.bincount(rows, minlength=len(x)).to(x.dtype)
         c = n if model.hparams.reg_scaling == "frequency" else torch.ones_like(n)
         total = total + (c.unsqueeze(1) * torch.as_tensor(lam, dtype=x.dtype) * x.square()).sum()
@@ -123,14 +132,14 @@ def test_rows_without_training_ratings_keep_their_initialization():
             _half_step(model, side, users[keep], items[keep], r[keep])
     assert torch.equal(model.net.user.weight[9], cold_user) and torch.equal(model.net.item.weight[9], cold_item)
     # and they are predicted like any gradient model's cold rows: μ plus a vanishing interaction
-    assert abs(model.predict(torch.tensor([9]), torch.tensor([0])).item() - model.mu) < 0.2
+    assert abs(model.predict(torch.tensor([9]), torch.tensor([0])).item() - model.link.mu) < 0.2
 
 
 def test_gradient_and_als_reach_the_same_objective():
     users, items, r = _problem(40, 30, 500, seed=3)
     kw = dict(**_kw(r, 40, 30), dim=3, lambda_u=2.0, lambda_v=2.0)
     torch.manual_seed(0)
-    grad = PMF(**kw, lr=0.05).double()
+    grad = PMF(**kw).double()
     opt = torch.optim.Adam(grad.parameters(), lr=0.05)
     for _ in range(3000):
         loss = grad.objective(users, items, r)  # full batch: exactly E/N
@@ -148,11 +157,12 @@ def test_gradient_and_als_reach_the_same_objective():
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: PMF(5, 5, 10, lambda_u=0.0, solver="als"), "model.lambda_u=0.0 with model.solver=als"),
-    (lambda: BiasedMF(5, 5, 10, reg=0.0, solver="als"), "model.reg=0.0 with model.solver=als"),
-    (lambda: SigmoidPMF(5, 5, 10, solver="als"), "not bilinear"),
-    (lambda: PMF(5, 5, 10, solver="newton"), "model.solver='newton'"),
-    (lambda: PMF(5, 5, 10, solver="als", reg_scaling="both"), "model.reg_scaling='both'"),
+    (lambda: PMF(data=fake_facts(), lambda_u=0.0, solver="als"), "model.lambda_u=0.0, .* with model.solver=als"),
+    (lambda: BiasedMF(data=fake_facts(), reg=0.0, solver="als"), "model.reg=0.0, .* with model.solver=als"),
+    (lambda: Baseline(data=fake_facts(), reg=0.0, solver="als"), "model.reg=0.0 with model.solver=als"),
+    (lambda: SigmoidPMF(data=fake_facts(), solver="als"), "SigmoidPMF is not bilinear"),
+    (lambda: PMF(data=fake_facts(), solver="newton"), "model.solver='newton'"),
+    (lambda: PMF(data=fake_facts(), reg_scaling="both"), "model.reg_scaling='both'"),
 ])
 def test_bad_als_settings_are_rejected(make, match):
     with pytest.raises(ValueError, match=match):
@@ -164,7 +174,7 @@ def test_non_finite_factors_stop_training_naming_the_epoch(udata):
 
     dm = RatingsDataModule(path=str(udata))
     dm.setup()
-    model = PMF(**dm.model_kwargs(), solver="als")
+    model = PMF(data=dm.facts(), solver="als")
     with torch.no_grad():
         model.net.item.weight[0, 0] = float("nan")
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -173,7 +183,7 @@ def test_non_finite_factors_stop_training_naming_the_epoch(udata):
         trainer.fit(model, datamodule=dm)
 
 
-@pytest.mark.parametrize("model", ["mf", "pmf"])
+@pytest.mark.parametrize("model", ["mf", "pmf", "baseline"])
 def test_als_runs_through_train_py_like_gradient_training(compose_cfg, tmp_path, model):
     metrics = train(compose_cfg(f"model={model}", "model.solver=als", "trainer.max_epochs=4",
                                 "~callbacks.early_stopping"))

@@ -14,6 +14,7 @@ import torch
 from conftest import synthetic_ratings, write_udata
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration  # subprocesses: python -m pytest -m integration
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_every_training_rating_is_seen_once_per_epoch(request, which):
 
 def test_test_metrics_under_ddp_equal_a_direct_evaluation(grad_runs, data_file):
     from recsys.data import RatingsDataModule
-    from recsys.models import BiasedMF
+    from recsys.models.mf import BiasedMF
 
     run, metrics = grad_runs[1]
     model = BiasedMF.load_from_checkpoint(metrics["test_checkpoint"], weights_only=True)

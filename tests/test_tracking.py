@@ -82,13 +82,14 @@ def test_every_run_saves_a_valid_learning_curve(compose_cfg, tmp_path):
     height, width, _ = matplotlib.image.imread(png).shape
     assert height > 100 and width > 100
     info = json.loads((tmp_path / "run" / "run_info.json").read_text())
-    assert info["data"]["num_train"] > 0 and info["config"]["model"]["_target_"] == "recsys.models.BiasedMF"
+    assert info["data"]["num_train"] > 0 and info["config"]["model"]["_target_"] == "recsys.models.mf.BiasedMF"
 
 
+@pytest.mark.integration
 def test_multirun_goes_on_past_a_failing_job_and_report_lists_it(udata, tmp_path):
     sweep = tmp_path / "multirun"
     res = subprocess.run(
-        [sys.executable, "train.py", "-m", "model=mf,pmf", "model.lr=0.01,-1.0", f"data.path={udata}",
+        [sys.executable, "train.py", "-m", "model=mf,pmf", "model.optimizer.lr=0.01,-1.0", f"data.path={udata}",
          "trainer.max_epochs=2", "logger=none", "callbacks.progress_bar.refresh_rate=0",
          f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode != 0  # Hydra reports the failure at the end ...
@@ -112,6 +113,7 @@ def _report(sweep: Path) -> str:
     return rep.stdout
 
 
+@pytest.mark.integration
 def test_two_job_ddp_multirun_and_report(udata, tmp_path):
     sweep = tmp_path / "multirun"
     res = subprocess.run(
@@ -126,6 +128,7 @@ def test_two_job_ddp_multirun_and_report(udata, tmp_path):
     assert "| model=mf" in out and "| model=pmf" in out and "Failed" not in out
 
 
+@pytest.mark.integration
 def test_two_trial_optuna_sweep_and_report(udata, tmp_path):
     sweep = tmp_path / "optuna"
     res = subprocess.run(
@@ -137,7 +140,7 @@ def test_two_trial_optuna_sweep_and_report(udata, tmp_path):
     trials = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
     assert len(trials) == 2
     best = yaml_load(sweep / "optimization_results.yaml")
-    assert set(best["best_params"]) == {"model.dim", "model.lr", "model.lambda_u", "model.lambda_v"}
+    assert set(best["best_params"]) == {"model.dim", "model.optimizer.lr", "model.lambda_u", "model.lambda_v"}
     assert best["best_value"] == pytest.approx(min(t["val/rmse"] for t in trials))
     out = _report(sweep)
     assert out.count("| model.") == 2  # one row per trial configuration
@@ -155,7 +158,7 @@ def test_a_failing_run_still_finishes_its_wandb_run(compose_cfg, tmp_path, monke
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     with pytest.raises(ValueError, match="Invalid learning rate"):
-        train(compose_cfg("logger=wandb", "model.lr=-1.0"))
+        train(compose_cfg("logger=wandb", "model.optimizer.lr=-1.0"))
     assert wandb.run is None  # finished, so the next job of a sweep starts a fresh run
     assert "Invalid learning rate" in json.loads((tmp_path / "run" / "failed.json").read_text())["error"]
 

@@ -18,7 +18,7 @@ KEYS = {"test/rmse", "test/mae", "val/rmse", "epochs", "fit_seconds", "train_rat
 
 
 def test_model_configs_are_discovered():
-    assert {"mf", "pmf", "pmf_sigmoid"} <= set(MODELS)
+    assert {"mf", "pmf", "pmf_sigmoid", "baseline"} <= set(MODELS)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -44,7 +44,7 @@ def test_training_learns_and_checkpoints_load(compose_cfg, model, tmp_path):
     # the id maps travel with the checkpoint, in original ids
     state = torch.load(ckpt, weights_only=True)
     assert sorted(state["RatingsDataModule"]["user_ids"]) == list(range(1, 61))
-    assert loaded.hparams.num_users == 60
+    assert loaded.data.num_users == 60 and loaded.hparams.data["num_users"] == 60
     u, i = torch.tensor([0, 1]), torch.tensor([0, 1])
     assert torch.allclose(loaded.predict(u, i), loaded.predict(u, i).clamp(1, 5))
 
@@ -62,18 +62,20 @@ def test_batch_size_must_divide_by_world_size(udata):
     from recsys.data import RatingsDataModule
 
     dm = RatingsDataModule(path=str(udata), batch_size=1001)
+    dm.setup()
 
     class FakeTrainer:
         world_size = 2
 
     dm.trainer = FakeTrainer()
     with pytest.raises(ValueError, match="data.batch_size=1001 is global and must divide by the world size 2"):
-        dm.setup()
+        dm.train_dataloader()
 
 
 def test_d2l_experiment_holds_the_chapter_settings(compose_cfg):
     cfg = compose_cfg("experiment=d2l_mf")
-    assert (cfg.model.dim, cfg.model.lr, cfg.model.weight_decay, cfg.model.reg) == (30, 0.002, 1e-5, 0.0)
+    assert (cfg.model.dim, cfg.model.optimizer.lr, cfg.model.optimizer.weight_decay, cfg.model.reg) == \
+        (30, 0.002, 1e-5, 0.0)
     assert cfg.model.use_global_mean is False and cfg.trainer.max_epochs == 20 and cfg.data.batch_size == 512
     assert cfg.data.test_ratio == 0.1
 
@@ -83,6 +85,7 @@ def _cli(*args, cwd=ROOT):
                           timeout=300)
 
 
+@pytest.mark.integration
 def test_cli_writes_metrics_json_in_the_run_dir(udata, tmp_path):
     run = tmp_path / "cli"
     res = _cli("model=pmf", f"data.path={udata}", "trainer.max_epochs=3", f"hydra.run.dir={run}",
@@ -94,6 +97,7 @@ def test_cli_writes_metrics_json_in_the_run_dir(udata, tmp_path):
     assert list((run / "checkpoints").glob("*.ckpt"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("group,choices", [("model", MODELS), ("data", ["ml100k"])])
 def test_cli_unknown_name_lists_the_choices(tmp_path, group, choices):
     res = _cli(f"{group}=nope", f"hydra.run.dir={tmp_path}")
@@ -127,6 +131,19 @@ def test_synthetic_data_set_trains(compose_cfg, tmp_path):
     assert info["source"].startswith("synthetic:") and '"seed": 3' in info["source"]
 
 
-def test_ratings_file_needs_a_path(tmp_path):
-    res = _cli("data=ratings_file", f"hydra.run.dir={tmp_path}")
-    assert res.returncode != 0 and "data.path" in res.stderr
+def test_ratings_file_needs_a_path(compose_cfg):
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    with pytest.raises(InstantiationException, match="ratings_file. is not one recsys can download .* data.path="):
+        instantiate(compose_cfg("data=ratings_file", "data.path=null").data)
+
+
+def test_optimized_metric_is_reported_and_returned(compose_cfg, tmp_path):
+    metrics = train(compose_cfg("optimized_metric=val/mae", "trainer.max_epochs=3"))
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["val/mae"] == pytest.approx(metrics["val/mae"]) and 0 < saved["val/mae"] < saved["val/rmse"]
+    import pandas as pd
+
+    log = pd.read_csv(next((tmp_path / "run" / "csv").glob("version_*/metrics.csv")))
+    assert saved["val/mae"] == pytest.approx(log["val/mae"].min())  # the best epoch by val/mae

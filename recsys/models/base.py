@@ -82,7 +82,10 @@ class _Contract(abc.ABCMeta):
             model = super().__call__(*args, **kwargs)
         finally:
             _BUILDING.reset(token)
-        model.save_hyperparameters({"data": facts.as_dict(), "optimizer": spec, "solver": solver, **own})
+        # logger=False: loggers get the run's own record (resolved config, data set, git), see training.py
+        model.save_hyperparameters({"data": facts.as_dict(), "optimizer": spec, "solver": solver, **own},
+                                   logger=False)
+        model.least_squares()  # builds (and so checks) the least-squares form, e.g. reg_scaling, whatever the solver
         model.solver.check(model)
         return model
 

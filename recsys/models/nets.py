@@ -49,7 +49,8 @@ class Bilinear(nn.Module):
         """The cold-start score: b_u + b_i counting only the sides with training ratings (0 without biases)."""
         if self.user_bias is None:
             return torch.zeros(users.shape, device=users.device)
-        return self.user_bias(users).squeeze(-1) * user_seen[users] + self.item_bias(items).squeeze(-1) * item_seen[items]
+        known_user = self.user_bias(users).squeeze(-1) * user_seen[users]
+        return known_user + self.item_bias(items).squeeze(-1) * item_seen[items]
 
     def squared_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(‖P‖², ‖Q‖²) over all rows: PMF's Gaussian priors."""

@@ -6,7 +6,8 @@ with g the logistic function, trained on
 
     E = ½ Σ_{(i,j)∈train} (t(R_ij) − g(c + U_iᵀV_j))² + λ_U/2 Σ_i ‖U_i‖² + λ_V/2 Σ_j ‖V_j‖²
 
-by the same unbiased minibatch estimate as :mod:`recsys.models.pmf` (this class is PMF with another link). The fixed offset
+by the same unbiased minibatch estimate as :mod:`recsys.models.pmf` (this class is PMF with another
+link). The fixed offset
 c = logit(t(μ)) is this model's centring (``center=true``): the prior then shrinks towards the training
 mean μ rather than towards the middle of the scale (c = 0, the paper's form, with ``center=false``,
 the default: better on ml-100k). Because t lies in [0, 1] the λ's live on a scale (r_max − r_min)²

@@ -149,7 +149,7 @@ class LeastSquares:
         feats = other.weight[cols]
         targets = self.target(ratings)
         if own_b is not None:  # augmented: [q_i, 1]·[p_u, b_u], target t(r) − b_i
-            feats = torch.cat([feats, torch.ones_like(feats[:, :1])], 1)
+            feats = torch.cat([feats, feats.new_ones(len(feats), 1)], 1)
             targets = targets - other_b.weight[cols, 0]
         return rows, feats, targets
 

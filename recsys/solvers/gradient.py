@@ -39,13 +39,19 @@ def _locate(target: str) -> type[torch.optim.Optimizer]:
     return cls
 
 
+def _name(cls) -> str:
+    """The dotted name of a class, as users write it (``torch.optim.Adam``, not ``torch.optim.adam.Adam``)."""
+    if getattr(torch.optim, getattr(cls, "__name__", ""), None) is cls:
+        return f"torch.optim.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def optimizer_spec(optimizer) -> dict:
     """The optimizer setting as primitives, checked: its class exists and takes every argument given."""
     if isinstance(optimizer, functools.partial):
-        target = f"{optimizer.func.__module__}.{optimizer.func.__qualname__}"
-        spec = {"_target_": target, **optimizer.keywords}
+        spec = {"_target_": _name(optimizer.func), **optimizer.keywords}
     elif isinstance(optimizer, type):
-        spec = {"_target_": f"{optimizer.__module__}.{optimizer.__qualname__}"}
+        spec = {"_target_": _name(optimizer)}
     elif isinstance(optimizer, Mapping):
         from omegaconf import DictConfig, OmegaConf
 

@@ -52,9 +52,11 @@ def test_datamodule_maps_ids_and_saves_them(udata):
     n = sum(len(s[0]) for s in (dm.train_set, dm.val_set, dm.test_set))
     assert n == len(udata.read_text().splitlines())
     assert dm.num_users == 60 and dm.num_items == 40
-    kw = dm.model_kwargs()
-    assert kw["num_train_ratings"] == len(dm.train_set[0])
-    assert abs(kw["global_mean"] - dm.train_set[2].mean().item()) < 1e-6
+    facts = dm.facts()
+    assert facts.num_train == len(dm.train_set[0]) and (facts.num_users, facts.num_items) == (60, 40)
+    assert abs(facts.global_mean - dm.train_set[2].mean().item()) < 1e-6
+    assert facts.user_counts.sum().item() == facts.item_counts.sum().item() == facts.num_train
+    assert facts.as_dict()["rating_max"] == 5.0 and "user_counts" not in facts.as_dict()
     state = dm.state_dict()
     other = RatingsDataModule(path=str(udata))
     other.load_state_dict(state)

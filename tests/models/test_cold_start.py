@@ -3,15 +3,18 @@
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_ratings, write_udata
+from conftest import fake_facts, synthetic_ratings, write_udata
 
 from recsys.data import load_ratings, split_ratings
-from recsys.models import PMF, BiasedMF
+from recsys.models.baseline import Baseline
+from recsys.models.mf import BiasedMF
+from recsys.models.pmf import PMF
 from recsys.training import train
 
 
-def test_fallback_is_the_mean_plus_known_biases():
-    model = BiasedMF(num_users=3, num_items=3, global_mean=3.5)
+@pytest.mark.parametrize("cls", [BiasedMF, Baseline])
+def test_fallback_is_the_mean_plus_known_biases(cls):
+    model = cls(data=fake_facts(3, 3, global_mean=3.5))
     with torch.no_grad():
         model.net.user_bias.weight[:] = torch.tensor([[0.5], [0.2], [9.0]])
         model.net.item_bias.weight[:] = torch.tensor([[-0.3], [7.0], [0.1]])
@@ -19,8 +22,8 @@ def test_fallback_is_the_mean_plus_known_biases():
     model.item_seen[1] = False
     pred = model.predict(torch.tensor([2, 0, 2]), torch.tensor([0, 1, 1]))
     assert pred.tolist() == pytest.approx([3.5 - 0.3, 3.5 + 0.5, 3.5])
-    pmf = PMF(num_users=2, num_items=2, num_train_ratings=1, global_mean=3.2)
-    pmf.user_seen[0] = False
+    pmf = PMF(data=fake_facts(2, 2, global_mean=3.2, user_counts=torch.tensor([0, 4])))
+    assert pmf.user_seen.tolist() == [False, True]  # from the facts' training counts
     assert pmf.predict(torch.tensor([0]), torch.tensor([1])).item() == pytest.approx(3.2)
 
 

@@ -1,80 +1,127 @@
+"""Unit tests run for every model found in configs/model/*.yaml: adding a model config enrols the model.
+
+Each model is built from its own config with fake data facts (as lightning-hydra-template's
+tests/test_configs.py does), overfits a tiny set by gradient (and by ALS where it has a least-squares
+form), rejects bad hyperparameters with errors naming them, and survives a Lightning checkpoint.
+"""
+
+import json
+
+import lightning as L
 import pytest
 import torch
+import yaml
+from conftest import fake_facts, model_configs
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from recsys.models import PMF, BiasedMF, SigmoidPMF
+from recsys.solvers import als
+
+MODELS = model_configs()
+REGULARIZERS = ("reg", "reg_bias", "lambda_u", "lambda_v")
 
 
-def _problem(n_users=20, n_items=15, n=200, seed=0):
+def build(name: str, facts, **overrides):
+    """The model as train.py builds it (Hydra, from its config); errors unwrapped from Hydra's."""
+    cfg = OmegaConf.merge(OmegaConf.load(MODELS[name]), overrides)
+    try:
+        return instantiate(cfg, data=facts)
+    except InstantiationException as err:
+        raise err.__cause__ from None
+
+
+def additive_ratings(n_users=20, n_items=15, n=120, seed=0):
+    """μ + b_u + b_i on distinct pairs: a structure every model here can represent exactly."""
     g = torch.Generator().manual_seed(seed)
-    cells = torch.randperm(n_users * n_items, generator=g)[:n]  # distinct (user, item) pairs
-    r = torch.randint(1, 6, (n,), generator=g).float()
-    return cells // n_items, cells % n_items, r
+    cells = torch.randperm(n_users * n_items, generator=g)[:n]
+    users, items = cells // n_items, cells % n_items
+    bu, bi = 0.3 * torch.randn(n_users, generator=g), 0.3 * torch.randn(n_items, generator=g)
+    return users, items, 3.0 + bu[users] + bi[items]
 
 
-def _kw(r, n_users=20, n_items=15):
-    return dict(num_users=n_users, num_items=n_items, num_train_ratings=len(r), global_mean=float(r.mean()))
+def rmse(model, users, items, ratings) -> float:
+    with torch.no_grad():
+        return (model.predict(users, items) - ratings).square().mean().sqrt().item()
 
 
-@pytest.mark.parametrize("cls,extra", [
-    (BiasedMF, dict(dim=8, reg=0.0)),
-    (PMF, dict(dim=8, lambda_u=1e-4, lambda_v=1e-4)),
-    (SigmoidPMF, dict(dim=8, lambda_u=1e-5, lambda_v=1e-5)),
-])
-def test_each_model_overfits_a_tiny_set(cls, extra):
+def tiny(name: str, ratings, prior: float = 1e-6, **overrides):
+    spec = yaml.safe_load(MODELS[name].read_text())
+    weak = {k: prior for k in REGULARIZERS if k in spec}  # (almost) no prior: the set can be fit exactly
+    return build(name, fake_facts(20, 15, len(ratings), float(ratings.mean())), **weak, **overrides)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_overfits_a_tiny_set_by_gradient(name):
     torch.manual_seed(0)
-    u, i, r = _problem(n=60)
-    model = cls(**_kw(r), lr=0.05, **extra)
+    users, items, ratings = additive_ratings()
+    model = tiny(name, ratings, optimizer={"lr": 0.05})
     opt = model.configure_optimizers()
-    start = (model.predict(u, i) - r).square().mean().sqrt().item()
-    for _ in range(1500):
-        loss = model.objective(u, i, r)
+    start = rmse(model, users, items, ratings)
+    for _ in range(800):
+        loss = model.objective(users, items, ratings)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    rmse = (model.predict(u, i) - r).square().mean().sqrt().item()
-    assert rmse < 0.1 < start
+    assert rmse(model, users, items, ratings) < 0.05 < start
 
 
-def test_pmf_minibatch_loss_is_an_unbiased_estimate_of_E():
+@pytest.mark.parametrize("name", MODELS)
+def test_model_overfits_a_tiny_set_by_als_or_refuses_it(name):
     torch.manual_seed(0)
-    u, i, r = _problem(n=240)
-    model = PMF(**_kw(r), dim=5, lambda_u=2.0, lambda_v=0.5).double()
-    r = r.double()
-    full = model.map_objective(u, i, r)
-    perm = torch.randperm(len(r))
-    # averaged over one epoch of equal batches, N * loss is exactly E
-    batches = [model.objective(u[b], i[b], r[b]) for b in perm.split(40)]
-    assert torch.allclose(len(r) * torch.stack(batches).mean(), full, rtol=1e-12)
-    # and the gradients agree as well
-    g_full = torch.autograd.grad(full / len(r), model.net.user.weight)[0]
-    g_mean = torch.autograd.grad(torch.stack(batches).mean(), model.net.user.weight)[0]
-    assert torch.allclose(g_full, g_mean, rtol=1e-10, atol=1e-12)
-    # E by hand, as written in the paper
-    pred = model.mu + (model.net.user.weight[u] * model.net.item.weight[i]).sum(1)
-    by_hand = 0.5 * (r - pred).square().sum() + 1.0 * model.net.user.weight.square().sum() \
-        + 0.25 * model.net.item.weight.square().sum()
-    assert torch.allclose(full, by_hand)
+    users, items, ratings = additive_ratings()
+    model = tiny(name, ratings)
+    problem = model.least_squares()
+    if problem is None:  # not bilinear: ALS must be refused, naming the model
+        with pytest.raises(ValueError, match=f"{type(model).__name__} is not bilinear"):
+            tiny(name, ratings, solver="als")
+        return
+    model = tiny(name, ratings, prior=1e-3, solver="als").double()  # a ridge that keeps k > n_r solvable
+    for _ in range(50):
+        for side in ("user", "item"):
+            als.half_sweep(model.least_squares(), side, users, items, ratings.double())
+    assert rmse(model, users, items, ratings.double()) < 0.05
 
 
-def test_sigmoid_pmf_scales_targets_and_rounds():
-    model = SigmoidPMF(num_users=2, num_items=2, num_train_ratings=4, rating_min=1.0, rating_max=5.0, round_step=1.0)
-    assert torch.allclose(model.target(torch.tensor([1.0, 3.0, 5.0])), torch.tensor([0.0, 0.5, 1.0]))
-    pred = model.predict(torch.tensor([0, 1]), torch.tensor([0, 1]))
-    assert torch.equal(pred, pred.round()) and ((pred >= 1) & (pred <= 5)).all()
+@pytest.mark.parametrize("name", MODELS)
+def test_model_rejects_bad_hyperparameters(name):
+    spec = yaml.safe_load(MODELS[name].read_text())
+    regularizers = [k for k in REGULARIZERS if k in spec]
+    assert regularizers, f"{name}: a rating model should expose its regularization"
+    for key in regularizers:
+        with pytest.raises(ValueError, match=f"model.{key}=-1.0"):
+            build(name, fake_facts(), **{key: -1.0})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'.* its hyperparameters are"):
+        build(name, fake_facts(), nope=1)
+    with pytest.raises(ValueError, match="model.solver='newton'"):
+        build(name, fake_facts(), solver="newton")
+    with pytest.raises(ValueError, match=r"torch.optim.* takes no argument \['nope'\]"):
+        build(name, fake_facts(), optimizer={"nope": 0.9})
+    with pytest.raises(ValueError, match="model.optimizer._target_='collections.OrderedDict': name an optimizer"):
+        build(name, fake_facts(), optimizer={"_target_": "collections.OrderedDict"})
+    with pytest.raises(ValueError, match="recsys.data.facts.DataFacts' is not a torch.optim.Optimizer"):
+        build(name, fake_facts(), optimizer={"_target_": "recsys.data.facts.DataFacts"})
+    with pytest.raises(ValueError, match="rating_min=5.0 must be below rating_max=1.0"):
+        build(name, {**fake_facts().as_dict(), "rating_min": 5.0, "rating_max": 1.0})
 
 
-def test_predictions_are_clipped_to_the_rating_range():
-    model = BiasedMF(num_users=2, num_items=2, global_mean=3.0, rating_min=1.0, rating_max=5.0)
-    with torch.no_grad():
-        model.net.user_bias.weight[:] = torch.tensor([[10.0], [-10.0]])
-    assert model.predict(torch.tensor([0, 1]), torch.tensor([0, 0])).tolist() == [5.0, 1.0]
+@pytest.mark.parametrize("name", MODELS)
+def test_model_saves_primitives_and_loads_from_a_lightning_checkpoint(name, udata, tmp_path):
+    from recsys.data import RatingsDataModule
 
-
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(optimizer="rmsprop"), "model.optimizer='rmsprop'"),
-    (dict(reg=-1.0), "model.reg=-1.0"),
-    (dict(rating_min=5.0, rating_max=1.0), "rating_min=5.0"),
-])
-def test_bad_hyperparameters_are_rejected(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        BiasedMF(num_users=2, num_items=2, **kwargs)
+    dm = RatingsDataModule(path=str(udata), batch_size=512)
+    dm.setup()
+    model = build(name, dm.facts())
+    json.dumps(dict(model.hparams))  # primitives only: weights_only loading needs nothing else
+    assert model.hparams.data == dm.facts().as_dict() and model.hparams.optimizer["_target_"] == "torch.optim.Adam"
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = type(model).load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
+    users, items = dm.test_set[0], dm.test_set[1]
+    assert torch.equal(loaded.predict(users, items), model.predict(users, items))
+    assert torch.equal(loaded.user_seen, model.user_seen) and loaded.hparams == model.hparams
+    with pytest.raises(ValueError, match="is not a checkpoint of a recsys model"):
+        torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+        type(model).load_from_checkpoint(tmp_path / "other.ckpt")

@@ -1,0 +1,73 @@
+"""The model contract: a model declares only its own hyperparameters, and a half-built model cannot exist."""
+
+import pytest
+import torch
+from conftest import fake_facts
+
+from recsys.models.base import RatingModel
+from recsys.models.nets import Bilinear
+
+
+class Dot(RatingModel):
+    """The smallest model a user could write: s = P_uᵀQ_i, squared error."""
+
+    def __init__(self, dim: int = 3):
+        super().__init__()
+        self.net = Bilinear(self.data.num_users, self.data.num_items, dim, bias=False, init_std=0.1)
+
+    def forward(self, users, items):
+        return self.net(users, items)
+
+    def objective(self, users, items, ratings):
+        return (ratings - self.net(users, items)).square().mean()
+
+
+def test_a_model_gets_its_data_facts_optimizer_and_solver_from_one_call():
+    facts = fake_facts(4, 3, user_counts=torch.tensor([1, 0, 2, 5]))
+    model = Dot(data=facts, optimizer={"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9}, dim=2)
+    assert model.data is facts and model.net.user.weight.shape == (4, 2)
+    assert dict(model.hparams) == {"data": facts.as_dict(), "solver": "gradient", "dim": 2,
+                                   "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9}}
+    assert model.user_seen.tolist() == [True, False, True, True]
+    opt = model.configure_optimizers()
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+    # the class's default optimizer when none is given, kept as primitives
+    assert Dot(data=facts).hparams.optimizer == RatingModel.default_optimizer
+
+
+def test_a_model_without_data_facts_cannot_be_built():
+    with pytest.raises(TypeError, match=r"Dot needs data=...: the datamodule's DataFacts"):
+        Dot(dim=2)
+
+
+def test_a_model_missing_its_math_cannot_be_built():
+    class NoObjective(RatingModel):
+        def __init__(self, dim: int = 3):
+            super().__init__()
+
+        def forward(self, users, items):
+            return users.float()
+
+    with pytest.raises(TypeError, match="abstract method.*objective"):
+        NoObjective(data=fake_facts())
+
+
+@pytest.mark.parametrize("signature,match", [
+    ("self, **kw", "declare each hyperparameter explicitly"),
+    ("self, dim: int", "give it a default"),
+    ("self, optimizer: str = 'adam'", "are the shared arguments every model receives"),
+])
+def test_a_model_class_with_a_bad_init_is_refused_when_defined(signature, match):
+    source = f"class Bad(RatingModel):\n    def __init__({signature}):\n        super().__init__()\n"
+    with pytest.raises(TypeError, match=match):
+        exec(source, {"RatingModel": RatingModel})
+
+
+def test_hyperparameters_must_be_primitives():
+    with pytest.raises(TypeError, match=r"model.dim=tensor\(3\): hyperparameters are numbers"):
+        Dot(data=fake_facts(), dim=torch.tensor(3))
+
+
+def test_the_base_system_cannot_be_initialized_outside_the_contract():
+    with pytest.raises(TypeError, match="built by calling its class"):
+        RatingModel.__init__(object.__new__(Dot))

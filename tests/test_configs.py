@@ -1,0 +1,121 @@
+"""The configs as train.py composes them: each group holds its own keys, each default lives in one place."""
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import CONFIGS, fake_facts, model_configs
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class, instantiate
+
+from recsys.models.base import SHARED, RatingModel
+
+ROOT = CONFIGS.parent
+MODELS = model_configs()
+DATA = sorted(p.stem for p in (CONFIGS / "data").glob("[!_]*.yaml"))
+
+
+def composed(*overrides: str, hydra: bool = False):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_config_keys_are_the_class_parameters_with_its_defaults(name):
+    spec = yaml.safe_load(MODELS[name].read_text())
+    cls = get_class(spec.pop("_target_"))
+    assert issubclass(cls, RatingModel) and cls.__module__ == f"recsys.models.{name}"
+    params = {k: p.default for k, p in list(inspect.signature(cls.__init__).parameters.items())[1:]}
+    assert set(spec) == set(params) | {"solver", "optimizer"}, "model configs hold only the model's own keys"
+    # the YAML shows the class's defaults; they may not drift apart
+    assert {k: spec[k] for k in params} == params
+    assert spec["solver"] == "gradient"
+    assert {k: v for k, v in spec["optimizer"].items() if k != "_partial_"} == cls.default_optimizer
+    assert spec["optimizer"]["_partial_"] is True
+    assert not MODELS[name].read_text().startswith("# @package"), "a model config is not a global package"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_config_instantiates_with_fake_data_facts(name):
+    cfg = composed(f"model={name}")
+    model = instantiate(cfg.model, data=fake_facts())
+    assert isinstance(model, RatingModel) and set(SHARED) <= set(model.hparams)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_has_an_optuna_search_space_over_its_own_keys(name):
+    cfg = composed("hparams_search=optuna", f"model={name}", hydra=True)
+    space = dict(cfg.hydra.sweeper.params) if "params" in cfg.hydra.sweeper else {}
+    assert space, f"add configs/hparams_search/space/optuna_{name}.yaml"
+    for key in space:
+        node, *path = key.split(".")
+        assert node == "model" and path, key
+        value = cfg.model
+        for part in path:
+            assert part in value, f"{key} is not a key of model={name}"
+            value = value[part]
+
+
+def test_the_pmf_models_run_full_batch_by_default_and_regimes_switch():
+    for name in ("pmf", "pmf_sigmoid"):
+        cfg = composed(f"model={name}")
+        assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.callbacks.early_stopping.patience) == (None, 800, 50)
+    cfg = composed("model=pmf", "regime=minibatch")
+    assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.callbacks.early_stopping.patience) == (4096, 60, 5)
+    cfg = composed("model=mf", "regime=full_batch")
+    assert cfg.data.batch_size is None and cfg.model.dim == 64
+    assert composed("model=mf").data.batch_size == 4096
+
+
+@pytest.mark.parametrize("name", DATA)
+def test_every_data_config_extends_the_base_and_names_its_data_set(name):
+    text = (CONFIGS / "data" / f"{name}.yaml").read_text()
+    assert "  - _ratings" in text
+    cfg = composed(f"data={name}")
+    assert cfg.data.name != "???" and cfg.data.rating_min < cfg.data.rating_max
+    assert set(cfg.data) == set(composed().data), "every data config has the same keys"
+
+
+def test_empty_search_space_is_refused_before_any_trial():
+    from omegaconf import OmegaConf
+
+    from recsys.sweeps import MissingSearchSpace, RequireSearchSpace
+
+    cfg = composed("hparams_search=optuna", "model=mf", hydra=True)
+    RequireSearchSpace().on_multirun_start(cfg)  # mf has its space: nothing to refuse
+    cfg.hydra.sweeper.params = None
+    OmegaConf.update(cfg, "hydra.runtime.choices.model", "newmodel")
+    with pytest.raises(MissingSearchSpace, match="configs/hparams_search/space/optuna_newmodel.yaml"):
+        RequireSearchSpace().on_multirun_start(cfg)
+    cfg.hydra.overrides.task = ["model.reg=interval(0.01, 0.1)"]  # ranges given on the command line
+    RequireSearchSpace().on_multirun_start(cfg)
+
+
+@pytest.mark.integration
+def test_optuna_on_a_model_without_a_search_space_fails_naming_the_file(tmp_path):
+    extra = tmp_path / "configs" / "model"
+    extra.mkdir(parents=True)
+    (extra / "newmodel.yaml").write_text((CONFIGS / "model" / "baseline.yaml").read_text())
+    res = subprocess.run(
+        [sys.executable, "train.py", "-m", "hparams_search=optuna", "model=newmodel",
+         f"hydra.searchpath=[file://{tmp_path / 'configs'}]", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "Add configs/hparams_search/space/optuna_newmodel.yaml" in res.stderr
+    assert not list((tmp_path / "sweep").glob("*/metrics.json"))  # refused before any trial ran
+
+
+def test_readme_layout_lists_every_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("\n## ", 4)]
+    for path in sorted((ROOT / "recsys").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if path.name == "__init__.py":
+            continue
+        assert path.name in layout, f"README layout misses {rel}"
+    for name in ("train.py", "configs/", "tests/", "benchmarks/"):
+        assert name in layout
+    assert "../" not in layout and "shared/" not in layout  # nothing outside the repository
