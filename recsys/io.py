@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
+import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -29,6 +40,7 @@ def atomic_file(dest: str | os.PathLike, check: Callable[[Path], None] | None = 
             yield out
         if check is not None:
             check(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what a plain open() would give
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -37,6 +49,35 @@ def atomic_file(dest: str | os.PathLike, check: Callable[[Path], None] | None = 
 def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:
     with atomic_file(dest) as out:
         out.write(data)
+
+
+def _finite(value, where: str, dropped: list[str]):
+    """``value`` without NaN or infinite floats (anywhere inside), naming what was left out."""
+    if isinstance(value, float) and not math.isfinite(value):
+        dropped.append(f"{where}={value}")
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            v = _finite(v, f"{where}.{k}" if where else str(k), dropped)
+            if v is not None or value[k] is None:
+                out[k] = v
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", dropped) for i, v in enumerate(value)]
+    return value
+
+
+def atomic_write_json(dest: str | os.PathLike, data: dict) -> None:
+    """Strict JSON (no NaN or Infinity, which other tools refuse), written atomically.
+
+    A value that could not be computed (a non-finite float) is left out, and the log says which and why.
+    """
+    dropped: list[str] = []
+    clean = _finite(data, "", dropped)
+    if dropped:
+        log.warning("%s: left out values that could not be computed (not finite): %s", dest, ", ".join(dropped))
+    atomic_write_bytes(dest, (json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
 @contextlib.contextmanager

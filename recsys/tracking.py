@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from recsys.io import atomic_file
 
@@ -38,6 +43,7 @@ class History(L.Callback):
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
+        self._final = False
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -59,7 +65,67 @@ class History(L.Callback):
         return {"rows": self.rows}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if self._final:
+            return  # testing with the best checkpoint after fit: keep every epoch, not those up to the best
         self.rows = list(state_dict.get("rows", []))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._final = True
+
+
+class _ResumableWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv when it starts; this one appends to it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):  # a resumed run: keep its rows and their columns
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(next(csv.reader(f), []))
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Per-epoch metrics in ``<save_dir>/<name>/version_<v>/metrics.csv``, kept across resumes of a run."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _ResumableWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumableWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class RunClock(L.Callback):
+    """Fit time and restarts of a run over all its parts: both travel in every checkpoint.
+
+    A resumed run starts from the time the checkpoint had when it was written, and counts one more restart;
+    the time a killed part spent after its last checkpoint is lost with that part's epoch.
+    """
+
+    def __init__(self) -> None:
+        self.before, self.restarts = 0.0, 0
+        self._start: float | None = None
+        self._stopped: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._stopped = time.perf_counter(), None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stopped = self.seconds
+
+    @property
+    def seconds(self) -> float:
+        """Fit seconds of every part so far."""
+        if self._stopped is not None:
+            return self._stopped
+        return self.before + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"fit_seconds": self.seconds, "restarts": self.restarts}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self._stopped is not None:
+            return  # testing with a checkpoint after fit: the run's clock is final
+        self.before, self.restarts = float(state_dict["fit_seconds"]), int(state_dict["restarts"]) + 1
 
 
 def save_learning_curve(rows: list[dict], path: Path, title: str = "") -> Path | None:

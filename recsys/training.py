@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recsys import tracking
-from recsys.io import atomic_write_bytes
+from recsys.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +23,6 @@ def _quiet_duplicate_console_logs() -> None:
             for h in list(pl_log.handlers):
                 if type(h) is logging.StreamHandler:
                     pl_log.removeHandler(h)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` via a temp file and an atomic rename."""
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
@@ -57,7 +50,7 @@ def _best_validation(metric: str, history: tracking.History, ckpt) -> dict:
     best = {k: v for k, v in best.items() if k.startswith("val/")}
     if ckpt is not None and ckpt.best_model_score is not None:
         best[metric] = float(ckpt.best_model_score)
-    return {"val/rmse": float("nan"), metric: float("nan"), **best}
+    return best
 
 
 def train(cfg: DictConfig) -> dict:
@@ -72,17 +65,17 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tracking.wandb_offline_unless_logged_in(cfg.get("logger"))
     loggers = _instantiate_all(cfg.get("logger"))
-    history = tracking.History()
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*_instantiate_all(cfg.get("callbacks")), history],
+    history, clock = tracking.History(), tracking.RunClock()
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*_instantiate_all(cfg.get("callbacks")), history, clock],
                                      logger=loggers or False)
     failed = True
     try:
-        metrics = _fit_and_test(cfg, trainer, loggers, history, out)
+        metrics = _fit_and_test(cfg, trainer, loggers, history, clock, out)
         failed = False
         return metrics
     except BaseException as err:
         if trainer.is_global_zero:
-            write_json_atomic(out / "failed.json", {"error": f"{type(err).__name__}: {err}"[:4000]})
+            atomic_write_json(out / "failed.json", {"error": f"{type(err).__name__}: {err}"[:4000]})
         raise
     finally:
         if tracking.wandb_loggers(loggers):
@@ -92,7 +85,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, loggers: list, history: tracking.History,
-                  out: Path) -> dict:
+                  clock: tracking.RunClock, out: Path) -> dict:
     datamodule = instantiate(cfg.data)
     # the model is sized by the data: read and split first (downloads once: a file lock serializes ranks)
     datamodule.prepare_data()
@@ -103,16 +96,15 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, loggers: list, history: t
     for lg in loggers:
         lg.log_hyperparams(run_info)
     if trainer.is_global_zero:
-        write_json_atomic(out / "run_info.json", run_info)
+        atomic_write_json(out / "run_info.json", run_info)
 
-    start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(cfg, out))
-    fit_seconds = time.perf_counter() - start
+    fit_seconds = clock.seconds  # every part of the run, resumed ones included
 
     ckpt = trainer.checkpoint_callback
     test_ckpt = cfg.get("test_ckpt", "best")
     use_best = test_ckpt == "best" and ckpt is not None and ckpt.best_model_path
-    results = trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None,
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt.best_model_path if use_best else None,
                            verbose=False)[0]
 
     epochs = trainer.current_epoch
@@ -124,11 +116,12 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, loggers: list, history: t
         "fit_seconds": fit_seconds,
         "train_ratings_per_second": n_train * epochs / fit_seconds if fit_seconds > 0 else 0.0,
         "num_train": n_train,
+        "restarts": clock.restarts,
         "world_size": trainer.world_size,
         "test_checkpoint": str(ckpt.best_model_path) if use_best else "last",
     })
     if trainer.is_global_zero:
-        write_json_atomic(out / "metrics.json", metrics)
+        atomic_write_json(out / "metrics.json", metrics)
         curve = tracking.save_learning_curve(history.rows, out / "learning_curve.png",
                                              title=f"{cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name}")
         for lg in tracking.wandb_loggers(loggers):
@@ -136,6 +129,6 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, loggers: list, history: t
             if curve is not None:
                 lg.log_image(key="learning_curve", images=[str(curve)])
         print(f"test/rmse={metrics['test/rmse']:.4f} test/mae={metrics['test/mae']:.4f} "
-              f"val/rmse={metrics['val/rmse']:.4f} epochs={epochs} fit_seconds={fit_seconds:.1f} "
+              f"val/rmse={metrics.get('val/rmse', float('nan')):.4f} epochs={epochs} fit_seconds={fit_seconds:.1f} "
               f"-> {out / 'metrics.json'}")
     return metrics

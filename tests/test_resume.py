@@ -1,0 +1,79 @@
+"""Runs survive SIGKILL: started again with the same command they resume from the last finished epoch and
+end exactly where an uninterrupted run ends; metrics.json and the history describe the whole run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from conftest import CONFIGS
+from hydra import compose, initialize_config_dir
+
+from recsys.training import train
+
+ROOT = CONFIGS.parent
+SETTINGS = {
+    "gradient": ["model=mf", "model.dim=8", "data.batch_size=512", "trainer.max_epochs=6"],
+    "als": ["model=pmf", "model.solver=als", "trainer.max_epochs=6"],
+}
+
+
+def _overrides(udata, root, *extra):
+    return [f"data.path={udata}", f"data.root={root}", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
+            "~callbacks.early_stopping", "logger=csv", *extra]
+
+
+def _compose(run, overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=[f"output_dir={run}", *overrides])
+
+
+@pytest.mark.parametrize("solver", SETTINGS)
+def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(solver, udata, tmp_path):
+    overrides = _overrides(udata, tmp_path / "cache", *SETTINGS[solver])
+    reference = train(_compose(tmp_path / "reference", overrides))
+
+    run = tmp_path / "killed"
+    killer = ["+callbacks.killer._target_=killer.KillMidEpoch", "+callbacks.killer.epoch=3",
+              "+callbacks.killer.batch=0", f"+callbacks.killer.marker={tmp_path / 'marker'}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "RECSYS_DATA": str(tmp_path / "cache")}
+    res = subprocess.run([sys.executable, "train.py", f"hydra.run.dir={run}", *overrides, *killer], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    assert not (run / "metrics.json").exists()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2  # epochs 0-2 finished
+
+    resumed = train(_compose(run, [*overrides, *killer]))  # the same command again (the killer fires once)
+    assert resumed["test/rmse"] == pytest.approx(reference["test/rmse"], abs=1e-6)
+    assert resumed["epochs"] == reference["epochs"] == 6
+    assert (resumed["restarts"], reference["restarts"]) == (1, 0)
+    assert 0 < resumed["fit_seconds"] and resumed["train_ratings_per_second"] == pytest.approx(
+        resumed["num_train"] * 6 / resumed["fit_seconds"])
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["restarts"] == 1 and saved["epochs"] == 6
+    # the CSV history covers every epoch, before and after the restart, each once
+    log = pd.read_csv(run / "csv" / "version_0" / "metrics.csv")
+    assert sorted(log.dropna(subset=["val/rmse"])["epoch"].tolist()) == list(range(6))
+
+
+def test_last_checkpoint_is_written_every_epoch_and_the_curve_covers_every_epoch(compose_cfg, tmp_path, monkeypatch):
+    from recsys import tracking
+
+    drawn, draw = [], tracking.save_learning_curve
+    monkeypatch.setattr(tracking, "save_learning_curve",
+                        lambda rows, *a, **k: drawn.append(list(rows)) or draw(rows, *a, **k))
+    # no regularization and a large learning rate overfit this small set: the best epoch is an early one
+    metrics = train(compose_cfg("model.reg=0", "model.reg_bias=0", "model.optimizer.lr=0.05", "data.batch_size=64",
+                                "trainer.max_epochs=6", "~callbacks.early_stopping"))
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    best = torch.load(metrics["test_checkpoint"], weights_only=True)
+    assert last["epoch"] == 5 and best["epoch"] < 5
+    rows = last["callbacks"]["History"]["rows"]
+    assert [r["epoch"] for r in rows if "val/rmse" in r] == list(range(6))
+    # the figure is drawn from every epoch's row, also after testing with the best checkpoint
+    assert [r["epoch"] for r in drawn[0] if "val/rmse" in r] == list(range(6))
+    assert (tmp_path / "run" / "learning_curve.png").exists()
