@@ -159,6 +159,25 @@ def wandb_loggers(loggers) -> list:
     return [lg for lg in loggers if isinstance(lg, WandbLogger)]
 
 
+def wandb_resume_id(logger_cfg, out: Path) -> None:
+    """One W&B run per run directory: a resumed run continues the W&B run of its earlier parts.
+
+    The id is kept in ``<run dir>/wandb/recsys-run-id`` (set aside with the rest by ``resume=never``).
+    """
+    if not logger_cfg or "wandb" not in logger_cfg or logger_cfg.wandb is None or logger_cfg.wandb.get("id"):
+        return
+    path = out / "wandb" / "recsys-run-id"
+    if path.exists():
+        run_id = path.read_text().strip()
+    else:
+        import uuid
+
+        run_id = uuid.uuid4().hex[:12]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n")
+    logger_cfg.wandb.id = run_id
+
+
 def wandb_offline_unless_logged_in(logger_cfg) -> None:
     """Never let wandb prompt: with no API key available, run offline (and say so)."""
     if not logger_cfg or "wandb" not in logger_cfg or logger_cfg.wandb is None:

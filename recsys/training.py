@@ -6,10 +6,12 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from recsys import tracking
+from recsys import rundir, tracking
 from recsys.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -29,16 +31,6 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
-def _resume_path(cfg: DictConfig, out: Path) -> str | None:
-    if cfg.ckpt_path:
-        return str(cfg.ckpt_path)
-    last = out / "checkpoints" / "last.ckpt"
-    if last.exists():
-        log.info("resuming from %s", last)
-        return str(last)
-    return None
-
-
 def _best_validation(metric: str, history: tracking.History, ckpt) -> dict:
     """The validation metrics of the epoch that was best by ``metric`` (``optimized_metric``).
 
@@ -53,29 +45,53 @@ def _best_validation(metric: str, history: tracking.History, ckpt) -> dict:
     return best
 
 
+def _check_accelerator(cfg: DictConfig) -> None:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={accelerator}: no GPU was found (torch.cuda.is_available() is False); "
+                         "use trainer=cpu, or trainer=ddp_cpu for DDP on CPU processes")
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit and test the configured model; return (and write to metrics.json) the final metrics.
 
-    A failure writes ``failed.json`` (the error) into the run directory before it propagates, so a
-    multirun report can list it; W&B runs are finished whatever happens, so sweeps go on.
+    Any failure writes ``failed.json`` (error type, message and the phase it happened in: ``config``,
+    ``data``, ``fit`` or ``test``) into the run directory before it propagates, so a multirun report can
+    list it; W&B runs are finished whatever happens, so sweeps go on. The one exception: a run directory
+    holding another run is left untouched (see :mod:`recsys.rundir`).
     """
     _quiet_duplicate_console_logs()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    tracking.wandb_offline_unless_logged_in(cfg.get("logger"))
-    loggers = _instantiate_all(cfg.get("logger"))
-    history, clock = tracking.History(), tracking.RunClock()
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*_instantiate_all(cfg.get("callbacks")), history, clock],
-                                     logger=loggers or False)
-    failed = True
+    rank_zero = rank_zero_only.rank == 0
+    phase, loggers, failed = "config", [], True
     try:
-        metrics = _fit_and_test(cfg, trainer, loggers, history, clock, out)
+        _check_accelerator(cfg)
+        resume_from = rundir.prepare(cfg, out, set_aside=rank_zero)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        tracking.wandb_offline_unless_logged_in(cfg.get("logger"))
+        tracking.wandb_resume_id(cfg.get("logger"), out)
+        loggers = _instantiate_all(cfg.get("logger"))
+        history, clock = tracking.History(), tracking.RunClock()
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
+                                         callbacks=[*_instantiate_all(cfg.get("callbacks")), history, clock])
+        phase = "data"
+        datamodule = instantiate(cfg.data)
+        # the model is sized by the data: read and split first (downloads once: a file lock serializes ranks)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        model = instantiate(cfg.model, data=datamodule.facts())
+        phase = "fit"
+        metrics = _fit_and_test(cfg, trainer, datamodule, model, loggers, history, clock, out, resume_from)
         failed = False
         return metrics
+    except rundir.RunDirectoryError:
+        raise  # the directory belongs to another run: write nothing into it
     except BaseException as err:
-        if trainer.is_global_zero:
-            atomic_write_json(out / "failed.json", {"error": f"{type(err).__name__}: {err}"[:4000]})
+        if rank_zero:
+            atomic_write_json(out / "failed.json", {
+                "error": f"{type(err).__name__}: {err}"[:4000], "error_type": type(err).__name__,
+                "message": str(err)[:4000], "phase": getattr(err, "recsys_phase", phase)})
         raise
     finally:
         if tracking.wandb_loggers(loggers):
@@ -84,13 +100,8 @@ def train(cfg: DictConfig) -> dict:
             wandb.finish(exit_code=1 if failed else 0)
 
 
-def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, loggers: list, history: tracking.History,
-                  clock: tracking.RunClock, out: Path) -> dict:
-    datamodule = instantiate(cfg.data)
-    # the model is sized by the data: read and split first (downloads once: a file lock serializes ranks)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    model = instantiate(cfg.model, data=datamodule.facts())
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, history: tracking.History,
+                  clock: tracking.RunClock, out: Path, resume_from: str | None) -> dict:
     run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "data": datamodule.describe(),
                 "git": tracking.git_state(), "parameters": tracking.parameter_counts(model)}
     for lg in loggers:
@@ -98,14 +109,18 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, loggers: list, history: t
     if trainer.is_global_zero:
         atomic_write_json(out / "run_info.json", run_info)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(cfg, out))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     fit_seconds = clock.seconds  # every part of the run, resumed ones included
 
     ckpt = trainer.checkpoint_callback
     test_ckpt = cfg.get("test_ckpt", "best")
     use_best = test_ckpt == "best" and ckpt is not None and ckpt.best_model_path
-    results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt.best_model_path if use_best else None,
-                           verbose=False)[0]
+    try:
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt.best_model_path if use_best else None,
+                               verbose=False)[0]
+    except BaseException as err:
+        err.recsys_phase = "test"
+        raise
 
     epochs = trainer.current_epoch
     n_train = len(datamodule.train_set[0])

@@ -52,7 +52,7 @@ def test_training_learns_and_checkpoints_load(compose_cfg, model, tmp_path):
 def test_resume_from_last_checkpoint(compose_cfg, caplog):
     first = train(compose_cfg("trainer.max_epochs=2", "~callbacks.early_stopping"))
     assert first["epochs"] == 2
-    with caplog.at_level(logging.INFO, logger="recsys.training"):
+    with caplog.at_level(logging.INFO, logger="recsys.rundir"):
         second = train(compose_cfg("trainer.max_epochs=4", "~callbacks.early_stopping"))
     assert "resuming from" in caplog.text
     assert second["epochs"] == 4
