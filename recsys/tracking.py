@@ -18,6 +18,8 @@ from recsys.io import atomic_file
 
 log = logging.getLogger(__name__)
 
+PROGRESS = ("auto", "bar", "epoch", "none")
+
 
 def git_state(cwd: str | os.PathLike | None = None) -> dict:
     """The commit the code runs from and whether the work tree has uncommitted changes."""

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from recsys import rundir, tracking
+from recsys import rundir, tracking, validation
 from recsys.io import atomic_write_json
+from recsys.models.base import RatingModel
+from recsys.validation import AtLeast, OneOf, Size
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,29 @@ def _best_validation(metric: str, history: tracking.History, ckpt) -> dict:
     return best
 
 
-def _check_accelerator(cfg: DictConfig) -> None:
+#: train.yaml's own keys: what each may be (the groups' keys are checked by their classes' signatures)
+RUN_SETTINGS = {
+    "seed": int,
+    "optimized_metric": str,
+    "resume": Annotated[str, OneOf(*rundir.RESUME)],
+    "test_ckpt": Annotated[str, OneOf("best", "last")],
+    "progress": Annotated[str, OneOf(*tracking.PROGRESS)],
+    "trainer.max_epochs": Annotated[int, OneOf(-1)] | Size,
+    "callbacks.early_stopping.patience": Annotated[int, AtLeast(0)],
+}
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Every setting, before any data is read: errors name the key, the value and what is allowed."""
+    for key, annotation in RUN_SETTINGS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None or key in ("seed", "resume"):
+            validation.check(key, annotation, value)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    cls = get_class(model.pop("_target_"))
+    if not (isinstance(cls, type) and issubclass(cls, RatingModel)):
+        raise ValueError(f"model._target_={cfg.model._target_!r} is not a recsys.models.RatingModel")
+    cls.check_settings(model)
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(f"trainer.accelerator={accelerator}: no GPU was found (torch.cuda.is_available() is False); "
@@ -66,7 +92,8 @@ def train(cfg: DictConfig) -> dict:
     rank_zero = rank_zero_only.rank == 0
     phase, loggers, failed = "config", [], True
     try:
-        _check_accelerator(cfg)
+        check_settings(cfg)
+        datamodule = instantiate(cfg.data)  # checks the data settings; reads nothing yet
         resume_from = rundir.prepare(cfg, out, set_aside=rank_zero)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         tracking.wandb_offline_unless_logged_in(cfg.get("logger"))
@@ -76,7 +103,6 @@ def train(cfg: DictConfig) -> dict:
         trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
                                          callbacks=[*_instantiate_all(cfg.get("callbacks")), history, clock])
         phase = "data"
-        datamodule = instantiate(cfg.data)
         # the model is sized by the data: read and split first (downloads once: a file lock serializes ranks)
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -89,9 +115,10 @@ def train(cfg: DictConfig) -> dict:
         raise  # the directory belongs to another run: write nothing into it
     except BaseException as err:
         if rank_zero:
+            cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
             atomic_write_json(out / "failed.json", {
-                "error": f"{type(err).__name__}: {err}"[:4000], "error_type": type(err).__name__,
-                "message": str(err)[:4000], "phase": getattr(err, "recsys_phase", phase)})
+                "error": f"{type(cause).__name__}: {cause}"[:4000], "error_type": type(cause).__name__,
+                "message": str(cause)[:4000], "phase": getattr(err, "recsys_phase", phase)})
         raise
     finally:
         if tracking.wandb_loggers(loggers):

@@ -55,7 +55,8 @@ def test_resume_must_fails_without_a_checkpoint_and_auto_resumes(compose_cfg, tm
 @pytest.mark.parametrize("overrides,phase,error_type", [
     (("trainer.accelerator=gpu",), "config", "ValueError"),
     (("data.path=/nonexistent/ratings.csv",), "data", "FileNotFoundError"),
-    (("model.optimizer.lr=-1.0",), "fit", "ValueError"),
+    (("model.optimizer.lr=-1.0",), "config", "ValueError"),
+    (("model.optimizer._target_=torch.optim.SGD", "+model.optimizer.momentum=-1.0"), "fit", "ValueError"),
 ])
 def test_every_failure_writes_failed_json_with_its_phase(compose_cfg, tmp_path, overrides, phase, error_type):
     if overrides[0].startswith("trainer.accelerator") and torch.cuda.is_available():

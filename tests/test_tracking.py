@@ -100,7 +100,7 @@ def test_multirun_goes_on_past_a_failing_job_and_report_lists_it(udata, tmp_path
                          text=True, timeout=120)
     assert rep.returncode == 0, rep.stderr
     assert "| model=mf" in rep.stdout and "| model=pmf" in rep.stdout
-    assert "Failed jobs:" in rep.stdout and "Invalid learning rate: -1.0" in rep.stdout
+    assert "Failed jobs:" in rep.stdout and "model.optimizer.lr=-1.0: must be > 0" in rep.stdout
     table = pd.read_csv(sweep / "report.csv")
     assert len(table) == 2 and list(table["val/rmse"]) == sorted(table["val/rmse"])
     assert (sweep / "report.md").read_text().startswith("| configuration |")
@@ -157,10 +157,12 @@ def test_a_failing_run_still_finishes_its_wandb_run(compose_cfg, tmp_path, monke
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    with pytest.raises(ValueError, match="Invalid learning rate"):
-        train(compose_cfg("logger=wandb", "model.optimizer.lr=-1.0"))
+    # passes every check before the run, fails when torch builds the optimizer: after W&B has started
+    with pytest.raises(ValueError, match="Invalid momentum value"):
+        train(compose_cfg("logger=wandb", "model.optimizer._target_=torch.optim.SGD", "+model.optimizer.momentum=-1.0"))
     assert wandb.run is None  # finished, so the next job of a sweep starts a fresh run
-    assert "Invalid learning rate" in json.loads((tmp_path / "run" / "failed.json").read_text())["error"]
+    failed = json.loads((tmp_path / "run" / "failed.json").read_text())
+    assert "Invalid momentum value" in failed["error"] and failed["phase"] == "fit"
 
 
 def test_report_aggregates_seeds_into_mean_and_std(tmp_path):

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Annotated
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from recsys.data.datasets import IdMap, Source, prepare
+from recsys import validation
+from recsys.data.datasets import DUPLICATES, IdMap, Source, prepare
 from recsys.data.facts import DataFacts
+from recsys.data.readers import FORMATS
 from recsys.data.sources import fetch
-from recsys.data.splits import split_indices
+from recsys.data.splits import STRATEGIES, check_ratios, split_indices
+from recsys.validation import AtLeast, Fraction, OneOf, Positive, Size
 
 # Batches are produced in the main process by slicing tensors; worker processes would only add IPC.
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
@@ -86,18 +90,22 @@ class RatingsDataModule(L.LightningDataModule):
     """
 
     def __init__(self, name: str = "ml-100k", path: str | None = None, root: str | None = None,
-                 rating_min: float = 1.0, rating_max: float = 5.0, rating_step: float = 1.0,
-                 format: str | None = None, columns: dict | None = None, sep: str | None = None,
-                 duplicates: str = "last", num_ratings: int | None = None, generator: dict | None = None,
-                 cache: bool = True,
-                 split: str = "random",
-                 test_ratio: float = 0.1, val_ratio: float = 0.05, split_seed: int = 0,
-                 leave_last_n: int = 1, folds: int | None = None, fold: int = 0,
-                 batch_size: int | None = 4096, eval_batch_size: int = 65536, shuffle_seed: int = 0):
+                 rating_min: float = 1.0, rating_max: float = 5.0, rating_step: Positive = 1.0,
+                 format: Annotated[str, OneOf(*FORMATS)] | None = None, columns: dict | None = None,
+                 sep: str | None = None, duplicates: Annotated[str, OneOf(*DUPLICATES)] = "last",
+                 num_ratings: Size | None = None, generator: dict | None = None, cache: bool = True,
+                 split: Annotated[str, OneOf(*STRATEGIES)] = "random",
+                 test_ratio: Fraction = 0.1, val_ratio: Fraction = 0.05, split_seed: int = 0,
+                 leave_last_n: Size = 1, folds: Annotated[int, AtLeast(2)] | None = None,
+                 fold: Annotated[int, AtLeast(0)] = 0,
+                 batch_size: Size | None = 4096, eval_batch_size: Size = 65536, shuffle_seed: int = 0):
+        # every setting checked before any work: types and ranges from this signature (recsys.validation)
+        settings = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        validation.check_arguments(RatingsDataModule.__init__, settings, "data.")
+        check_ratios(0.0 if folds else test_ratio, val_ratio)
         super().__init__()
-        if rating_min >= rating_max or rating_step <= 0:
-            raise ValueError(f"data.rating_min={rating_min}, data.rating_max={rating_max}, "
-                             f"data.rating_step={rating_step}: need min < max and a positive step")
+        if rating_min >= rating_max:
+            raise ValueError(f"data.rating_min={rating_min}, data.rating_max={rating_max}: need min < max")
         # floats, as the models hold them: Lightning refuses to merge hparams that differ in type
         rating_min, rating_max, rating_step = float(rating_min), float(rating_max), float(rating_step)
         # the reading settings as one block (checked here, before any work); handed to the reader in setup

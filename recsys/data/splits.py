@@ -25,7 +25,7 @@ import pandas as pd
 STRATEGIES = ("random", "user", "temporal", "leave_last")
 
 
-def _check_ratios(test_ratio: float, val_ratio: float) -> None:
+def check_ratios(test_ratio: float, val_ratio: float) -> None:
     if not 0 <= test_ratio < 1 or not 0 <= val_ratio < 1 or test_ratio + val_ratio >= 1:
         raise ValueError(
             f"test_ratio={test_ratio} and val_ratio={val_ratio} must each lie in [0, 1) and sum to "
@@ -92,7 +92,7 @@ def split_indices(data: int | pd.DataFrame, strategy: str = "random", test_ratio
     n = data if isinstance(data, int) else len(data)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown split strategy {strategy!r}; choose one of {STRATEGIES}")
-    _check_ratios(0.0 if folds else test_ratio, val_ratio)
+    check_ratios(0.0 if folds else test_ratio, val_ratio)
     rng = np.random.default_rng(seed)
     users = times = None
     if strategy in ("user", "leave_last", "temporal"):

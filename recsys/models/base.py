@@ -34,6 +34,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
 
+from recsys import validation
 from recsys.data.facts import DataFacts
 from recsys.solvers import SOLVERS
 from recsys.solvers.als import LeastSquares
@@ -98,6 +99,7 @@ class _Contract(abc.ABCMeta):
             raise TypeError(f"{cls.__name__}: {err}; its hyperparameters are {names} plus {SHARED}") from None
         bound.apply_defaults()
         own = dict(list(bound.arguments.items())[1:])
+        annotations = validation.hints(cls.__init__)
         for key, value in own.items():
             if hasattr(value, "_content"):  # an OmegaConf container from Hydra
                 from omegaconf import OmegaConf
@@ -106,7 +108,19 @@ class _Contract(abc.ABCMeta):
             if not _primitive(value):
                 raise TypeError(f"model.{key}={value!r}: hyperparameters are numbers, strings, booleans, None, "
                                 "or lists and dicts of them")
+            if key in annotations:  # the signature's types and constraints (recsys.validation)
+                validation.check(f"model.{key}", annotations[key], value)
         return own
+
+    def check_settings(cls, settings) -> None:
+        """Every check a model's construction makes, on a one-user stand-in for the data, before data loading.
+
+        ``settings`` is the model's config without ``_target_`` (own hyperparameters, ``solver``,
+        ``optimizer``). The random state is left as it was.
+        """
+        stand_in = DataFacts(num_users=1, num_items=1, num_train=1, global_mean=3.0)
+        with torch.random.fork_rng(devices=[]):
+            cls(data=stand_in, **{k: v for k, v in dict(settings).items() if not k.startswith("_")})
 
 
 class RatingModel(L.LightningModule, metaclass=_Contract):

@@ -14,16 +14,15 @@ import torch
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
 from recsys.models.objectives import per_rating_ridge
-from recsys.solvers.als import LeastSquares
+from recsys.solvers.als import LeastSquares, RegScaling
+from recsys.validation import NonNegative
 
 
 class Baseline(RatingModel):
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.01, "weight_decay": 0.0}
 
-    def __init__(self, reg: float = 0.01, reg_scaling: str = "frequency"):
+    def __init__(self, reg: NonNegative = 0.01, reg_scaling: RegScaling = "frequency"):
         super().__init__()
-        if reg < 0:
-            raise ValueError(f"model.reg={reg} must be >= 0")
         self.net = Bilinear(self.data.num_users, self.data.num_items, 0, bias=True, init_std=0.0)
         self.link = Centered(self.data.global_mean)
         self.reg, self.reg_scaling = reg, reg_scaling

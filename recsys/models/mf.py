@@ -22,19 +22,17 @@ import torch
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
 from recsys.models.objectives import per_rating_ridge
-from recsys.solvers.als import LeastSquares
+from recsys.solvers.als import LeastSquares, RegScaling
+from recsys.validation import NonNegative, Size
 
 
 class BiasedMF(RatingModel):
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.005, "weight_decay": 0.0}
 
-    def __init__(self, dim: int = 64, reg: float = 0.1, reg_bias: float | None = 0.01, init_std: float = 0.01,
-                 use_global_mean: bool = True, use_bias: bool = True, reg_scaling: str = "frequency"):
+    def __init__(self, dim: Size = 64, reg: NonNegative = 0.1, reg_bias: NonNegative | None = 0.01,
+                 init_std: NonNegative = 0.01, use_global_mean: bool = True, use_bias: bool = True,
+                 reg_scaling: RegScaling = "frequency"):
         super().__init__()
-        if reg < 0 or (reg_bias is not None and reg_bias < 0):
-            raise ValueError(f"model.reg={reg}, model.reg_bias={reg_bias} must be >= 0")
-        if dim < 1:
-            raise ValueError(f"model.dim={dim} must be at least 1 (model=baseline has no factors)")
         self.net = Bilinear(self.data.num_users, self.data.num_items, dim, bias=use_bias, init_std=init_std)
         self.link = Centered(self.data.global_mean if use_global_mean else 0.0)
         self.reg, self.reg_bias = reg, reg if reg_bias is None else reg_bias

@@ -23,17 +23,16 @@ import torch
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
 from recsys.models.objectives import gaussian_prior, map_estimate, map_objective
-from recsys.solvers.als import LeastSquares
+from recsys.solvers.als import LeastSquares, RegScaling
+from recsys.validation import NonNegative, Size
 
 
 class PMF(RatingModel):
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.1, "weight_decay": 0.0}
 
-    def __init__(self, dim: int = 4, lambda_u: float = 3.0, lambda_v: float = 3.0, init_std: float = 0.1,
-                 center: bool = True, reg_scaling: str = "row"):
+    def __init__(self, dim: Size = 4, lambda_u: NonNegative = 3.0, lambda_v: NonNegative = 3.0,
+                 init_std: NonNegative = 0.1, center: bool = True, reg_scaling: RegScaling = "row"):
         super().__init__()
-        if lambda_u < 0 or lambda_v < 0:
-            raise ValueError(f"model.lambda_u={lambda_u}, model.lambda_v={lambda_v} must be >= 0")
         self.net = Bilinear(self.data.num_users, self.data.num_items, dim, bias=False, init_std=init_std)
         self.link = Centered(self.data.global_mean if center else 0.0)
         self.lambdas, self.reg_scaling = (lambda_u, lambda_v), reg_scaling

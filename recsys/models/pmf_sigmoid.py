@@ -23,16 +23,15 @@ import torch
 
 from recsys.models.nets import ScaledSigmoid
 from recsys.models.pmf import PMF
+from recsys.validation import NonNegative, Size
 
 
 class SigmoidPMF(PMF):
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.05, "weight_decay": 0.0}
 
-    def __init__(self, dim: int = 4, lambda_u: float = 0.3, lambda_v: float = 0.3, init_std: float = 0.1,
-                 center: bool = False, round_step: float = 0.0):
+    def __init__(self, dim: Size = 4, lambda_u: NonNegative = 0.3, lambda_v: NonNegative = 0.3,
+                 init_std: NonNegative = 0.1, center: bool = False, round_step: NonNegative = 0.0):
         super().__init__(dim=dim, lambda_u=lambda_u, lambda_v=lambda_v, init_std=init_std)
-        if round_step < 0:
-            raise ValueError(f"model.round_step={round_step} must be >= 0 (0: no rounding)")
         d = self.data
         t_mu = min(max((d.global_mean - d.rating_min) / (d.rating_max - d.rating_min), 1e-3), 1 - 1e-3)
         self.link = ScaledSigmoid(d.rating_min, d.rating_max, math.log(t_mu / (1 - t_mu)) if center else 0.0)

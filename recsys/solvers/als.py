@@ -22,12 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import torch
 from torch import nn
 
+from recsys.validation import OneOf
+
 REG_SCALINGS = ("row", "frequency")
+RegScaling = Annotated[str, OneOf(*REG_SCALINGS)]  # ALS ridge per row: λ ('row') or λ·n_r ('frequency')
 
 
 class NormalEquations:

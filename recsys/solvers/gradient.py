@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import torch
 
+from recsys.validation import Positive, check
+
 ALLOWED = ("torch.optim.", "recsys.")
 
 
@@ -61,6 +63,8 @@ def optimizer_spec(optimizer) -> dict:
             raise ValueError(f"model.optimizer={spec}: needs a _target_ (e.g. torch.optim.Adam)")
     else:
         raise TypeError(f"model.optimizer={optimizer!r}: give a dict with _target_, or a partial of an optimizer class")
+    if "lr" in spec:
+        check("model.optimizer.lr", Positive, spec["lr"])
     cls = _locate(spec["_target_"])
     accepted = inspect.signature(cls.__init__).parameters
     unknown = [k for k in spec if k != "_target_" and k not in accepted]
