@@ -177,9 +177,15 @@ def read_delimited(data: bytes | Path, source: str, sep: str | None = None, colu
             data if isinstance(data, Path) else io.BytesIO(data),
             read_options=pacsv.ReadOptions(column_names=labels, skip_rows=1 if header else 0),
             parse_options=pacsv.ParseOptions(delimiter=sep, quote_char='"' if sep == "," else False),
-            convert_options=pacsv.ConvertOptions(include_columns=list(keep), strings_can_be_null=True,
-                                                 column_types={labels[roles["rating"]]: pa.float32()}),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(keep), strings_can_be_null=True,
+                # ids as text first: a number-looking id must never pass through float (see exact_ids)
+                column_types={labels[roles["rating"]]: pa.float32(), labels[roles["user"]]: pa.string(),
+                              labels[roles["item"]]: pa.string()}),
         )
+        for role in ("user", "item"):
+            label = labels[roles[role]]
+            table = table.set_column(table.column_names.index(label), label, exact_ids(table.column(label)))
         df = table.to_pandas(self_destruct=True, split_blocks=True)  # frees arrow buffers as it goes
         del table
     except Exception as err:  # noqa: BLE001 - find the line with pandas' C parser, else report pyarrow's
@@ -187,6 +193,27 @@ def read_delimited(data: bytes | Path, source: str, sep: str | None = None, colu
         raise RatingsFormatError(f"{source}: {err}") from None
     df = df.rename(columns=keep)[[c for c in COLUMNS if c in keep.values()]]
     return validate(df, source, first_row, scale)
+
+
+INTEGER = r"^-?(0|[1-9][0-9]*)$"  # no sign, zero padding or exponent games: "007" and "7" stay two ids
+
+
+def exact_ids(column):
+    """An id column as int64 when every token is a plain integer that fits, else as strings for every row.
+
+    Ids never pass through float: 9007199254740992 and 9007199254740993 stay two users, ``1e30`` is the
+    string "1e30", and "007" keeps its zeros (a column holding it is read as strings).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    tokens = pc.drop_null(column)
+    if len(tokens) and pc.all(pc.match_substring_regex(tokens, INTEGER)).as_py():
+        try:
+            return pc.cast(column, pa.int64())
+        except pa.ArrowInvalid:  # beyond int64: keep the digits as text
+            pass
+    return column
 
 
 def _read_slowly(data: bytes | Path, source: str, sep: str, header: bool, roles: dict[str, int], first_row: int,
