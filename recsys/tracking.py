@@ -6,6 +6,7 @@ import csv
 import logging
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,6 +95,31 @@ class CSVLogger(_LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ResumableWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def resolve_progress(mode: str, terminal: bool | None = None) -> str:
+    """``auto`` is a progress bar on a terminal and one line per epoch elsewhere (SLURM, ``| tee``, CI)."""
+    if mode != "auto":
+        return mode
+    return "bar" if (sys.stderr.isatty() if terminal is None else terminal) else "epoch"
+
+
+class EpochLines(L.Callback):
+    """One line per epoch (epoch, train/loss, val/rmse, seconds) instead of progress-bar redraws."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        parts += [f"{k} {float(m[k]):.4f}" for k in ("train/loss", "val/rmse") if k in m]
+        log.info("%s  %.2f s", "  ".join(parts), time.perf_counter() - self._start)
 
 
 class RunClock(L.Callback):

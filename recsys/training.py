@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -100,8 +101,13 @@ def train(cfg: DictConfig) -> dict:
         tracking.wandb_resume_id(cfg.get("logger"), out)
         loggers = _instantiate_all(cfg.get("logger"))
         history, clock = tracking.History(), tracking.RunClock()
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
-                                         callbacks=[*_instantiate_all(cfg.get("callbacks")), history, clock])
+        callbacks, bar = [*_instantiate_all(cfg.get("callbacks")), history, clock], True
+        progress = tracking.resolve_progress(cfg.get("progress", "auto"))
+        if progress != "bar":  # no redraws: one line per epoch (epoch) or nothing (none)
+            callbacks, bar = [c for c in callbacks if not isinstance(c, ProgressBar)], False
+            callbacks += [tracking.EpochLines()] if progress == "epoch" else []
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                         enable_progress_bar=bar and cfg.trainer.get("enable_progress_bar", True))
         phase = "data"
         # the model is sized by the data: read and split first (downloads once: a file lock serializes ranks)
         datamodule.prepare_data()

@@ -179,3 +179,26 @@ def test_report_aggregates_seeds_into_mean_and_std(tmp_path):
     assert table["test/rmse"].tolist() == pytest.approx([0.91, 0.96])
     assert table["test/rmse std"].tolist() == pytest.approx([0.01414, 0.01414], abs=1e-4)
     assert table["runs"].tolist() == [2, 2]
+
+
+def test_progress_epoch_logs_one_line_per_epoch_and_no_bar(compose_cfg, caplog):
+    import logging
+
+    from recsys.tracking import resolve_progress
+
+    assert resolve_progress("auto", terminal=False) == "epoch" and resolve_progress("auto", terminal=True) == "bar"
+    with caplog.at_level(logging.INFO, logger="recsys.tracking"):
+        train(compose_cfg("progress=epoch", "trainer.max_epochs=3", "~callbacks.early_stopping", "logger=none"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all("train/loss" in line and "val/rmse" in line and line.endswith(" s") for line in lines)
+
+
+@pytest.mark.integration
+def test_piped_stderr_gets_epoch_lines_not_redraws(udata, tmp_path):
+    res = subprocess.run([sys.executable, "train.py", f"data.path={udata}", "trainer.max_epochs=2", "logger=none",
+                          f"hydra.run.dir={tmp_path / 'run'}", f"data.root={tmp_path / 'cache'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "\r" not in res.stderr and "it/s" not in res.stderr  # no progress-bar redraws
+    assert "epoch 1/2" in res.stdout + res.stderr and "epoch 2/2" in res.stdout + res.stderr
