@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per worker: the workers share the cores
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def synthetic_ratings(num_users=60, num_items=40, density=0.5, rank=3, noise=0.3, seed=0) -> np.ndarray:

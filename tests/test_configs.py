@@ -119,3 +119,37 @@ def test_readme_layout_lists_every_module():
     for name in ("train.py", "configs/", "tests/", "benchmarks/"):
         assert name in layout
     assert "../" not in layout and "shared/" not in layout  # nothing outside the repository
+
+
+def _readme_defaults():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Configuration"):readme.index("## Models")]
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        key, default = cells[0].strip("`"), cells[1]
+        if not default.startswith("`"):
+            continue  # documentation only ("per model")
+        for value, under in re.findall(r"`([^`]*)`(?:\s*\(([^)]*)\))?", default):
+            yield key, yaml.safe_load(value), [o.strip() for o in under.split(",") if o.strip()]
+
+
+def test_readme_configuration_table_gives_the_defaults_the_configs_hold(monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.delenv("RECSYS_DATA", raising=False)
+    checked, configs = set(), {}
+    for key, value, overrides in _readme_defaults():
+        if tuple(overrides) not in configs:
+            configs[tuple(overrides)] = composed(*overrides, hydra=True)
+        cfg = configs[tuple(overrides)]
+        groups = cfg.hydra.runtime.choices
+        actual = groups.get(key) if "." not in key and key in groups else OmegaConf.select(cfg, key)
+        assert actual == value, f"README says {key}={value!r} under {overrides or 'the defaults'}; configs: {actual!r}"
+        checked.add(key)
+    top = {k for k in yaml.safe_load((CONFIGS / "train.yaml").read_text()) if k not in ("defaults", "output_dir")}
+    assert top <= checked, f"README configuration table misses {sorted(top - checked)}"
+    assert {"model.reg", "model.reg_bias", "data.batch_size", "trainer.max_epochs"} <= checked

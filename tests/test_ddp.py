@@ -14,7 +14,8 @@ import torch
 from conftest import synthetic_ratings, write_udata
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.integration  # subprocesses: python -m pytest -m integration
+# subprocesses: python -m pytest -m integration; one worker runs them all (module fixtures, CPU share)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ddp")]
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ def wandb_records(path: Path) -> list:
     return [pb.Record.FromString(c) for c in chunks]
 
 
+@pytest.mark.xdist_group("wandb")  # one W&B run at a time: its service process is shared
 def test_wandb_offline_run_holds_config_summary_and_learning_curve(compose_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -152,6 +153,7 @@ def yaml_load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+@pytest.mark.xdist_group("wandb")
 def test_a_failing_run_still_finishes_its_wandb_run(compose_cfg, tmp_path, monkeypatch):
     import wandb
 
