@@ -114,7 +114,9 @@ def train(cfg: DictConfig) -> dict:
         datamodule.setup("fit")
         model = instantiate(cfg.model, data=datamodule.facts())
         phase = "fit"
-        metrics = _fit_and_test(cfg, trainer, datamodule, model, loggers, history, clock, out, resume_from)
+        _fit(cfg, trainer, datamodule, model, loggers, out, resume_from)
+        phase = "test"
+        metrics = _test_and_report(cfg, trainer, datamodule, model, loggers, history, clock, out)
         failed = False
         return metrics
     except rundir.RunDirectoryError:
@@ -124,7 +126,7 @@ def train(cfg: DictConfig) -> dict:
             cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
             atomic_write_json(out / "failed.json", {
                 "error": f"{type(cause).__name__}: {cause}"[:4000], "error_type": type(cause).__name__,
-                "message": str(cause)[:4000], "phase": getattr(err, "recsys_phase", phase)})
+                "message": str(cause)[:4000], "phase": phase})
         raise
     finally:
         if tracking.wandb_loggers(loggers):
@@ -133,8 +135,8 @@ def train(cfg: DictConfig) -> dict:
             wandb.finish(exit_code=1 if failed else 0)
 
 
-def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, history: tracking.History,
-                  clock: tracking.RunClock, out: Path, resume_from: str | None) -> dict:
+def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, out: Path,
+         resume_from: str | None) -> None:
     run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "data": datamodule.describe(),
                 "git": tracking.git_state(), "parameters": tracking.parameter_counts(model)}
     for lg in loggers:
@@ -143,17 +145,16 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, datamodule, model, logger
         atomic_write_json(out / "run_info.json", run_info)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
-    fit_seconds = clock.seconds  # every part of the run, resumed ones included
 
+
+def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list,
+                     history: tracking.History, clock: tracking.RunClock, out: Path) -> dict:
+    fit_seconds = clock.seconds  # every part of the run, resumed ones included
     ckpt = trainer.checkpoint_callback
     test_ckpt = cfg.get("test_ckpt", "best")
     use_best = test_ckpt == "best" and ckpt is not None and ckpt.best_model_path
-    try:
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt.best_model_path if use_best else None,
-                               verbose=False)[0]
-    except BaseException as err:
-        err.recsys_phase = "test"
-        raise
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt.best_model_path if use_best else None,
+                           verbose=False)[0]
 
     epochs = trainer.current_epoch
     n_train = len(datamodule.train_set[0])
