@@ -1,3 +1,15 @@
-"""recsys: explicit-rating recommendation with matrix factorization on PyTorch Lightning."""
+"""recsys: explicit-rating recommendation with matrix factorization on PyTorch Lightning.
+
+``recsys.load(run)`` returns a :class:`recsys.Recommender` that answers in the data set's own ids.
+"""
 
 __version__ = "0.1.0"
+__all__ = ["Recommender", "load"]
+
+
+def __getattr__(name: str):
+    if name in __all__:  # imported on first use: `import recsys` stays light
+        from recsys import recommender
+
+        return getattr(recommender, name)
+    raise AttributeError(f"module 'recsys' has no attribute {name!r}")

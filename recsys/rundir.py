@@ -28,8 +28,8 @@ RESUME = ("auto", "never", "must")
 MAY_CHANGE = ("trainer", "logger", "callbacks", "progress", "resume", "ckpt_path", "test_ckpt", "output_dir",
               "hparams_search", "data.root", "data.cache", "data.eval_batch_size")
 #: what a run writes into its directory: moved aside by resume=never
-RUN_FILES = ("run_info.json", "metrics.json", "failed.json", "learning_curve.png", "checkpoints", "csv",
-             "tensorboard", "wandb")
+RUN_FILES = ("run_info.json", "metrics.json", "failed.json", "learning_curve.png", "seen.npz", "checkpoints",
+             "csv", "tensorboard", "wandb")
 
 
 class RunDirectoryError(ValueError):

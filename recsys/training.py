@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from recsys import rundir, tracking, validation
 from recsys.io import atomic_write_json
 from recsys.models.base import RatingModel
+from recsys.recommender import save_seen
 from recsys.validation import AtLeast, OneOf, Size
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ def train(cfg: DictConfig) -> dict:
         # the model is sized by the data: read and split first (downloads once: a file lock serializes ranks)
         datamodule.prepare_data()
         datamodule.setup("fit")
+        if rank_zero:  # what each user rated in training and validation: recommend() excludes it
+            save_seen(out, *datamodule.seen())
         model = instantiate(cfg.model, data=datamodule.facts())
         phase = "fit"
         _fit(cfg, trainer, datamodule, model, loggers, out, resume_from)

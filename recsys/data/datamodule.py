@@ -172,6 +172,15 @@ class RatingsDataModule(L.LightningDataModule):
                          user_counts=torch.bincount(users, minlength=self.num_users),
                          item_counts=torch.bincount(items, minlength=self.num_items))
 
+    def seen(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's training and validation items as CSR arrays ``(indptr, items)``, items sorted per user."""
+        users = torch.cat([self.train_set[0], self.val_set[0]]).numpy()
+        items = torch.cat([self.train_set[1], self.val_set[1]]).numpy()
+        order = np.lexsort((items, users))
+        indptr = np.zeros(self.num_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(users, minlength=self.num_users), out=indptr[1:])
+        return indptr, items[order].astype(np.int32)
+
     # -- loaders --------------------------------------------------------------------------------
     def _loader(self, tensors, batch_size: int, shuffle: bool) -> DataLoader:
         trainer = self.trainer

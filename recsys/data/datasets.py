@@ -57,6 +57,10 @@ class IdMap:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def lookup(self, ids) -> np.ndarray:
+        """Indices of ``ids``, -1 where an id is unknown."""
+        return self._index.get_indexer(np.asarray(ids))
+
     def to_index(self, ids) -> np.ndarray:
         idx = self._index.get_indexer(np.asarray(ids))
         if (idx < 0).any():

@@ -162,19 +162,31 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         """The model's objective in ALS's form, if it has one (bilinear models); None otherwise."""
         return None
 
-    def fallback(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def fallback(self, users: torch.Tensor, items: torch.Tensor, user_known: torch.Tensor,
+                 item_known: torch.Tensor) -> torch.Tensor:
         """Prediction for a cold pair (user or item without training ratings): the training mean μ.
 
-        Models with biases override it to add whatever bias is known (see BiasedMF).
+        ``user_known``/``item_known`` say per pair which side has training ratings; models with biases
+        override this to add whatever bias is known (see BiasedMF).
         """
         return torch.full(users.shape, float(self.data.global_mean), device=users.device)
 
     # -- shared -------------------------------------------------------------------------------------
-    def predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def score(self, users: torch.Tensor, items: torch.Tensor, user_known: torch.Tensor | None = None,
+              item_known: torch.Tensor | None = None) -> torch.Tensor:
+        """Unclipped predictions; cold pairs get :meth:`fallback`.
+
+        A side is known where it had training ratings (``user_seen``/``item_seen``) and, where the masks
+        are given, where they say so (ids that are not in the model at all pass False with any index).
+        """
+        uk = self.user_seen[users] if user_known is None else user_known & self.user_seen[users]
+        ik = self.item_seen[items] if item_known is None else item_known & self.item_seen[items]
+        return torch.where(uk & ik, self(users, items), self.fallback(users, items, uk, ik))
+
+    def predict(self, users: torch.Tensor, items: torch.Tensor, user_known: torch.Tensor | None = None,
+                item_known: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted ratings clipped to ``[rating_min, rating_max]``; cold pairs get :meth:`fallback`."""
-        warm = self.user_seen[users] & self.item_seen[items]
-        pred = torch.where(warm, self(users, items), self.fallback(users, items))
-        return pred.clamp(self.data.rating_min, self.data.rating_max)
+        return self.score(users, items, user_known, item_known).clamp(self.data.rating_min, self.data.rating_max)
 
     def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over DDP ranks (the identity in one process or outside a trainer)."""
@@ -222,6 +234,10 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
 
     def predict_step(self, batch, batch_idx):
         return self.predict(batch[0], batch[1])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the class that rebuilds this model (recsys.load imports it only from under recsys.models)
+        checkpoint["recsys_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict: bool = True,

@@ -41,9 +41,9 @@ class BiasedMF(RatingModel):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.link.rating(self.net(users, items))
 
-    def fallback(self, users, items):
+    def fallback(self, users, items, user_known, item_known):
         """Cold pairs: μ plus the bias of whichever side has training ratings."""
-        return self.link.rating(self.net.known_bias(users, items, self.user_seen, self.item_seen))
+        return self.link.rating(self.net.known_bias(users, items, user_known, item_known))
 
     def objective(self, users, items, ratings):
         residual = self.link.target(ratings) - self.net(users, items)

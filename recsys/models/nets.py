@@ -44,13 +44,13 @@ class Bilinear(nn.Module):
             return factors, 0.0
         return factors, self.user_bias(users).squeeze(-1).square() + self.item_bias(items).squeeze(-1).square()
 
-    def known_bias(self, users: torch.Tensor, items: torch.Tensor, user_seen: torch.Tensor,
-                   item_seen: torch.Tensor) -> torch.Tensor:
-        """The cold-start score: b_u + b_i counting only the sides with training ratings (0 without biases)."""
+    def known_bias(self, users: torch.Tensor, items: torch.Tensor, user_known: torch.Tensor,
+                   item_known: torch.Tensor) -> torch.Tensor:
+        """The cold-start score: b_u + b_i counting only the known sides (per-pair masks; 0 without biases)."""
         if self.user_bias is None:
             return torch.zeros(users.shape, device=users.device)
-        known_user = self.user_bias(users).squeeze(-1) * user_seen[users]
-        return known_user + self.item_bias(items).squeeze(-1) * item_seen[items]
+        known_user = self.user_bias(users).squeeze(-1) * user_known
+        return known_user + self.item_bias(items).squeeze(-1) * item_known
 
     def squared_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(‖P‖², ‖Q‖²) over all rows: PMF's Gaussian priors."""

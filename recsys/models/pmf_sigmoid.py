@@ -40,8 +40,8 @@ class SigmoidPMF(PMF):
     def least_squares(self) -> None:
         return None  # g(c + UᵀV) is not bilinear in either side
 
-    def predict(self, users, items):
-        pred = super().predict(users, items)
+    def predict(self, users, items, user_known=None, item_known=None):
+        pred = super().predict(users, items, user_known, item_known)
         if self.round_step > 0:
             lo = self.data.rating_min
             pred = lo + torch.round((pred - lo) / self.round_step) * self.round_step

@@ -145,6 +145,14 @@ class LeastSquares:
         if own_b is not None:
             own_b.weight.data.copy_(x[:, k:])
 
+    def assign_row(self, side: str, row: int, x: torch.Tensor) -> None:
+        """Set one row's unknowns (factors, then bias), as :meth:`assign` sets all."""
+        own, own_b, _, _ = self.sides(side)
+        k = own.weight.shape[1]
+        own.weight.data[row] = x[:k]
+        if own_b is not None:
+            own_b.weight.data[row] = x[k:]
+
     def rows(self, side: str, users, items, ratings):
         """Row ids, fixed-side features and adjusted targets of each rating, for solving ``side``."""
         _, own_b, other, other_b = self.sides(side)

@@ -1,0 +1,332 @@
+"""Ask a trained model questions in the user's own ids: ``rec = recsys.load(run)``.
+
+- ``rec.predict(users, items)``: ratings on the model's scale (clipped as in training); unknown ids get the
+  model's cold-start fallback (μ plus the known side's bias) with a warning, or ``KeyError`` with ``strict``.
+- ``rec.recommend(users, n)``: each user's top-n items by the model's unclipped score, the items the user
+  rated in training and validation excluded (``seen.npz`` in the run directory).
+- ``rec.similar_items(items, n)``: nearest items by cosine similarity of item factors.
+- ``rec.fold_in(ratings, user)``: fit one user from ratings with the item side fixed, by the model's own
+  objective (the ridge normal equations of ALS for bilinear models; Gauss-Newton steps for pmf_sigmoid).
+- ``rec.user_factors()``, ``rec.item_factors()``, ``rec.user_bias()``, ``rec.item_bias()``: DataFrames by id.
+
+The model's class is read from the checkpoint and imported only from under ``recsys.models``; the
+checkpoint is loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from recsys.data.datasets import IdMap
+from recsys.io import atomic_file
+from recsys.models.base import RatingModel
+from recsys.models.nets import Bilinear
+from recsys.solvers.als import NormalEquations
+
+log = logging.getLogger(__name__)
+
+SEEN_FILE = "seen.npz"
+CHUNK = 1024  # users scored against all items at once
+
+
+def save_seen(run_dir: str | Path, indptr: np.ndarray, items: np.ndarray) -> Path:
+    """Each user's training and validation items (CSR by user index), atomically, for ``recommend``."""
+    path = Path(run_dir) / SEEN_FILE
+    with atomic_file(path) as out:
+        np.savez(out, indptr=indptr.astype(np.int64), items=items.astype(np.int32))
+    return path
+
+
+def _checkpoint_path(path: Path) -> Path:
+    if path.is_dir():
+        metrics = path / "metrics.json"
+        named = json.loads(metrics.read_text()).get("test_checkpoint") if metrics.exists() else None
+        if named and named != "last" and Path(named).exists():
+            return Path(named)
+        last = path / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            raise ValueError(f"{path}: a run directory needs checkpoints/last.ckpt (or metrics.json naming one)")
+        return last
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: give a run directory or a .ckpt file of recsys")
+    return path
+
+
+def load(path: str | Path, device: str = "cpu") -> Recommender:
+    """The model of a run directory (its tested checkpoint, else ``last.ckpt``) or of a ``.ckpt`` file."""
+    path = Path(path).expanduser()
+    ckpt_path = _checkpoint_path(path)
+    try:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
+        raise ValueError(f"{ckpt_path} is not a checkpoint of a recsys model (torch.load: {err})") from None
+    name = ckpt.get("recsys_model") if isinstance(ckpt, dict) else None
+    ids = ckpt.get("RatingsDataModule") if isinstance(ckpt, dict) else None
+    if not isinstance(name, str) or not ids:
+        raise ValueError(f"{ckpt_path} is not a checkpoint of a recsys model: expected the model class "
+                         "('recsys_model') and the id maps ('RatingsDataModule') that train.py saves")
+    module, _, cls_name = name.rpartition(".")
+    if not module.startswith("recsys.models."):  # never import an arbitrary dotted path read from a file
+        raise ValueError(f"{ckpt_path} names the model class {name!r}, which is not under recsys.models")
+    cls = getattr(importlib.import_module(module), cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, RatingModel)):
+        raise ValueError(f"{ckpt_path} names {name!r}, which is not a recsys RatingModel")
+    model = cls(**ckpt["hyper_parameters"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(device).eval()
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
+    seen = None
+    if run_dir is not None and (run_dir / SEEN_FILE).exists():
+        with np.load(run_dir / SEEN_FILE) as z:
+            seen = (z["indptr"], z["items"])
+    return Recommender(model, IdMap(ids["user_ids"]), IdMap(ids["item_ids"]), seen)
+
+
+def _normalize(ids, id_map: IdMap) -> np.ndarray:
+    """Ids as the map holds them: ``196``, ``"196"`` and ``np.int64(196)`` are one MovieLens user."""
+    arr = np.atleast_1d(np.asarray(ids, dtype=object))
+    if id_map.ids.dtype.kind in "iu":
+        def as_int(x):
+            if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+                return int(x)
+            s = str(x).strip()
+            return int(s) if s.lstrip("-").isdigit() else x
+        return np.array([as_int(x) for x in arr], dtype=object)
+    return np.array([str(x.item() if isinstance(x, np.generic) else x) for x in arr], dtype=object)
+
+
+class Recommender:
+    """A trained model with its id maps; see the module docstring."""
+
+    def __init__(self, model: RatingModel, users: IdMap, items: IdMap,
+                 seen: tuple[np.ndarray, np.ndarray] | None = None):
+        self.model, self.users, self.items, self._seen = model, users, items, seen
+        self.device = next(model.buffers()).device
+
+    def __repr__(self) -> str:
+        return (f"Recommender({type(self.model).__name__}, {len(self.users)} users, {len(self.items)} items, "
+                f"seen={'saved' if self._seen is not None else 'none'})")
+
+    # -- ids ------------------------------------------------------------------------------------------
+    def _index(self, ids, id_map: IdMap, what: str, strict: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
+        values = _normalize(ids, id_map)
+        idx = id_map.lookup(values)
+        unknown = values[idx < 0].tolist()
+        if unknown and strict:
+            raise KeyError(f"unknown {what} ids: {unknown[:20]}" + (" ..." if len(unknown) > 20 else ""))
+        known = torch.from_numpy(idx >= 0).to(self.device)
+        return torch.from_numpy(np.maximum(idx, 0)).to(self.device), known, unknown
+
+    # -- questions ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, users, items, strict: bool = False) -> np.ndarray:
+        """Predicted ratings (float64) for each (user, item) pair; a single id broadcasts against a list."""
+        u, uk, unknown_u = self._index(users, self.users, "user", strict)
+        i, ik, unknown_i = self._index(items, self.items, "item", strict)
+        if len(u) != len(i) and 1 not in (len(u), len(i)):
+            raise ValueError(f"predict: {len(u)} users and {len(i)} items; give equal lengths or one of either")
+        u, i = torch.broadcast_tensors(u, i)
+        uk, ik = torch.broadcast_tensors(uk, ik)
+        if unknown_u or unknown_i:
+            warnings.warn(f"predict: {len(unknown_u)} unknown user ids and {len(unknown_i)} unknown item ids got "
+                          "the cold-start fallback (the training mean plus the known side's bias); strict=True "
+                          "raises instead", stacklevel=2)
+        return self.model.predict(u, i, uk, ik).double().cpu().numpy()
+
+    def _seen_mask(self, rows: torch.Tensor, seen) -> torch.Tensor:
+        """(len(rows), n_items) True where the user rated the item in training or validation."""
+        indptr, items = seen
+        starts, ends = torch.as_tensor(indptr[rows.cpu().numpy()]), torch.as_tensor(indptr[rows.cpu().numpy() + 1])
+        counts = ends - starts
+        which = torch.repeat_interleave(torch.arange(len(rows)), counts)
+        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        cols = torch.as_tensor(items)[torch.repeat_interleave(starts, counts) + offsets].long()
+        mask = torch.zeros(len(rows), len(self.items), dtype=torch.bool)
+        mask[which, cols] = True
+        return mask.to(self.device)
+
+    def _seen_from(self, seen: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        u, _, _ = self._index(seen["user"], self.users, "user", strict=False)
+        i, ik, _ = self._index(seen["item"], self.items, "item", strict=False)
+        u, i = u[ik].cpu().numpy(), i[ik].cpu().numpy()
+        order = np.lexsort((i, u))
+        indptr = np.zeros(len(self.users) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(u, minlength=len(self.users)), out=indptr[1:])
+        return indptr, i[order].astype(np.int32)
+
+    @torch.no_grad()
+    def recommend(self, users, n: int = 10, exclude_seen: bool = True, seen: pd.DataFrame | None = None,
+                  strict: bool = False) -> pd.DataFrame:
+        """Top-``n`` items per user: DataFrame ``user, item, score, rank`` (score unclipped, rank 1 best)."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n={n!r}: must be a positive integer")
+        csr = self._seen_from(seen) if seen is not None else self._seen
+        if exclude_seen and csr is None:
+            raise ValueError("recommend(exclude_seen=True) needs each user's training items: this checkpoint has no "
+                             f"{SEEN_FILE} beside it; pass seen=<DataFrame of user, item> or exclude_seen=False")
+        u, uk, unknown = self._index(users, self.users, "user", strict)
+        if unknown:
+            warnings.warn(f"recommend: {len(unknown)} unknown user ids are ranked by the cold-start fallback "
+                          "(the training mean plus item biases)", stacklevel=2)
+        n_items, k = len(self.items), min(n, len(self.items))
+        all_items = torch.arange(n_items, device=self.device)
+        frames = []
+        for lo in range(0, len(u), CHUNK):
+            rows, known = u[lo:lo + CHUNK], uk[lo:lo + CHUNK]
+            pu = rows.repeat_interleave(n_items)
+            scores = self.model.score(pu, all_items.repeat(len(rows)), known.repeat_interleave(n_items),
+                                      torch.ones_like(pu, dtype=torch.bool)).view(len(rows), n_items)
+            if exclude_seen:
+                scores = scores.masked_fill(self._seen_mask(rows, csr) & known.unsqueeze(1), float("-inf"))
+            top = torch.topk(scores, k, dim=1)
+            frames.append((lo, top.values.cpu().numpy(), top.indices.cpu().numpy()))
+        original = _normalize(users, self.users)
+        out = []
+        for lo, values, indices in frames:
+            for row in range(len(values)):
+                ok = np.isfinite(values[row])
+                out.append(pd.DataFrame({"user": original[lo + row], "item": self.items.to_ids(indices[row][ok]),
+                                         "score": values[row][ok].astype(np.float64),
+                                         "rank": np.arange(1, ok.sum() + 1)}))
+        return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["user", "item", "score", "rank"])
+
+    def _tables(self) -> Bilinear:
+        net = getattr(self.model, "net", None)
+        if not isinstance(net, Bilinear):
+            raise ValueError(f"{type(self.model).__name__} has no factor tables")
+        return net
+
+    @torch.no_grad()
+    def similar_items(self, items, n: int = 10, strict: bool = True) -> pd.DataFrame:
+        """Nearest items by cosine similarity of item factors: ``item, similar, score, rank``."""
+        net = self._tables()
+        if net.item.embedding_dim == 0:
+            raise ValueError(f"{type(self.model).__name__} has no item factors to compare")
+        i, _, _ = self._index(items, self.items, "item", strict)
+        factors = nn.functional.normalize(net.item.weight, dim=1)
+        sims = factors[i] @ factors.T
+        sims[torch.arange(len(i)), i] = float("-inf")  # the item itself
+        top = torch.topk(sims, min(n, len(self.items) - 1), dim=1)
+        original = _normalize(items, self.items)
+        return pd.concat([pd.DataFrame({"item": original[r], "similar": self.items.to_ids(top.indices[r].cpu().numpy()),
+                                        "score": top.values[r].double().cpu().numpy(),
+                                        "rank": np.arange(1, top.indices.shape[1] + 1)})
+                          for r in range(len(i))], ignore_index=True)
+
+    # -- export ---------------------------------------------------------------------------------------
+    def _frame(self, weight: torch.Tensor, id_map: IdMap, prefix: str) -> pd.DataFrame:
+        w = weight.detach().double().cpu().numpy()
+        columns = [f"{prefix}{j}" for j in range(w.shape[1])] if prefix else ["bias"]
+        return pd.DataFrame(w, index=pd.Index(id_map.ids, name="id"), columns=columns)
+
+    def user_factors(self) -> pd.DataFrame:
+        return self._frame(self._tables().user.weight, self.users, "f")
+
+    def item_factors(self) -> pd.DataFrame:
+        return self._frame(self._tables().item.weight, self.items, "f")
+
+    def user_bias(self) -> pd.DataFrame:
+        net = self._tables()
+        if net.user_bias is None:
+            raise ValueError(f"{type(self.model).__name__} has no biases")
+        return self._frame(net.user_bias.weight, self.users, "")
+
+    def item_bias(self) -> pd.DataFrame:
+        net = self._tables()
+        if net.item_bias is None:
+            raise ValueError(f"{type(self.model).__name__} has no biases")
+        return self._frame(net.item_bias.weight, self.items, "")
+
+    # -- fold in --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold_in(self, ratings: Mapping | pd.DataFrame, user=None):
+        """Fit one user from ``ratings`` (item -> rating) with the item side fixed; returns the user's id.
+
+        ``user`` new (or None: a fresh id) adds the user; an existing id replaces that user's row. The fit is
+        the model's own objective: for models with a least-squares form, the user's ridge normal equations
+        (what one ALS user half-sweep computes); otherwise (pmf_sigmoid) Gauss-Newton steps on its E.
+        """
+        frame = pd.DataFrame({"item": list(ratings), "rating": list(ratings.values())}) \
+            if isinstance(ratings, Mapping) else ratings[["item", "rating"]]
+        i, ik, unknown = self._index(frame["item"], self.items, "item", strict=False)
+        if unknown:
+            warnings.warn(f"fold_in: {len(unknown)} unknown item ids left out: {unknown[:10]}", stacklevel=2)
+        i = i[ik]
+        r = torch.as_tensor(frame["rating"].to_numpy(np.float32)[ik.cpu().numpy()], device=self.device)
+        if len(r) == 0:
+            raise ValueError("fold_in: no ratings of known items")
+        row = self._user_row(user)
+        problem = self.model.least_squares()
+        net = self._tables()
+        if problem is not None:
+            own = problem.weights("user")
+            stats = NormalEquations(1, own.shape[1], device=own.device, dtype=own.dtype)
+            feats = net.item.weight[i]
+            targets = problem.target(r)
+            if net.user_bias is not None:
+                feats = torch.cat([feats, feats.new_ones(len(feats), 1)], 1)
+                targets = targets - net.item_bias.weight[i, 0]
+            stats.add(torch.zeros_like(i), feats, targets)
+            x = stats.solve(problem.ridge[0], problem.scaling, own[row:row + 1])
+            problem.assign_row("user", row, x[0])
+        else:
+            self._gauss_newton(net, row, i, r)
+        self.model.user_seen[row] = True
+        self._remember_seen(row, i)
+        return self.users.ids[row].item() if isinstance(self.users.ids[row], np.generic) else self.users.ids[row]
+
+    def _gauss_newton(self, net: Bilinear, row: int, items: torch.Tensor, ratings: torch.Tensor, steps: int = 20):
+        """Minimize ½Σ(t − g(c + xᵀv))² + λ_U/2‖x‖² over the user's x: PMF's E restricted to one user."""
+        link, lam = self.model.link, float(self.model.lambdas[0])
+        v, t = net.item.weight[items], link.target(ratings)
+        x = net.user.weight[row].clone()
+        eye = torch.eye(len(x), dtype=x.dtype, device=x.device)
+        for _ in range(steps):
+            g = link.mean(v @ x)
+            jac = (g * (1 - g)).unsqueeze(1) * v  # ∂g/∂x per rating
+            grad = -(jac * (t - g).unsqueeze(1)).sum(0) + lam * x
+            x = x - torch.linalg.solve(jac.T @ jac + lam * eye, grad)
+        net.user.weight[row] = x
+
+    def _user_row(self, user) -> int:
+        if user is not None:
+            idx = self.users.lookup(_normalize([user], self.users))[0]
+            if idx >= 0:
+                return int(idx)
+        else:
+            ids = self.users.ids
+            user = int(ids.max()) + 1 if ids.dtype.kind in "iu" else f"new-{len(ids)}"
+        self.users = IdMap(np.concatenate([self.users.ids, np.asarray(_normalize([user], self.users),
+                                                                        dtype=self.users.ids.dtype)]))
+        net, model = self._tables(), self.model
+        for name in ("user", "user_bias"):
+            old = getattr(net, name)
+            if old is not None:
+                grown = nn.Embedding(old.num_embeddings + 1, old.embedding_dim, device=old.weight.device)
+                grown.weight.data = torch.cat([old.weight.data, old.weight.new_zeros(1, old.embedding_dim)])
+                setattr(net, name, grown)
+        model.user_seen = torch.cat([model.user_seen, model.user_seen.new_zeros(1)])
+        if self._seen is not None:
+            indptr, items = self._seen
+            self._seen = (np.append(indptr, indptr[-1]), items)
+        return len(self.users) - 1
+
+    def _remember_seen(self, row: int, items: torch.Tensor) -> None:
+        if self._seen is None:
+            return
+        indptr, seen = self._seen
+        mine = np.unique(items.cpu().numpy()).astype(np.int32)
+        seen = np.concatenate([seen[:indptr[row]], mine, seen[indptr[row + 1]:]])
+        counts = np.diff(indptr)
+        counts[row] = len(mine)
+        self._seen = (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), seen)
