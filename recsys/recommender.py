@@ -178,27 +178,22 @@ class Recommender:
         if unknown:
             warnings.warn(f"recommend: {len(unknown)} unknown user ids are ranked by the cold-start fallback "
                           "(the training mean plus item biases)", stacklevel=2)
-        n_items, k = len(self.items), min(n, len(self.items))
-        all_items = torch.arange(n_items, device=self.device)
+        k = min(n, len(self.items))
         frames = []
         for lo in range(0, len(u), CHUNK):
             rows, known = u[lo:lo + CHUNK], uk[lo:lo + CHUNK]
-            pu = rows.repeat_interleave(n_items)
-            scores = self.model.score(pu, all_items.repeat(len(rows)), known.repeat_interleave(n_items),
-                                      torch.ones_like(pu, dtype=torch.bool)).view(len(rows), n_items)
+            scores = self.model.score_all_items(rows, known)
             if exclude_seen:
                 scores = scores.masked_fill(self._seen_mask(rows, csr) & known.unsqueeze(1), float("-inf"))
             top = torch.topk(scores, k, dim=1)
             frames.append((lo, top.values.cpu().numpy(), top.indices.cpu().numpy()))
+        values = np.concatenate([v for _, v, _ in frames]) if frames else np.zeros((0, k))
+        indices = np.concatenate([i for _, _, i in frames]) if frames else np.zeros((0, k), dtype=np.int64)
+        ok = np.isfinite(values)  # fewer than n unseen items: the row ends early
         original = _normalize(users, self.users)
-        out = []
-        for lo, values, indices in frames:
-            for row in range(len(values)):
-                ok = np.isfinite(values[row])
-                out.append(pd.DataFrame({"user": original[lo + row], "item": self.items.to_ids(indices[row][ok]),
-                                         "score": values[row][ok].astype(np.float64),
-                                         "rank": np.arange(1, ok.sum() + 1)}))
-        return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["user", "item", "score", "rank"])
+        return pd.DataFrame({"user": np.repeat(original, ok.sum(1)), "item": self.items.to_ids(indices[ok]),
+                             "score": values[ok].astype(np.float64),
+                             "rank": np.broadcast_to(np.arange(1, k + 1), values.shape)[ok]})
 
     def _tables(self) -> Bilinear:
         net = getattr(self.model, "net", None)

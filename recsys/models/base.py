@@ -36,6 +36,7 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric
 
 from recsys import validation
 from recsys.data.facts import DataFacts
+from recsys.models.nets import Bilinear
 from recsys.solvers import SOLVERS
 from recsys.solvers.als import LeastSquares
 from recsys.solvers.gradient import optimizer_spec
@@ -182,6 +183,26 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         uk = self.user_seen[users] if user_known is None else user_known & self.user_seen[users]
         ik = self.item_seen[items] if item_known is None else item_known & self.item_seen[items]
         return torch.where(uk & ik, self(users, items), self.fallback(users, items, uk, ik))
+
+    def score_all_items(self, users: torch.Tensor, user_known: torch.Tensor | None = None) -> torch.Tensor:
+        """(len(users), num_items) unclipped scores against every item, as :meth:`score` gives them.
+
+        Models with a Bilinear ``net`` and a ``link`` score by one matrix product; others through ``forward``
+        on every (user, item) pair.
+        """
+        n_items = len(self.item_seen)
+        uk = self.user_seen[users] if user_known is None else user_known & self.user_seen[users]
+        warm = uk.unsqueeze(1) & self.item_seen.unsqueeze(0)
+        net, link = getattr(self, "net", None), getattr(self, "link", None)
+        if isinstance(net, Bilinear) and link is not None:
+            scores = link.rating(link.mean(net.all_items(users)))
+        else:
+            items = torch.arange(n_items, device=users.device)
+            scores = self(users.repeat_interleave(n_items), items.repeat(len(users))).view(len(users), n_items)
+        if not bool(warm.all()):  # cold pairs (rare: unknown users, items without training ratings)
+            rows, cols = (~warm).nonzero(as_tuple=True)
+            scores[rows, cols] = self.fallback(users[rows], cols, uk[rows], self.item_seen[cols])
+        return scores
 
     def predict(self, users: torch.Tensor, items: torch.Tensor, user_known: torch.Tensor | None = None,
                 item_known: torch.Tensor | None = None) -> torch.Tensor:

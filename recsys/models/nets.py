@@ -37,6 +37,13 @@ class Bilinear(nn.Module):
             score = score + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
         return score
 
+    def all_items(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), num_items) scores of each user against every item: one matrix product."""
+        score = self.user(users) @ self.item.weight.T
+        if self.user_bias is not None:
+            score = score + self.user_bias(users) + self.item_bias.weight.T
+        return score
+
     def row_penalty(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Per-rating ``(‖P_u‖² + ‖Q_i‖², b_u² + b_i²)``: the SGD-MF regularizer, one term per rating."""
         factors = self.user(users).square().sum(-1) + self.item(items).square().sum(-1)

@@ -125,3 +125,18 @@ def test_model_saves_primitives_and_loads_from_a_lightning_checkpoint(name, udat
     with pytest.raises(ValueError, match="is not a checkpoint of a recsys model"):
         torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
         type(model).load_from_checkpoint(tmp_path / "other.ckpt")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_scores_against_all_items_equal_pairwise_scores(name):
+    torch.manual_seed(0)
+    counts = torch.tensor([3, 1, 0, 2, 5, 1])  # user 2 and item 4 have no training ratings
+    model = build(name, fake_facts(6, 5, 12, user_counts=counts, item_counts=torch.tensor([2, 3, 1, 4, 0])))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    users, known = torch.tensor([0, 2, 5, 1]), torch.tensor([True, True, True, False])  # user 1: unknown id
+    fast = model.score_all_items(users, known)
+    pairs = model.score(users.repeat_interleave(5), torch.arange(5).repeat(4), known.repeat_interleave(5),
+                        torch.ones(20, dtype=torch.bool)).view(4, 5)
+    assert torch.allclose(fast, pairs, atol=1e-5)
