@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from recsys.data.datasets import IdMap
+from recsys.evaluation import seen_mask
 from recsys.io import atomic_file
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear
@@ -143,18 +144,6 @@ class Recommender:
                           "raises instead", stacklevel=2)
         return self.model.predict(u, i, uk, ik).double().cpu().numpy()
 
-    def _seen_mask(self, rows: torch.Tensor, seen) -> torch.Tensor:
-        """(len(rows), n_items) True where the user rated the item in training or validation."""
-        indptr, items = seen
-        starts, ends = torch.as_tensor(indptr[rows.cpu().numpy()]), torch.as_tensor(indptr[rows.cpu().numpy() + 1])
-        counts = ends - starts
-        which = torch.repeat_interleave(torch.arange(len(rows)), counts)
-        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        cols = torch.as_tensor(items)[torch.repeat_interleave(starts, counts) + offsets].long()
-        mask = torch.zeros(len(rows), len(self.items), dtype=torch.bool)
-        mask[which, cols] = True
-        return mask.to(self.device)
-
     def _seen_from(self, seen: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         u, _, _ = self._index(seen["user"], self.users, "user", strict=False)
         i, ik, _ = self._index(seen["item"], self.items, "item", strict=False)
@@ -184,7 +173,7 @@ class Recommender:
             rows, known = u[lo:lo + CHUNK], uk[lo:lo + CHUNK]
             scores = self.model.score_all_items(rows, known)
             if exclude_seen:
-                scores = scores.masked_fill(self._seen_mask(rows, csr) & known.unsqueeze(1), float("-inf"))
+                scores = scores.masked_fill(seen_mask(*csr, rows, len(self.items)) & known.unsqueeze(1), float("-inf"))
             top = torch.topk(scores, k, dim=1)
             frames.append((lo, top.values.cpu().numpy(), top.indices.cpu().numpy()))
         values = np.concatenate([v for _, v, _ in frames]) if frames else np.zeros((0, k))

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from recsys import rundir, tracking, validation
+from recsys import evaluation, rundir, tracking, validation
 from recsys.io import atomic_write_json
 from recsys.models.base import RatingModel
 from recsys.recommender import save_seen
@@ -60,6 +60,9 @@ RUN_SETTINGS = {
     "progress": Annotated[str, OneOf(*tracking.PROGRESS)],
     "trainer.max_epochs": Annotated[int, OneOf(-1)] | Size,
     "callbacks.early_stopping.patience": Annotated[int, AtLeast(0)],
+    "eval.ranking": bool,
+    "eval.k": Size | list,
+    "eval.relevance_threshold": float,
 }
 
 
@@ -67,6 +70,7 @@ def check_settings(cfg: DictConfig) -> None:
     """Every setting, before any data is read: errors name the key, the value and what is allowed."""
     for key, annotation in RUN_SETTINGS.items():
         value = OmegaConf.select(cfg, key, default=None)
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
         if value is not None or key in ("seed", "resume"):
             validation.check(key, annotation, value)
     model = OmegaConf.to_container(cfg.model, resolve=True)
@@ -153,6 +157,12 @@ def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, 
 def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list,
                      history: tracking.History, clock: tracking.RunClock, out: Path) -> dict:
     fit_seconds = clock.seconds  # every part of the run, resumed ones included
+    if cfg.eval.ranking:  # handed the test set, seen items and popularity: logged with the test metrics
+        ks = (cfg.eval.k,) if isinstance(cfg.eval.k, int) else tuple(cfg.eval.k)
+        trainer.callbacks.append(evaluation.RankingMetrics(
+            datamodule.test_set, datamodule.seen(), torch.bincount(datamodule.train_set[1],
+                                                                   minlength=datamodule.num_items),
+            ks, cfg.eval.relevance_threshold))
     ckpt = trainer.checkpoint_callback
     test_ckpt = cfg.get("test_ckpt", "best")
     use_best = test_ckpt == "best" and ckpt is not None and ckpt.best_model_path

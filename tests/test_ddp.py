@@ -60,6 +60,9 @@ def test_als_with_two_processes_equals_one(als_runs):
     (one, m1), (two, m2) = als_runs
     assert (m1["world_size"], m2["world_size"]) == (1, 2)
     assert abs(m1["test/rmse"] - m2["test/rmse"]) < 1e-5
+    # ranking metrics: users sharded over the ranks, sums all-reduced: each user counts once
+    for key in ("test/ndcg@10", "test/recall@10", "test/mrr@10", "test/ndcg@10_popularity"):
+        assert abs(m1[key] - m2[key]) < 1e-5, key
     for a, b in zip(_factors(one), _factors(two)):
         assert torch.allclose(a, b, atol=1e-5, rtol=0)
 

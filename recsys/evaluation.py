@@ -1,0 +1,102 @@
+"""Ranking metrics at test time: does the model put a user's liked test items at the top of all items?
+
+For each test user with at least one relevant test item (test rating ≥ ``relevance_threshold``), the
+candidates are all items except the user's training and validation items, ranked by the model's
+unclipped score. Per user, at each k:
+
+- NDCG@k: Σ_{hits at rank r ≤ k} 1/log2(r + 1), divided by the ideal: min(k, #relevant) hits at the top;
+- Recall@k: hits / #relevant;   HitRate@k: 1 if any hit;   MRR@k: 1/rank of the first hit (0 if none);
+
+averaged over those users, logged as ``test/ndcg@10`` etc. The same from a popularity ranking (items by
+training count) as ``test/ndcg@10_popularity`` and ``test/recall@10_popularity``, so every run shows
+whether it ranks better than popularity. Users are scored in chunks on the model's device; under DDP each
+rank takes every world_size-th user and the sums and counts are all-reduced, so each user counts once.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+
+CHUNK = 1024  # users scored against all items at once
+METRICS = ("ndcg", "recall", "hit_rate", "mrr")
+
+
+def seen_mask(indptr: np.ndarray, items: np.ndarray, rows: torch.Tensor, num_items: int) -> torch.Tensor:
+    """(len(rows), num_items) True where row's user has the item in CSR arrays ``(indptr, items)``."""
+    r = rows.cpu().numpy()
+    starts, counts = torch.as_tensor(indptr[r]), torch.as_tensor(indptr[r + 1] - indptr[r])
+    which = torch.repeat_interleave(torch.arange(len(r)), counts)
+    offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    cols = torch.as_tensor(items)[torch.repeat_interleave(starts, counts) + offsets].long()
+    mask = torch.zeros(len(r), num_items, dtype=torch.bool)
+    mask[which, cols] = True
+    return mask.to(rows.device)
+
+
+def ranking_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Sums over users (rows with ≥ 1 relevant item) of each metric at each k, and the user count ``users``.
+
+    ``scores`` (users × items) has excluded candidates at -inf; ``relevant`` (users × items) is boolean.
+    """
+    n_rel = relevant.sum(1)
+    keep = n_rel > 0
+    scores, relevant, n_rel = scores[keep], relevant[keep], n_rel[keep].to(torch.float64)
+    k_max = min(max(ks), scores.shape[1])
+    hits = relevant.gather(1, torch.topk(scores, k_max, dim=1).indices).to(torch.float64)
+    discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float64, device=scores.device))
+    ideal = torch.cumsum(discount, 0)
+    first = torch.where(hits.any(1), hits.argmax(1).to(torch.float64) + 1, torch.inf)
+    out = {"users": torch.tensor(float(len(n_rel)), dtype=torch.float64, device=scores.device)}
+    for k in ks:
+        h = hits[:, :min(k, k_max)]
+        best = ideal[(torch.clamp(n_rel, max=min(k, k_max)) - 1).long()]
+        out[f"ndcg@{k}"] = ((h * discount[:h.shape[1]]).sum(1) / best).sum()
+        out[f"recall@{k}"] = (h.sum(1) / n_rel).sum()
+        out[f"hit_rate@{k}"] = (h.sum(1) > 0).to(torch.float64).sum()
+        out[f"mrr@{k}"] = torch.where(first <= k, 1.0 / first, 0.0).sum()
+    return out
+
+
+class RankingMetrics(L.Callback):
+    """Logs ranking metrics at the end of testing; the data is handed over by training.py."""
+
+    def __init__(self, test: tuple[torch.Tensor, ...], seen: tuple[np.ndarray, np.ndarray],
+                 popularity: torch.Tensor, ks: tuple[int, ...] = (10,), relevance_threshold: float = 4.0):
+        users, items, ratings = test
+        liked = ratings >= relevance_threshold
+        self.users, self.items = users[liked], items[liked]
+        self.seen, self.popularity, self.ks = seen, popularity.to(torch.float32), tuple(ks)
+
+    @torch.no_grad()
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        device, n_items = pl_module.device, len(pl_module.item_seen)
+        candidates = torch.unique(self.users)
+        mine = candidates[trainer.global_rank::trainer.world_size]  # each user on one rank
+        totals: dict[str, torch.Tensor] = {}
+        for lo in range(0, len(mine), CHUNK):
+            rows = mine[lo:lo + CHUNK]
+            relevant = torch.zeros(len(rows), n_items, dtype=torch.bool)
+            pos = torch.searchsorted(rows, self.users)
+            inside = (pos < len(rows)) & (rows[pos.clamp(max=len(rows) - 1)] == self.users)
+            relevant[pos[inside], self.items[inside]] = True
+            rows, relevant = rows.to(device), relevant.to(device)
+            excluded = seen_mask(*self.seen, rows, n_items)
+            for suffix, scores in (("", pl_module.score_all_items(rows)),
+                                   ("_popularity", self.popularity.to(device).expand(len(rows), -1))):
+                sums = ranking_sums(scores.masked_fill(excluded, float("-inf")), relevant, self.ks)
+                for name, value in sums.items():
+                    totals[name + suffix] = totals.get(name + suffix, 0) + value
+        for suffix in ("", "_popularity"):
+            count = trainer.strategy.reduce(totals.get("users" + suffix, torch.zeros((), dtype=torch.float64,
+                                                                                      device=device)),
+                                            reduce_op="sum")
+            for k in self.ks:
+                names = METRICS if not suffix else ("ndcg", "recall")
+                for metric in names:
+                    key = f"{metric}@{k}{suffix}"
+                    total = trainer.strategy.reduce(totals.get(key, torch.zeros((), dtype=torch.float64,
+                                                                                device=device)), reduce_op="sum")
+                    if count > 0:
+                        pl_module.log(f"test/{key}", (total / count).float(), sync_dist=False)

@@ -1,0 +1,62 @@
+"""Ranking metrics: the same numbers as torchmetrics' retrieval functions, per user, then averaged."""
+
+import json
+
+import pytest
+import torch
+from torchmetrics.functional.retrieval import (
+    retrieval_hit_rate,
+    retrieval_normalized_dcg,
+    retrieval_recall,
+    retrieval_reciprocal_rank,
+)
+
+from recsys.evaluation import ranking_sums, seen_mask
+from recsys.training import train
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ranking_sums_equal_torchmetrics_retrieval(seed):
+    g = torch.Generator().manual_seed(seed)
+    users, items = 7, 30
+    scores = torch.randn(users, items, generator=g, dtype=torch.float64)
+    relevant = torch.rand(users, items, generator=g) < 0.15
+    relevant[0] = False  # a user without relevant items does not count
+    excluded = torch.rand(users, items, generator=g) < 0.3
+    excluded &= ~relevant
+    sums = ranking_sums(scores.masked_fill(excluded, float("-inf")), relevant, (5, 10))
+    counted = [u for u in range(users) if relevant[u].any()]
+    assert sums["users"].item() == len(counted)
+    for k in (5, 10):
+        expect = {"ndcg": [], "recall": [], "hit_rate": [], "mrr": []}
+        for u in counted:
+            keep = ~excluded[u]  # the candidates: everything the user has not rated in training
+            p, t = scores[u][keep], relevant[u][keep]
+            p = p - p.min() + 1  # torchmetrics' recall counts only positive scores as retrieved; ranks stay
+            expect["ndcg"].append(retrieval_normalized_dcg(p, t, top_k=k))
+            expect["recall"].append(retrieval_recall(p, t, top_k=k))
+            expect["hit_rate"].append(retrieval_hit_rate(p, t, top_k=k))
+            expect["mrr"].append(retrieval_reciprocal_rank(p, t, top_k=k))
+        for name, values in expect.items():
+            mean = torch.stack(values).double().mean().item()
+            assert sums[f"{name}@{k}"].item() / len(counted) == pytest.approx(mean, abs=1e-6), (name, k)
+
+
+def test_seen_mask_reads_csr_rows():
+    import numpy as np
+
+    indptr, items = np.array([0, 2, 2, 3]), np.array([1, 3, 0], dtype=np.int32)
+    mask = seen_mask(indptr, items, torch.tensor([2, 0, 1]), 4)
+    assert mask.tolist() == [[True, False, False, False], [False, True, False, True], [False] * 4]
+
+
+def test_runs_report_ranking_metrics_beside_popularity(compose_cfg, tmp_path):
+    metrics = train(compose_cfg("trainer.max_epochs=5", "~callbacks.early_stopping", "eval.k=[5,10]"))
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for k in (5, 10):
+        for name in ("ndcg", "recall", "hit_rate", "mrr"):
+            assert 0 <= saved[f"test/{name}@{k}"] <= 1
+        assert 0 <= saved[f"test/ndcg@{k}_popularity"] <= 1 and 0 <= saved[f"test/recall@{k}_popularity"] <= 1
+    assert saved["test/recall@10"] >= saved["test/recall@5"] and metrics["test/ndcg@10"] == saved["test/ndcg@10"]
+    off = train(compose_cfg("trainer.max_epochs=2", "~callbacks.early_stopping", "eval.ranking=false", "resume=never"))
+    assert not [k for k in off if "@" in k]
