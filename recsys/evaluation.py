@@ -59,6 +59,44 @@ def ranking_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ..
     return out
 
 
+def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, seen: tuple[np.ndarray, np.ndarray],
+                   popularity: torch.Tensor, num_items: int, ks: tuple[int, ...], device=None, rank: int = 0,
+                   world: int = 1) -> dict[str, torch.Tensor]:
+    """Sums of the ranking metrics (model's and popularity's) over this rank's share of the users.
+
+    ``users``/``items`` (indices) are the relevant test pairs; ``score_all_items(rows)`` gives the model's
+    (len(rows), num_items) scores; ``seen`` is each user's training and validation items (CSR).
+    """
+    totals: dict[str, torch.Tensor] = {}
+    mine = torch.unique(users)[rank::world]  # each user on one rank
+    for lo in range(0, len(mine), CHUNK):
+        rows = mine[lo:lo + CHUNK]
+        relevant = torch.zeros(len(rows), num_items, dtype=torch.bool)
+        pos = torch.searchsorted(rows, users)
+        inside = (pos < len(rows)) & (rows[pos.clamp(max=len(rows) - 1)] == users)
+        relevant[pos[inside], items[inside]] = True
+        rows, relevant = rows.to(device), relevant.to(device)
+        excluded = seen_mask(*seen, rows, num_items)
+        for suffix, scores in (("", score_all_items(rows)),
+                               ("_popularity", popularity.to(device, torch.float32).expand(len(rows), -1))):
+            for name, value in ranking_sums(scores.masked_fill(excluded, float("-inf")), relevant, ks).items():
+                totals[name + suffix] = totals.get(name + suffix, 0) + value
+    return totals
+
+
+def ranking_means(totals: dict, ks: tuple[int, ...], reduce=lambda t: t) -> dict[str, float]:
+    """``test/<metric>@k[_popularity]`` means from :func:`ranking_totals` (``reduce`` sums over DDP ranks)."""
+    out = {}
+    for suffix, names in (("", METRICS), ("_popularity", ("ndcg", "recall"))):
+        count = reduce(torch.as_tensor(totals.get("users" + suffix, 0.0), dtype=torch.float64))
+        for k in ks:
+            for metric in names:
+                total = reduce(torch.as_tensor(totals.get(f"{metric}@{k}{suffix}", 0.0), dtype=torch.float64))
+                if count > 0:
+                    out[f"test/{metric}@{k}{suffix}"] = float(total / count)
+    return out
+
+
 class RankingMetrics(L.Callback):
     """Logs ranking metrics at the end of testing; the data is handed over by training.py."""
 
@@ -67,36 +105,13 @@ class RankingMetrics(L.Callback):
         users, items, ratings = test
         liked = ratings >= relevance_threshold
         self.users, self.items = users[liked], items[liked]
-        self.seen, self.popularity, self.ks = seen, popularity.to(torch.float32), tuple(ks)
+        self.seen, self.popularity, self.ks = seen, popularity, tuple(ks)
 
     @torch.no_grad()
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        device, n_items = pl_module.device, len(pl_module.item_seen)
-        candidates = torch.unique(self.users)
-        mine = candidates[trainer.global_rank::trainer.world_size]  # each user on one rank
-        totals: dict[str, torch.Tensor] = {}
-        for lo in range(0, len(mine), CHUNK):
-            rows = mine[lo:lo + CHUNK]
-            relevant = torch.zeros(len(rows), n_items, dtype=torch.bool)
-            pos = torch.searchsorted(rows, self.users)
-            inside = (pos < len(rows)) & (rows[pos.clamp(max=len(rows) - 1)] == self.users)
-            relevant[pos[inside], self.items[inside]] = True
-            rows, relevant = rows.to(device), relevant.to(device)
-            excluded = seen_mask(*self.seen, rows, n_items)
-            for suffix, scores in (("", pl_module.score_all_items(rows)),
-                                   ("_popularity", self.popularity.to(device).expand(len(rows), -1))):
-                sums = ranking_sums(scores.masked_fill(excluded, float("-inf")), relevant, self.ks)
-                for name, value in sums.items():
-                    totals[name + suffix] = totals.get(name + suffix, 0) + value
-        for suffix in ("", "_popularity"):
-            count = trainer.strategy.reduce(totals.get("users" + suffix, torch.zeros((), dtype=torch.float64,
-                                                                                      device=device)),
-                                            reduce_op="sum")
-            for k in self.ks:
-                names = METRICS if not suffix else ("ndcg", "recall")
-                for metric in names:
-                    key = f"{metric}@{k}{suffix}"
-                    total = trainer.strategy.reduce(totals.get(key, torch.zeros((), dtype=torch.float64,
-                                                                                device=device)), reduce_op="sum")
-                    if count > 0:
-                        pl_module.log(f"test/{key}", (total / count).float(), sync_dist=False)
+        device = pl_module.device
+        totals = ranking_totals(pl_module.score_all_items, self.users, self.items, self.seen, self.popularity,
+                                len(pl_module.item_seen), self.ks, device, trainer.global_rank, trainer.world_size)
+        reduce = lambda t: trainer.strategy.reduce(t.to(device), reduce_op="sum")  # noqa: E731
+        for key, value in ranking_means(totals, self.ks, reduce).items():
+            pl_module.log(key, value, sync_dist=False)

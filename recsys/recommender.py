@@ -40,11 +40,13 @@ SEEN_FILE = "seen.npz"
 CHUNK = 1024  # users scored against all items at once
 
 
-def save_seen(run_dir: str | Path, indptr: np.ndarray, items: np.ndarray) -> Path:
-    """Each user's training and validation items (CSR by user index), atomically, for ``recommend``."""
+def save_seen(run_dir: str | Path, indptr: np.ndarray, items: np.ndarray, popularity: np.ndarray) -> Path:
+    """Each user's training and validation items (CSR by user index) and each item's training count,
+    atomically: what ``recommend`` leaves out and what ``recsys evaluate`` ranks popularity by."""
     path = Path(run_dir) / SEEN_FILE
     with atomic_file(path) as out:
-        np.savez(out, indptr=indptr.astype(np.int64), items=items.astype(np.int32))
+        np.savez(out, indptr=indptr.astype(np.int64), items=items.astype(np.int32),
+                 popularity=np.asarray(popularity, dtype=np.int64))
     return path
 
 
@@ -86,11 +88,13 @@ def load(path: str | Path, device: str = "cpu") -> Recommender:
     model.load_state_dict(ckpt["state_dict"])
     model.to(device).eval()
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
-    seen = None
+    seen = popularity = None
     if run_dir is not None and (run_dir / SEEN_FILE).exists():
         with np.load(run_dir / SEEN_FILE) as z:
-            seen = (z["indptr"], z["items"])
-    return Recommender(model, IdMap(ids["user_ids"]), IdMap(ids["item_ids"]), seen)
+            seen, popularity = (z["indptr"], z["items"]), z["popularity"]
+    rec = Recommender(model, IdMap(ids["user_ids"]), IdMap(ids["item_ids"]), seen)
+    rec.popularity, rec.run_dir = popularity, run_dir
+    return rec
 
 
 def _normalize(ids, id_map: IdMap) -> np.ndarray:
@@ -112,6 +116,7 @@ class Recommender:
     def __init__(self, model: RatingModel, users: IdMap, items: IdMap,
                  seen: tuple[np.ndarray, np.ndarray] | None = None):
         self.model, self.users, self.items, self._seen = model, users, items, seen
+        self.popularity, self.run_dir = None, None  # training counts per item and the run, when loaded from one
         self.device = next(model.buffers()).device
 
     def __repr__(self) -> str:

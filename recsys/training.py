@@ -118,7 +118,7 @@ def train(cfg: DictConfig) -> dict:
         datamodule.prepare_data()
         datamodule.setup("fit")
         if rank_zero:  # what each user rated in training and validation: recommend() excludes it
-            save_seen(out, *datamodule.seen())
+            save_seen(out, *datamodule.seen(), datamodule.facts().item_counts.numpy())
         model = instantiate(cfg.model, data=datamodule.facts())
         phase = "fit"
         _fit(cfg, trainer, datamodule, model, loggers, out, resume_from)
@@ -160,9 +160,7 @@ def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, log
     if cfg.eval.ranking:  # handed the test set, seen items and popularity: logged with the test metrics
         ks = (cfg.eval.k,) if isinstance(cfg.eval.k, int) else tuple(cfg.eval.k)
         trainer.callbacks.append(evaluation.RankingMetrics(
-            datamodule.test_set, datamodule.seen(), torch.bincount(datamodule.train_set[1],
-                                                                   minlength=datamodule.num_items),
-            ks, cfg.eval.relevance_threshold))
+            datamodule.test_set, datamodule.seen(), datamodule.facts().item_counts, ks, cfg.eval.relevance_threshold))
     ckpt = trainer.checkpoint_callback
     test_ckpt = cfg.get("test_ckpt", "best")
     use_best = test_ckpt == "best" and ckpt is not None and ckpt.best_model_path

@@ -1,0 +1,148 @@
+"""``recsys`` (or ``python -m recsys``): ask a trained run questions from the shell.
+
+    recsys predict RUN --user 196 --item 242 [--item 302 ...] [--strict]
+    recsys recommend RUN --user 196 [-n 10] [--format table|csv|json] [--strict]
+    recsys recommend RUN --users-file users.txt [-n 10] > top10.csv
+    recsys evaluate RUN [data.path=other.csv ...] [--k 10 ...] [--relevance-threshold 4.0]
+
+RUN is a run directory or a .ckpt file. Errors (a missing run, a file that is not a recsys checkpoint, an
+unknown id with --strict, -n 0) print one line naming the problem and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recsys.recommender import Recommender, load
+
+USAGE_ERROR = 2
+
+
+def _predict(rec: Recommender, args) -> None:
+    ratings = rec.predict(args.user, args.item, strict=args.strict)
+    for item, rating in zip(args.item, ratings):
+        print(f"{args.user}\t{item}\t{rating:.4f}")
+
+
+def _read_users(path: str) -> list:
+    text = Path(path).read_text().split()
+    if not text:
+        raise ValueError(f"{path}: no user ids")
+    return text[1:] if text[0].lower() in ("user", "user_id", "userid") else text
+
+
+def _recommend(rec: Recommender, args) -> None:
+    if args.n < 1:
+        raise ValueError(f"-n {args.n}: must be a positive integer")
+    if (args.user is None) == (args.users_file is None):
+        raise ValueError("give --user U or --users-file F (one of them)")
+    users = _read_users(args.users_file) if args.users_file else [args.user]
+    top = rec.recommend(users, n=args.n, strict=args.strict)
+    fmt = "csv" if args.users_file and args.format == "table" else args.format
+    if fmt == "csv":
+        top.to_csv(sys.stdout, index=False)
+    elif fmt == "json":
+        print(top.to_json(orient="records"))
+    else:
+        print(top.to_string(index=False))
+
+
+def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,),
+             relevance_threshold: float = 4.0) -> dict[str, float]:
+    """RMSE, MAE and ranking metrics of a loaded run: on its own test split, or on the ratings of another file.
+
+    Without data overrides, the run's split is rebuilt from its run_info.json, so the figures are those of
+    its metrics.json. With ``data.path=...`` (and other ``data.*`` keys), every rating of that file is a
+    test rating, asked by original id (unknown ids get the cold-start fallback).
+    """
+    from omegaconf import OmegaConf
+
+    from recsys.data import RatingsDataModule, load_ratings
+    from recsys.evaluation import ranking_means, ranking_totals
+
+    if rec.run_dir is None or not (rec.run_dir / "run_info.json").exists():
+        raise ValueError("evaluate needs a run directory (its run_info.json holds the data and split settings)")
+    if rec._seen is None or rec.popularity is None:
+        raise ValueError(f"{rec.run_dir} has no seen.npz (runs trained before it existed cannot be ranked)")
+    cfg = OmegaConf.create(json.loads((rec.run_dir / "run_info.json").read_text())["config"])
+    bad = [o for o in overrides if "=" not in o or not o.startswith("data.")]
+    if bad:
+        raise ValueError(f"overrides {bad}: only data.<key>=<value> (e.g. data.path=ratings.csv)")
+    cfg.merge_with(OmegaConf.from_dotlist(overrides))
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if not k.startswith("_")}
+    if overrides:  # another file: all its ratings, by original id
+        frame = load_ratings(data["name"], data["root"], data["path"], (data["rating_min"], data["rating_max"]),
+                             format=data["format"], columns=data["columns"], sep=data["sep"])
+        users, items, ratings = frame["user"].to_numpy(), frame["item"].to_numpy(), frame["rating"].to_numpy()
+    else:
+        dm = RatingsDataModule(**data)
+        dm.setup()
+        u, i, r = dm.test_set
+        users, items, ratings = dm.user_map.to_ids(u.numpy()), dm.item_map.to_ids(i.numpy()), r.numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unknown ids are expected in another file: counted below
+        pred = rec.predict(users, items)
+    err = pred - ratings.astype(np.float64)
+    out = {"test/rmse": float(np.sqrt(np.mean(err ** 2))), "test/mae": float(np.mean(np.abs(err))),
+           "ratings": len(ratings)}
+    u, uk, _ = rec._index(users, rec.users, "user", strict=False)
+    i, ik, _ = rec._index(items, rec.items, "item", strict=False)
+    liked = uk & ik & torch.as_tensor(ratings >= relevance_threshold, device=rec.device)
+    out["unknown_ratings"] = int((~(uk & ik)).sum())
+    with torch.no_grad():
+        totals = ranking_totals(rec.model.score_all_items, u[liked].cpu(), i[liked].cpu(), rec._seen,
+                                torch.as_tensor(rec.popularity), len(rec.items), ks, rec.device)
+    out.update(ranking_means(totals, ks))
+    return out
+
+
+def _evaluate(rec: Recommender, args) -> None:
+    result = evaluate(rec, args.overrides, tuple(args.k or (10,)), args.relevance_threshold)
+    for key, value in result.items():
+        print(f"{key}\t{value:.4f}" if isinstance(value, float) else f"{key}\t{value}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recsys", description="Ask a trained recsys run questions.")
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("predict", help="predicted ratings of one user for items")
+    pr.add_argument("run")
+    pr.add_argument("--user", required=True)
+    pr.add_argument("--item", required=True, action="append")
+    pr.add_argument("--strict", action="store_true", help="unknown ids are errors, not cold-start fallbacks")
+    rc = sub.add_parser("recommend", help="top-n items for users, seen items left out")
+    rc.add_argument("run")
+    rc.add_argument("--user")
+    rc.add_argument("--users-file", help="a file of user ids (one per line; a 'user' header is skipped); CSV out")
+    rc.add_argument("-n", type=int, default=10)
+    rc.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    rc.add_argument("--strict", action="store_true")
+    ev = sub.add_parser("evaluate", help="RMSE, MAE and ranking metrics on the run's split or another file")
+    ev.add_argument("run")
+    ev.add_argument("overrides", nargs="*", help="data.<key>=<value>, e.g. data.path=ratings.csv")
+    ev.add_argument("--k", type=int, action="append", help="ranking cut-off (repeatable; default 10)")
+    ev.add_argument("--relevance-threshold", type=float, default=4.0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        rec = load(args.run)
+        {"predict": _predict, "recommend": _recommend, "evaluate": _evaluate}[args.command](rec, args)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"recsys {args.command}: error: {message}", file=sys.stderr)
+        return USAGE_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
