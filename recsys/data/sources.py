@@ -128,6 +128,16 @@ ROUTES: dict[str, list[Remote | PackageMirror]] = {
 }
 
 
+# Item titles, where a data set ships them (read by recsys.data.load_titles): a second file of the same mirror.
+TITLE_ROUTES: dict[str, list[Remote | PackageMirror]] = {
+    "ml-100k": [PackageMirror(
+        "recbole==1.2.1",
+        "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
+        "recbole/dataset_example/ml-100k/ml-100k.item",
+        "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+        "ml-100k.item",
+    )],
+}
 SYNTHETIC = "synthetic"
 
 
@@ -266,17 +276,20 @@ def _cached(dest: Path, expected: tuple[str, str] | None, root: Path) -> bool:
         return False
 
 
-def fetch(name: str, root: str | os.PathLike | None = None, timeout: float = 30.0) -> Path:
+def fetch(name: str, root: str | os.PathLike | None = None, timeout: float = 30.0,
+          catalog: dict | None = None) -> Path:
     """Return the path of a verified local copy of data set ``name``, downloading it if needed.
 
     Tries each route in order (GroupLens, then the package-index mirror) and raises
     :class:`DataSourceError` naming every route tried if none works.
     """
-    check_name(name)
+    if catalog is None:
+        check_name(name)
+    catalog = ROUTES if catalog is None else catalog
     folder = data_root(root) / name
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder / ".lock"):  # concurrent processes (DDP ranks) wait for one download
-        return _fetch_unlocked(name, folder, timeout, data_root(root))
+        return _fetch_unlocked(catalog[name], name, folder, timeout, data_root(root))
 
 
 def _how_verified(src: Remote | PackageMirror) -> str:
@@ -285,8 +298,7 @@ def _how_verified(src: Remote | PackageMirror) -> str:
     return "it is verified by SHA-256"
 
 
-def _fetch_unlocked(name: str, folder: Path, timeout: float, root: Path) -> Path:
-    routes = ROUTES[name]
+def _fetch_unlocked(routes: list, name: str, folder: Path, timeout: float, root: Path) -> Path:
     for src in routes:  # a verified cached copy from any route wins
         expected = _expected(src, folder) if isinstance(src, Remote) else ("sha256", src.sha256)
         if _cached(folder / src.filename, expected, root):

