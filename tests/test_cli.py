@@ -45,7 +45,8 @@ def test_recommend_for_a_users_file_writes_csv(run, capsys, tmp_path):
     (tmp_path / "users.txt").write_text("user\n1\n2\n5\n")
     assert main(["recommend", str(run), "--users-file", str(tmp_path / "users.txt"), "-n", "4"]) == 0
     got = pd.read_csv(io.StringIO(capsys.readouterr().out))
-    assert list(got.columns) == ["user", "item", "score", "rank"] and got["user"].tolist() == [1] * 4 + [2] * 4 + [5] * 4
+    assert list(got.columns) == ["user", "item", "score", "rank"]
+    assert got["user"].tolist() == [1] * 4 + [2] * 4 + [5] * 4
 
 
 def test_evaluate_gives_the_numbers_of_metrics_json(run, capsys):
