@@ -163,3 +163,17 @@ def test_fold_in_for_pmf_sigmoid_minimizes_the_users_E(run, udata):
     assert grad.norm() < 1e-4 and E(x).item() < E(torch.zeros_like(x)).item()
     replaced = rec.fold_in({1: 1.0, 3: 1.0}, user=user)
     assert replaced == user and len(rec.users) == 61
+
+
+def test_api_errors_name_the_problem(run):
+    rec = recsys.load(run())
+    with pytest.raises(ValueError, match="n=0: must be a positive integer"):
+        rec.recommend(1, n=0)
+    with pytest.raises(ValueError, match="3 users and 2 items"):
+        rec.predict([1, 2, 3], [1, 2])
+    with pytest.warns(UserWarning, match="1 unknown item ids left out"):
+        with pytest.raises(ValueError, match="fold_in: no ratings of known items"):
+            rec.fold_in({9999: 4.0})
+    baseline = recsys.load(run("model=baseline", "resume=never"))
+    with pytest.raises(ValueError, match="Baseline has no item factors to compare"):
+        baseline.similar_items(1)
