@@ -21,6 +21,11 @@ SEED_KEYS = ("seed", "data.split_seed")
 SHOWN = ("test/rmse", "test/mae", "val/rmse", "epochs", "fit_seconds")
 
 
+def _shown(columns) -> list[str]:
+    """The metrics a table shows: SHOWN, then every ranking metric the jobs report (test/ndcg@10, ...)."""
+    return [c for c in SHOWN if c in columns] + sorted(c for c in columns if c.startswith("test/") and "@" in c)
+
+
 def _overrides(job: Path) -> dict:
     path = job / ".hydra" / "overrides.yaml"
     items = yaml.safe_load(path.read_text()) if path.exists() else []
@@ -47,7 +52,7 @@ def collect(root: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
 
 def summarize(df: pd.DataFrame, metric: str = "val/rmse") -> pd.DataFrame:
     """Mean ± std per configuration (overrides other than the seeds), sorted by ``metric``."""
-    metrics = [c for c in SHOWN if c in df]
+    metrics = _shown(df.columns)
     # the overrides that tell configurations apart: those that vary across jobs, seeds excepted
     config_cols = [c for c in df.attrs.get("override_keys", []) if c not in SEED_KEYS
                    and df[c].astype(str).nunique() > 1]
@@ -63,7 +68,7 @@ def summarize(df: pd.DataFrame, metric: str = "val/rmse") -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    metrics = [c for c in SHOWN if c in table]
+    metrics = _shown(table.columns)
     head = ["configuration", *metrics, "runs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():

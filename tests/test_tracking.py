@@ -175,8 +175,10 @@ def test_report_aggregates_seeds_into_mean_and_std(tmp_path):
         d = tmp_path / str(job)
         (d / ".hydra").mkdir(parents=True)
         (d / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n- data.split_seed={seed}\n")
-        (d / "metrics.json").write_text(json.dumps({"test/rmse": rmse, "val/rmse": rmse + 0.01}))
+        (d / "metrics.json").write_text(json.dumps({"test/rmse": rmse, "val/rmse": rmse + 0.01,
+                                                    "test/ndcg@10": rmse / 10}))
     table = summarize(collect(tmp_path)[0])
+    assert table["test/ndcg@10"].tolist() == pytest.approx([0.091, 0.096])  # ranking metrics are reported too
     assert list(table["config"]) == ["model=mf", "model=pmf"]  # sorted by val/rmse
     assert table["test/rmse"].tolist() == pytest.approx([0.91, 0.96])
     assert table["test/rmse std"].tolist() == pytest.approx([0.01414, 0.01414], abs=1e-4)
