@@ -69,7 +69,7 @@ def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,)
 
     if rec.run_dir is None or not (rec.run_dir / "run_info.json").exists():
         raise ValueError("evaluate needs a run directory (its run_info.json holds the data and split settings)")
-    if rec._seen is None or rec.popularity is None:
+    if rec.seen is None or rec.popularity is None:
         raise ValueError(f"{rec.run_dir} has no seen.npz (runs trained before it existed cannot be ranked)")
     cfg = OmegaConf.create(json.loads((rec.run_dir / "run_info.json").read_text())["config"])
     bad = [o for o in overrides if "=" not in o or not o.startswith("data.")]
@@ -92,12 +92,12 @@ def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,)
     err = pred - ratings.astype(np.float64)
     out = {"test/rmse": float(np.sqrt(np.mean(err ** 2))), "test/mae": float(np.mean(np.abs(err))),
            "ratings": len(ratings)}
-    u, uk, _ = rec._index(users, rec.users, "user", strict=False)
-    i, ik, _ = rec._index(items, rec.items, "item", strict=False)
+    u, uk, _ = rec.lookup(users, "user")
+    i, ik, _ = rec.lookup(items, "item")
     liked = uk & ik & torch.as_tensor(ratings >= relevance_threshold, device=rec.device)
     out["unknown_ratings"] = int((~(uk & ik)).sum())
     with torch.no_grad():
-        totals = ranking_totals(rec.model.score_all_items, u[liked].cpu(), i[liked].cpu(), rec._seen,
+        totals = ranking_totals(rec.model.score_all_items, u[liked].cpu(), i[liked].cpu(), rec.seen,
                                 torch.as_tensor(rec.popularity), len(rec.items), ks, rec.device)
     out.update(ranking_means(totals, ks))
     return out

@@ -123,6 +123,15 @@ class Recommender:
         return (f"Recommender({type(self.model).__name__}, {len(self.users)} users, {len(self.items)} items, "
                 f"seen={'saved' if self._seen is not None else 'none'})")
 
+    @property
+    def seen(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each user's training and validation items as CSR arrays ``(indptr, items)`` (None if unknown)."""
+        return self._seen
+
+    def lookup(self, ids, side: str, strict: bool = False) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """(indices, known mask, unknown ids) of user (``side="user"``) or item ids; unknown ids get index 0."""
+        return self._index(ids, self.users if side == "user" else self.items, side, strict)
+
     # -- ids ------------------------------------------------------------------------------------------
     def _index(self, ids, id_map: IdMap, what: str, strict: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
         values = _normalize(ids, id_map)

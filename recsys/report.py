@@ -23,7 +23,8 @@ SHOWN = ("test/rmse", "test/mae", "val/rmse", "epochs", "fit_seconds")
 
 def _shown(columns) -> list[str]:
     """The metrics a table shows: SHOWN, then every ranking metric the jobs report (test/ndcg@10, ...)."""
-    return [c for c in SHOWN if c in columns] + sorted(c for c in columns if c.startswith("test/") and "@" in c)
+    ranking = (c for c in columns if c.startswith("test/") and "@" in c and not c.endswith(" std"))
+    return [c for c in SHOWN if c in columns] + sorted(ranking)
 
 
 def _overrides(job: Path) -> dict:

@@ -168,7 +168,7 @@ def test_a_failing_run_still_finishes_its_wandb_run(compose_cfg, tmp_path, monke
 
 
 def test_report_aggregates_seeds_into_mean_and_std(tmp_path):
-    from recsys.report import collect, summarize
+    from recsys.report import collect, summarize, to_markdown
 
     for job, (model, seed, rmse) in enumerate([("mf", 0, 0.90), ("mf", 1, 0.92), ("pmf", 0, 0.95),
                                                ("pmf", 1, 0.97)]):
@@ -179,6 +179,8 @@ def test_report_aggregates_seeds_into_mean_and_std(tmp_path):
                                                     "test/ndcg@10": rmse / 10}))
     table = summarize(collect(tmp_path)[0])
     assert table["test/ndcg@10"].tolist() == pytest.approx([0.091, 0.096])  # ranking metrics are reported too
+    markdown = to_markdown(table)
+    assert "test/ndcg@10" in markdown.splitlines()[0] and "std std" not in markdown
     assert list(table["config"]) == ["model=mf", "model=pmf"]  # sorted by val/rmse
     assert table["test/rmse"].tolist() == pytest.approx([0.91, 0.96])
     assert table["test/rmse std"].tolist() == pytest.approx([0.01414, 0.01414], abs=1e-4)
