@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from recsys.data.datamodule import user_item_csr
 from recsys.data.datasets import IdMap
 from recsys.evaluation import seen_mask
 from recsys.io import atomic_file
@@ -161,11 +162,7 @@ class Recommender:
     def _seen_from(self, seen: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         u, _, _ = self._index(seen["user"], self.users, "user", strict=False)
         i, ik, _ = self._index(seen["item"], self.items, "item", strict=False)
-        u, i = u[ik].cpu().numpy(), i[ik].cpu().numpy()
-        order = np.lexsort((i, u))
-        indptr = np.zeros(len(self.users) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(u, minlength=len(self.users)), out=indptr[1:])
-        return indptr, i[order].astype(np.int32)
+        return user_item_csr(u[ik].cpu().numpy(), i[ik].cpu().numpy(), len(self.users))
 
     @torch.no_grad()
     def recommend(self, users, n: int = 10, exclude_seen: bool = True, seen: pd.DataFrame | None = None,
@@ -269,12 +266,7 @@ class Recommender:
         if problem is not None:
             own = problem.weights("user")
             stats = NormalEquations(1, own.shape[1], device=own.device, dtype=own.dtype)
-            feats = net.item.weight[i]
-            targets = problem.target(r)
-            if net.user_bias is not None:
-                feats = torch.cat([feats, feats.new_ones(len(feats), 1)], 1)
-                targets = targets - net.item_bias.weight[i, 0]
-            stats.add(torch.zeros_like(i), feats, targets)
+            stats.add(*problem.rows("user", torch.zeros_like(i), i, r))  # this user as row 0: ALS's user step
             x = stats.solve(problem.ridge[0], problem.scaling, own[row:row + 1])
             problem.assign_row("user", row, x[0])
         else:

@@ -117,12 +117,17 @@ def train(cfg: DictConfig) -> dict:
         # the model is sized by the data: read and split first (downloads once: a file lock serializes ranks)
         datamodule.prepare_data()
         datamodule.setup("fit")
+        facts, seen = datamodule.facts(), datamodule.seen()
         if rank_zero:  # what each user rated in training and validation: recommend() excludes it
-            save_seen(out, *datamodule.seen(), datamodule.facts().item_counts.numpy())
-        model = instantiate(cfg.model, data=datamodule.facts())
+            save_seen(out, *seen, facts.item_counts.numpy())
+        model = instantiate(cfg.model, data=facts)
         phase = "fit"
         _fit(cfg, trainer, datamodule, model, loggers, out, resume_from)
         phase = "test"
+        if cfg.eval.ranking:  # handed the test set, seen items and popularity: logged with the test metrics
+            ks = (cfg.eval.k,) if isinstance(cfg.eval.k, int) else tuple(cfg.eval.k)
+            trainer.callbacks.append(evaluation.RankingMetrics(datamodule.test_set, seen, facts.item_counts, ks,
+                                                               cfg.eval.relevance_threshold))
         metrics = _test_and_report(cfg, trainer, datamodule, model, loggers, history, clock, out)
         failed = False
         return metrics
@@ -157,10 +162,6 @@ def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, 
 def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list,
                      history: tracking.History, clock: tracking.RunClock, out: Path) -> dict:
     fit_seconds = clock.seconds  # every part of the run, resumed ones included
-    if cfg.eval.ranking:  # handed the test set, seen items and popularity: logged with the test metrics
-        ks = (cfg.eval.k,) if isinstance(cfg.eval.k, int) else tuple(cfg.eval.k)
-        trainer.callbacks.append(evaluation.RankingMetrics(
-            datamodule.test_set, datamodule.seen(), datamodule.facts().item_counts, ks, cfg.eval.relevance_threshold))
     ckpt = trainer.checkpoint_callback
     test_ckpt = cfg.get("test_ckpt", "best")
     use_best = test_ckpt == "best" and ckpt is not None and ckpt.best_model_path

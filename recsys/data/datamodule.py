@@ -32,6 +32,14 @@ warnings.filterwarnings("ignore", message=r".*IterableDataset` has `__len__` def
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
+def user_item_csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(user, item) index pairs as CSR arrays by user: ``items[indptr[u]:indptr[u + 1]]``, sorted per user."""
+    order = np.lexsort((items, users))
+    indptr = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(users, minlength=num_users), out=indptr[1:])
+    return indptr, items[order].astype(np.int32)
+
+
 class RatingBatches(IterableDataset):
     """Yields ``(users, items, ratings)`` batches by slicing; see the module docstring for DDP.
 
@@ -174,12 +182,8 @@ class RatingsDataModule(L.LightningDataModule):
 
     def seen(self) -> tuple[np.ndarray, np.ndarray]:
         """Each user's training and validation items as CSR arrays ``(indptr, items)``, items sorted per user."""
-        users = torch.cat([self.train_set[0], self.val_set[0]]).numpy()
-        items = torch.cat([self.train_set[1], self.val_set[1]]).numpy()
-        order = np.lexsort((items, users))
-        indptr = np.zeros(self.num_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(users, minlength=self.num_users), out=indptr[1:])
-        return indptr, items[order].astype(np.int32)
+        return user_item_csr(torch.cat([self.train_set[0], self.val_set[0]]).numpy(),
+                             torch.cat([self.train_set[1], self.val_set[1]]).numpy(), self.num_users)
 
     # -- loaders --------------------------------------------------------------------------------
     def _loader(self, tensors, batch_size: int, shuffle: bool) -> DataLoader:
