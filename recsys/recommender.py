@@ -6,7 +6,7 @@
   rated in training and validation excluded (``seen.npz`` in the run directory).
 - ``rec.similar_items(items, n)``: nearest items by cosine similarity of item factors.
 - ``rec.fold_in(ratings, user)``: fit one user from ratings with the item side fixed, by the model's own
-  objective (the ridge normal equations of ALS for bilinear models; Gauss-Newton steps for pmf_sigmoid).
+  objective (the ridge normal equations of ALS for bilinear models; Newton steps for pmf_sigmoid).
 - ``rec.user_factors()``, ``rec.item_factors()``, ``rec.user_bias()``, ``rec.item_bias()``: DataFrames by id.
 
 The model's class is read from the checkpoint and imported only from under ``recsys.models``; the
@@ -249,7 +249,7 @@ class Recommender:
 
         ``user`` new (or None: a fresh id) adds the user; an existing id replaces that user's row. The fit is
         the model's own objective: for models with a least-squares form, the user's ridge normal equations
-        (what one ALS user half-sweep computes); otherwise (pmf_sigmoid) Gauss-Newton steps on its E.
+        (what one ALS user half-sweep computes); otherwise (pmf_sigmoid) Newton steps on its E.
         """
         frame = pd.DataFrame({"item": list(ratings), "rating": list(ratings.values())}) \
             if isinstance(ratings, Mapping) else ratings[["item", "rating"]]
@@ -270,22 +270,30 @@ class Recommender:
             x = stats.solve(problem.ridge[0], problem.scaling, own[row:row + 1])
             problem.assign_row("user", row, x[0])
         else:
-            self._gauss_newton(net, row, i, r)
+            self._newton(net, row, i, r)
         self.model.user_seen[row] = True
         self._remember_seen(row, i)
         return self.users.ids[row].item() if isinstance(self.users.ids[row], np.generic) else self.users.ids[row]
 
-    def _gauss_newton(self, net: Bilinear, row: int, items: torch.Tensor, ratings: torch.Tensor, steps: int = 20):
-        """Minimize ½Σ(t − g(c + xᵀv))² + λ_U/2‖x‖² over the user's x: PMF's E restricted to one user."""
+    def _newton(self, net: Bilinear, row: int, items: torch.Tensor, ratings: torch.Tensor, steps: int = 20):
+        """Minimize ½Σ(t − g(c + xᵀv))² + λ_U/2‖x‖² over the user's x (PMF's E restricted to one user) by
+        Newton steps; where the exact Hessian is not positive definite, that step uses its Gauss-Newton part."""
         link, lam = self.model.link, float(self.model.lambdas[0])
         v, t = net.item.weight[items], link.target(ratings)
         x = net.user.weight[row].clone()
         eye = torch.eye(len(x), dtype=x.dtype, device=x.device)
         for _ in range(steps):
             g = link.mean(v @ x)
-            jac = (g * (1 - g)).unsqueeze(1) * v  # ∂g/∂x per rating
-            grad = -(jac * (t - g).unsqueeze(1)).sum(0) + lam * x
-            x = x - torch.linalg.solve(jac.T @ jac + lam * eye, grad)
+            d1 = g * (1 - g)  # g', and g'' = g'(1 − 2g)
+            grad = -(v * (d1 * (t - g)).unsqueeze(1)).sum(0) + lam * x
+            if grad.norm() < 1e-7:
+                break
+            gauss_newton = (v * (d1 * d1).unsqueeze(1)).T @ v + lam * eye
+            exact = gauss_newton - (v * ((t - g) * d1 * (1 - 2 * g)).unsqueeze(1)).T @ v
+            chol, info = torch.linalg.cholesky_ex(exact)
+            if info != 0:
+                chol = torch.linalg.cholesky(gauss_newton)
+            x = x - torch.cholesky_solve(grad.unsqueeze(1), chol).squeeze(1)
         net.user.weight[row] = x
 
     def _user_row(self, user) -> int:
