@@ -33,7 +33,7 @@ from recsys.evaluation import seen_mask
 from recsys.io import atomic_file
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear
-from recsys.solvers.als import NormalEquations
+from recsys.solvers.als import half_sweep
 
 log = logging.getLogger(__name__)
 
@@ -264,11 +264,8 @@ class Recommender:
         problem = self.model.least_squares()
         net = self._tables()
         if problem is not None:
-            own = problem.weights("user")
-            stats = NormalEquations(1, own.shape[1], device=own.device, dtype=own.dtype)
-            stats.add(*problem.rows("user", torch.zeros_like(i), i, r))  # this user as row 0: ALS's user step
-            x = stats.solve(problem.ridge[0], problem.scaling, own[row:row + 1])
-            problem.assign_row("user", row, x[0])
+            # ALS's user step for this one row, solved exactly
+            half_sweep(problem, "user", torch.full_like(i, row), i, r, solve="cholesky")
         else:
             self._newton(net, row, i, r)
         self.model.user_seen[row] = True

@@ -18,6 +18,7 @@ from recsys import evaluation, rundir, tracking, validation
 from recsys.io import atomic_write_json
 from recsys.models.base import RatingModel
 from recsys.recommender import save_seen
+from recsys.solvers import SOLVERS
 from recsys.validation import AtLeast, OneOf, Size
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def train(cfg: DictConfig) -> dict:
     phase, loggers, failed = "config", [], True
     try:
         check_settings(cfg)
-        datamodule = instantiate(cfg.data)  # checks the data settings; reads nothing yet
+        # checks the data settings; reads nothing yet. ALS takes the whole training set each epoch.
+        datamodule = instantiate(cfg.data, **({"batch_size": None} if SOLVERS[cfg.model.solver].full_batch else {}))
         resume_from = rundir.prepare(cfg, out, set_aside=rank_zero)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         tracking.wandb_offline_unless_logged_in(cfg.get("logger"))

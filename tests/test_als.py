@@ -49,9 +49,10 @@ def _naive_user_step(model, users, items, ratings, lam_vec, scaling):
     return out
 
 
+@pytest.mark.parametrize("solve", ["cholesky", "cg"])
 @pytest.mark.parametrize("scaling", ["row", "frequency"])
 @pytest.mark.parametrize("model_cls", ["pmf", "mf", "baseline"])
-def test_half_step_equals_naive_normal_equations(model_cls, scaling, monkeypatch):
+def test_half_step_equals_naive_normal_equations(model_cls, scaling, solve, monkeypatch):
     torch.manual_seed(0)
     users, items, r = _problem(30, 25, 300, seed=1)
     if model_cls == "pmf":
@@ -68,8 +69,10 @@ def test_half_step_equals_naive_normal_equations(model_cls, scaling, monkeypatch
     k = problem.weights("user").shape[1]
     lam_vec = torch.as_tensor(problem.ridge[0], dtype=torch.float64).expand(k)
     expected = _naive_user_step(model, users, items, r, lam_vec, scaling)
-    monkeypatch.setattr(als, "CHUNK", 75)  # the normal equations accumulated over 4 chunks
-    _half_step(model, "user", users, items, r)
+    monkeypatch.setattr(als, "CHUNK", 20)  # several blocks per bucket
+    monkeypatch.setattr(als, "GROUP", 8 * k * k)  # several solve groups
+    monkeypatch.setattr(als, "CG_STEPS", k)  # conjugate gradient is exact after k steps (up to rounding)
+    als.half_sweep(problem, "user", users, items, r, solve=solve)
     assert torch.allclose(problem.weights("user"), expected, atol=1e-6, rtol=0)
 
 
@@ -185,10 +188,111 @@ def test_non_finite_factors_stop_training_naming_the_epoch(udata):
 
 @pytest.mark.parametrize("model", ["mf", "pmf", "baseline"])
 def test_als_runs_through_train_py_like_gradient_training(compose_cfg, tmp_path, model):
-    metrics = train(compose_cfg(f"model={model}", "model.solver=als", "trainer.max_epochs=4",
+    metrics = train(compose_cfg(f"model={model}", "model.solver=als", "trainer.max_epochs=4", "model.als_tol=0",
                                 "~callbacks.early_stopping"))
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["epochs"] == 4 and saved["test/rmse"] == pytest.approx(metrics["test/rmse"])
     assert saved["test/rmse"] < 1.0 and saved["val/rmse"] < 1.2
     ckpts = {p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in ckpts and len(ckpts) == 2  # the best one is kept too
+
+
+def _sweep(model, users, items, ratings, epochs, **kw):
+    sweeper = als.Sweeper(model.least_squares(), users, items, ratings, **kw)
+    return [sweeper.epoch(model.least_squares()) for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("kind", ["mf-frequency", "pmf-row"])
+def test_conjugate_gradient_reaches_the_exact_solves_optimum(kind):
+    """A few warm-started CG steps per half-sweep (the default) end where exact Cholesky solves end."""
+    users, items, r = _problem(120, 80, 3000, seed=4)
+    ends = {}
+    for solve in ("cg", "cholesky"):
+        torch.manual_seed(0)
+        if kind == "pmf-row":
+            model = PMF(**_kw(r, 120, 80), dim=8, lambda_u=10.0, lambda_v=10.0, solver="als", als_solve=solve)
+        else:
+            model = BiasedMF(**_kw(r, 120, 80), dim=8, reg=0.3, solver="als", als_solve=solve, init_std=0.1)
+        model = model.double()  # structureless ratings converge slowly: compare ends, not rounding
+        curve = _sweep(model, users, items, r, 100)
+        assert all(b <= a * (1 + 1e-6) for a, b in zip(curve, curve[1:])), "the objective never rises"
+        # the epoch's reported objective is the least-squares objective itself, per rating
+        assert curve[-1] == pytest.approx(_als_objective(model, users, items, r) / len(r), rel=1e-4)
+        with torch.no_grad():
+            ends[solve] = (curve[-1], model.predict(users, items))
+    assert ends["cg"][0] == pytest.approx(ends["cholesky"][0], rel=1e-4)
+    assert torch.allclose(ends["cg"][1], ends["cholesky"][1], atol=2e-3)
+
+
+def test_buckets_pad_rows_by_less_than_twelve_percent():
+    lengths = als.bucket_lengths(5000)
+    assert lengths[:8] == list(range(1, 9)) and lengths[-1] >= 5000
+    for count in range(1, 5001, 7):
+        padded = next(n for n in lengths if n >= count)
+        assert padded < 1.12 * count + 1e-9 or padded - count < 1
+    counts = torch.randint(1, 400, (1000,))
+    bounds = als.row_ranges(counts, 3)
+    shares = [int(counts[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert bounds[0] == 0 and bounds[-1] == 1000 and max(shares) - min(shares) <= 2 * 400
+
+
+def _sharded_worker(rank, world, init, users, items, ratings, state, solve, out):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        model = BiasedMF(data=fake_facts(60, 40, len(ratings), float(ratings.mean())), dim=5, reg=0.1,
+                         solver="als", als_solve=solve)
+        model.load_state_dict(state)
+
+        def gather(t):
+            parts = [torch.empty_like(t) for _ in range(world)]
+            dist.all_gather(parts, t.contiguous())
+            return torch.stack(parts)
+
+        def reduce(t):
+            t = t.clone()
+            dist.all_reduce(t)
+            return t
+
+        shard = torch.arange(len(ratings)).tensor_split(world)[rank]  # each rank starts from its own ratings
+        users_all, items_all, ratings_all = als._gather_ratings(gather, users[shard], items[shard], ratings[shard])
+        curve = _sweep(model, users_all, items_all, ratings_all, 4, rank=rank, world=world, gather=gather,
+                       reduce=reduce)
+        if rank == 0:
+            torch.save({"curve": curve, "state": model.state_dict()}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("solve", ["cg", "cholesky"])
+def test_row_sharded_als_on_two_processes_equals_one(tmp_path, solve):
+    """Ranks own row ranges, solve them and all-gather the factors: the result is one process's, to 1e-5."""
+    import torch.multiprocessing as mp
+
+    users, items, r = _problem(60, 40, 900, seed=7)
+    torch.manual_seed(0)
+    model = BiasedMF(data=fake_facts(60, 40, len(r), float(r.mean())), dim=5, reg=0.1, solver="als",
+                     als_solve=solve)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    one = _sweep(model, users, items, r, 4)
+    out = tmp_path / "two.pt"
+    mp.spawn(_sharded_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", users, items, r, state, solve, out), nprocs=2)
+    two = torch.load(out, weights_only=True)
+    assert two["curve"] == pytest.approx(one, rel=1e-5)
+    for key in ("net.user.weight", "net.item.weight", "net.user_bias.weight", "net.item_bias.weight"):
+        assert torch.allclose(two["state"][key], model.state_dict()[key], atol=1e-5, rtol=0), key
+
+
+def test_communication_is_factors_not_statistics():
+    # ML-25M shapes, k = 64 with the bias: gathering factors moves ~65x fewer bytes than reducing statistics
+    sizes = als.communicated_bytes(162_541, 59_047, 65, world=2)
+    assert sizes["all_reduce_statistics"] / sizes["all_gather_factors"] > 60
+    assert als.communicated_bytes(10, 10, 4, world=1)["all_gather_factors"] == 0
+
+
+def test_als_stops_once_converged(compose_cfg, tmp_path):
+    metrics = train(compose_cfg("model=pmf", "model.solver=als", "trainer.max_epochs=300", "model.als_tol=1e-3",
+                                "~callbacks.early_stopping"))
+    assert 3 <= metrics["epochs"] < 300 and metrics["test/rmse"] < 1.1

@@ -224,8 +224,8 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         self.log("train/ratings", float(n), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True,
                  batch_size=n)
         loss = self.solver.training_step(self, batch, batch_idx)
-        # epoch-level only: no per-step host sync
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        if loss is not None:  # epoch-level only: no per-step host sync
+            self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n)
         return loss if self.automatic_optimization else None
 
     def _eval_step(self, batch, metrics: MetricCollection) -> torch.Tensor:

@@ -14,18 +14,20 @@ import torch
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
 from recsys.models.objectives import per_rating_ridge
-from recsys.solvers.als import LeastSquares, RegScaling
+from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import NonNegative
 
 
 class Baseline(RatingModel):
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.01, "weight_decay": 0.0}
 
-    def __init__(self, reg: NonNegative = 0.01, reg_scaling: RegScaling = "frequency"):
+    def __init__(self, reg: NonNegative = 0.01, reg_scaling: RegScaling = "frequency",
+                 als_solve: Solve = "cg", als_tol: Tolerance = 1e-4):
         super().__init__()
         self.net = Bilinear(self.data.num_users, self.data.num_items, 0, bias=True, init_std=0.0)
         self.link = Centered(self.data.global_mean)
         self.reg, self.reg_scaling = reg, reg_scaling
+        self.als = {"solve": als_solve, "tol": als_tol}
 
     def forward(self, users, items):
         return self.link.rating(self.net(users, items))
@@ -40,4 +42,4 @@ class Baseline(RatingModel):
 
     def least_squares(self) -> LeastSquares:
         ridge = torch.tensor([float(self.reg)])
-        return LeastSquares(self.net, self.link.target, (ridge, ridge), self.reg_scaling, ("reg",))
+        return LeastSquares(self.net, self.link.target, (ridge, ridge), self.reg_scaling, ("reg",), **self.als)

@@ -22,7 +22,7 @@ import torch
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
 from recsys.models.objectives import per_rating_ridge
-from recsys.solvers.als import LeastSquares, RegScaling
+from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import NonNegative, Size
 
 
@@ -31,12 +31,14 @@ class BiasedMF(RatingModel):
 
     def __init__(self, dim: Size = 64, reg: NonNegative = 0.1, reg_bias: NonNegative | None = 0.01,
                  init_std: NonNegative = 0.01, use_global_mean: bool = True, use_bias: bool = True,
-                 reg_scaling: RegScaling = "frequency"):
+                 reg_scaling: RegScaling = "frequency",
+                 als_solve: Solve = "cg", als_tol: Tolerance = 1e-4):
         super().__init__()
         self.net = Bilinear(self.data.num_users, self.data.num_items, dim, bias=use_bias, init_std=init_std)
         self.link = Centered(self.data.global_mean if use_global_mean else 0.0)
         self.reg, self.reg_bias = reg, reg if reg_bias is None else reg_bias
         self.reg_scaling = reg_scaling
+        self.als = {"solve": als_solve, "tol": als_tol}
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.link.rating(self.net(users, items))
@@ -51,7 +53,7 @@ class BiasedMF(RatingModel):
 
     def least_squares(self) -> LeastSquares:
         if self.net.user_bias is None:
-            return LeastSquares(self.net, self.link.target, (self.reg, self.reg), self.reg_scaling, ("reg",))
+            return LeastSquares(self.net, self.link.target, (self.reg, self.reg), self.reg_scaling, ("reg",), **self.als)
         ridge = torch.full((self.net.user.embedding_dim + 1,), float(self.reg))
         ridge[-1] = self.reg_bias  # the augmented coordinate is the bias
-        return LeastSquares(self.net, self.link.target, (ridge, ridge), self.reg_scaling, ("reg", "reg_bias"))
+        return LeastSquares(self.net, self.link.target, (ridge, ridge), self.reg_scaling, ("reg", "reg_bias"), **self.als)

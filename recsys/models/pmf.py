@@ -23,7 +23,7 @@ import torch
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
 from recsys.models.objectives import gaussian_prior, map_estimate, map_objective
-from recsys.solvers.als import LeastSquares, RegScaling
+from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import NonNegative, Size
 
 
@@ -31,11 +31,13 @@ class PMF(RatingModel):
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.1, "weight_decay": 0.0}
 
     def __init__(self, dim: Size = 4, lambda_u: NonNegative = 3.0, lambda_v: NonNegative = 3.0,
-                 init_std: NonNegative = 0.1, center: bool = True, reg_scaling: RegScaling = "row"):
+                 init_std: NonNegative = 0.1, center: bool = True, reg_scaling: RegScaling = "row",
+                 als_solve: Solve = "cg", als_tol: Tolerance = 1e-4):
         super().__init__()
         self.net = Bilinear(self.data.num_users, self.data.num_items, dim, bias=False, init_std=init_std)
         self.link = Centered(self.data.global_mean if center else 0.0)
         self.lambdas, self.reg_scaling = (lambda_u, lambda_v), reg_scaling
+        self.als = {"solve": als_solve, "tol": als_tol}
 
     def forward(self, users, items):
         return self.link.rating(self.link.mean(self.net(users, items)))
@@ -54,4 +56,4 @@ class PMF(RatingModel):
         return map_objective(self._residual(users, items, ratings), self._prior())
 
     def least_squares(self) -> LeastSquares:
-        return LeastSquares(self.net, self.link.target, self.lambdas, self.reg_scaling, ("lambda_u", "lambda_v"))
+        return LeastSquares(self.net, self.link.target, self.lambdas, self.reg_scaling, ("lambda_u", "lambda_v"), **self.als)

@@ -83,6 +83,7 @@ class Gradient:
     """Fitting strategy: Lightning's automatic optimization of ``model.objective`` per batch."""
 
     automatic_optimization = True
+    full_batch = False  # minibatches of data.batch_size
 
     def check(self, model) -> None:
         pass  # every model has an objective
