@@ -278,7 +278,8 @@ def test_row_sharded_als_on_two_processes_equals_one(tmp_path, solve):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     one = _sweep(model, users, items, r, 4)
     out = tmp_path / "two.pt"
-    mp.spawn(_sharded_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", users, items, r, state, solve, out), nprocs=2)
+    rendezvous = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_sharded_worker, args=(2, rendezvous, users, items, r, state, solve, out), nprocs=2)
     two = torch.load(out, weights_only=True)
     assert two["curve"] == pytest.approx(one, rel=1e-5)
     for key in ("net.user.weight", "net.item.weight", "net.user_bias.weight", "net.item_bias.weight"):

@@ -76,10 +76,10 @@ class RatingBatches(IterableDataset):
             self._epochs += 1
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             perm = torch.randperm(n, generator=gen).to(self.tensors[0].device)
+            shuffled = tuple(t[perm] for t in self.tensors)  # one gather per epoch; batches are views of it
             bounds = self._bounds(n, self.batch_size)
             for lo, hi in zip(bounds[:-1], bounds[1:]):
-                piece = perm[lo:hi].tensor_split(self.world_size)[self.rank]
-                yield tuple(t[piece] for t in self.tensors)
+                yield tuple(t[lo:hi].tensor_split(self.world_size)[self.rank] for t in shuffled)
         else:
             lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
             for s in range(lo, hi, self.batch_size):

@@ -87,6 +87,7 @@ class _Contract(abc.ABCMeta):
         # logger=False: loggers get the run's own record (resolved config, data set, git), see training.py
         model.save_hyperparameters({"data": facts.as_dict(), "optimizer": spec, "solver": solver, **own},
                                    logger=False)
+        model.automatic_optimization = model.solver.automatic(model)
         model.least_squares()  # builds (and so checks) the least-squares form, e.g. reg_scaling, whatever the solver
         model.solver.check(model)
         return model
@@ -138,7 +139,6 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
             raise TypeError("a RatingModel is built by calling its class: Model(data=facts, ...)") from None
         self.data: DataFacts = facts
         self.solver = SOLVERS[solver]()
-        self.automatic_optimization = self.solver.automatic_optimization
         metrics = MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -218,14 +218,23 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
     def configure_optimizers(self):
         return self.solver.configure_optimizers(self)
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch = {"ratings": 0, "loss": 0.0, "weight": 0}
+
     def training_step(self, batch, batch_idx):
         n = len(batch[2])
-        # training ratings seen this epoch, summed over batches and (once, at epoch end) over ranks
-        self.log("train/ratings", float(n), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True,
-                 batch_size=n)
         loss = self.solver.training_step(self, batch, batch_idx)
-        if loss is not None:  # epoch-level only: no per-step host sync
-            self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        # the epoch's sums stay on the device: no per-step host sync, and one log call per epoch
+        tally = self._epoch
+        tally["ratings"] += n
+        if loss is not None:
+            tally["loss"], tally["weight"] = tally["loss"] + loss.detach() * n, tally["weight"] + n
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            # training ratings seen this epoch, summed over ranks (once, at epoch end); the batch-weighted loss
+            self.log("train/ratings", float(tally["ratings"]), on_step=False, on_epoch=True, reduce_fx="sum",
+                     sync_dist=True)
+            if tally["weight"]:
+                self.log("train/loss", tally["loss"] / tally["weight"], on_step=False, on_epoch=True)
         return loss if self.automatic_optimization else None
 
     def _eval_step(self, batch, metrics: MetricCollection) -> torch.Tensor:

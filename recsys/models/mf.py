@@ -20,14 +20,14 @@ from __future__ import annotations
 import torch
 
 from recsys.models.base import RatingModel
-from recsys.models.nets import Bilinear, Centered
+from recsys.models.nets import Bilinear, Centered, _sq
 from recsys.models.objectives import per_rating_ridge
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import NonNegative, Size
 
 
 class BiasedMF(RatingModel):
-    default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.005, "weight_decay": 0.0}
+    default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.005, "weight_decay": 0.0, "fused": True}
 
     def __init__(self, dim: Size = 64, reg: NonNegative = 0.1, reg_bias: NonNegative | None = 0.01,
                  init_std: NonNegative = 0.01, use_global_mean: bool = True, use_bias: bool = True,
@@ -51,9 +51,21 @@ class BiasedMF(RatingModel):
         residual = self.link.target(ratings) - self.net(users, items)
         return per_rating_ridge(residual, *self.net.row_penalty(users, items), self.reg, self.reg_bias)
 
+    def gradients(self, users, items, ratings):
+        """:meth:`objective` and its gradient in closed form (the gradient solver's fast path)."""
+        target, n = self.link.target(ratings), len(ratings)
+
+        def squared_error(score):
+            e = target - score
+            return _sq(e) / n, e * (-2.0 / n)
+
+        return self.net.gradients(users, items, squared_error, self.reg, self.reg_bias)
+
     def least_squares(self) -> LeastSquares:
         if self.net.user_bias is None:
-            return LeastSquares(self.net, self.link.target, (self.reg, self.reg), self.reg_scaling, ("reg",), **self.als)
+            return LeastSquares(self.net, self.link.target, (self.reg, self.reg), self.reg_scaling, ("reg",),
+                                **self.als)
         ridge = torch.full((self.net.user.embedding_dim + 1,), float(self.reg))
         ridge[-1] = self.reg_bias  # the augmented coordinate is the bias
-        return LeastSquares(self.net, self.link.target, (ridge, ridge), self.reg_scaling, ("reg", "reg_bias"), **self.als)
+        return LeastSquares(self.net, self.link.target, (ridge, ridge), self.reg_scaling,
+                            ("reg", "reg_bias"), **self.als)

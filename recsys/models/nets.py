@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -59,9 +61,49 @@ class Bilinear(nn.Module):
         known_user = self.user_bias(users).squeeze(-1) * user_known
         return known_user + self.item_bias(items).squeeze(-1) * item_known
 
+    @torch.no_grad()
+    def gradients(self, users: torch.Tensor, items: torch.Tensor, loss_of_score: Callable, reg: float = 0.0,
+                  reg_bias: float = 0.0) -> torch.Tensor:
+        """The minibatch loss  Σ_b ℓ(s_b) + reg·c(‖p_u‖² + ‖q_i‖²) + reg_bias·c(b_u² + b_i²)  summed over the
+        batch (c = 1/batch size), with its gradient written into each table's ``.grad`` (no autograd).
+
+        ``loss_of_score(s)`` returns (ℓ(s), dℓ/ds) per rating. The rows' gradients are gathered and scattered
+        with ``index_add_``: dense ``.grad`` tensors, which all-reduce under DDP as any dense gradient does.
+        """
+        c = 1.0 / max(len(users), 1)
+        p, q = self.user.weight[users], self.item.weight[items]
+        score = (p * q).sum(1)
+        if self.user_bias is not None:
+            bu, bi = self.user_bias.weight[users, 0], self.item_bias.weight[items, 0]
+            score = score + bu + bi
+        loss, d_score = loss_of_score(score)
+        d = d_score.unsqueeze(1)
+        _grad(self.user).index_add_(0, users, torch.addcmul(p * (2 * reg * c), q, d))
+        _grad(self.item).index_add_(0, items, torch.addcmul(q * (2 * reg * c), p, d))
+        loss = loss.sum() + reg * c * (_sq(p) + _sq(q))
+        if self.user_bias is not None:
+            _grad(self.user_bias).index_add_(0, users, (d_score + bu * (2 * reg_bias * c)).unsqueeze(1))
+            _grad(self.item_bias).index_add_(0, items, (d_score + bi * (2 * reg_bias * c)).unsqueeze(1))
+            loss = loss + reg_bias * c * (_sq(bu) + _sq(bi))
+        return loss
+
     def squared_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(‖P‖², ‖Q‖²) over all rows: PMF's Gaussian priors."""
         return self.user.weight.square().sum(), self.item.weight.square().sum()
+
+
+def _sq(x: torch.Tensor) -> torch.Tensor:
+    """Σ x², as one dot product (no temporary)."""
+    flat = x.reshape(-1)
+    return torch.dot(flat, flat)
+
+
+def _grad(table: nn.Embedding) -> torch.Tensor:
+    """The table's dense gradient buffer, zeroed: allocated once, reused every step."""
+    weight = table.weight
+    if weight.grad is None:
+        weight.grad = torch.zeros_like(weight)
+    return weight.grad.zero_()
 
 
 class Centered(nn.Module):
@@ -77,6 +119,10 @@ class Centered(nn.Module):
     def mean(self, score: torch.Tensor) -> torch.Tensor:
         """The model's estimate of t(r) from the raw score."""
         return score
+
+    def mean_and_slope(self, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """(mean(s), d mean/ds): for analytic gradients."""
+        return score, 1.0
 
     def rating(self, mean: torch.Tensor) -> torch.Tensor:
         return self.mu + mean
@@ -94,6 +140,10 @@ class ScaledSigmoid(nn.Module):
 
     def mean(self, score: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.offset + score)
+
+    def mean_and_slope(self, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.mean(score)
+        return g, g * (1 - g)
 
     def rating(self, mean: torch.Tensor) -> torch.Tensor:
         return self.low + self.span * mean

@@ -51,9 +51,26 @@ class PMF(RatingModel):
     def objective(self, users, items, ratings):
         return map_estimate(self._residual(users, items, ratings), self._prior(), self.data.num_train)
 
+    def gradients(self, users, items, ratings):
+        """:meth:`objective` and its gradient in closed form (the gradient solver's fast path); the prior's
+        gradient λ·U/N is dense, added to every row."""
+        target, n = self.link.target(ratings), len(ratings)
+
+        def half_squared_error(score):
+            mean, slope = self.link.mean_and_slope(score)
+            e = target - mean
+            return e.square() * (0.5 / n), e * slope * (-1.0 / n)
+
+        loss = self.net.gradients(users, items, half_squared_error)
+        with torch.no_grad():
+            for table, lam in ((self.net.user, self.lambdas[0]), (self.net.item, self.lambdas[1])):
+                table.weight.grad.add_(table.weight, alpha=lam / self.data.num_train)
+        return loss + self._prior().detach() / self.data.num_train
+
     def map_objective(self, users, items, ratings) -> torch.Tensor:
         """E itself over the given (full training) ratings."""
         return map_objective(self._residual(users, items, ratings), self._prior())
 
     def least_squares(self) -> LeastSquares:
-        return LeastSquares(self.net, self.link.target, self.lambdas, self.reg_scaling, ("lambda_u", "lambda_v"), **self.als)
+        return LeastSquares(self.net, self.link.target, self.lambdas, self.reg_scaling,
+                            ("lambda_u", "lambda_v"), **self.als)

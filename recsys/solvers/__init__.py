@@ -1,6 +1,6 @@
 """Fitting strategies, apart from the models they fit: ``model.solver=gradient|als``.
 
-A strategy is a small object with ``automatic_optimization``, ``check(model)``,
+A strategy is a small object with ``full_batch``, ``automatic(model)``, ``check(model)``,
 ``configure_optimizers(model)`` and ``training_step(model, batch, batch_idx)``; the Lightning system
 (:class:`recsys.models.base.RatingModel`) delegates to it. :mod:`recsys.solvers.als` works on any model
 whose ``least_squares()`` returns a :class:`~recsys.solvers.als.LeastSquares`.

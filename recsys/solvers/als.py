@@ -373,7 +373,6 @@ class ALS:
     an epoch lowers it by less than the fraction ``model.als_tol``.
     """
 
-    automatic_optimization = False
     full_batch = True
 
     def __init__(self) -> None:
@@ -381,6 +380,9 @@ class ALS:
         self._sweeper: Sweeper | None = None
         self._key: tuple | None = None
         self._objective: float | None = None
+
+    def automatic(self, model) -> bool:
+        return False  # closed-form steps, no backward pass
 
     def check(self, model) -> None:
         check(model.least_squares(), type(model).__name__, model.hparams)

@@ -140,3 +140,28 @@ def test_scores_against_all_items_equal_pairwise_scores(name):
     pairs = model.score(users.repeat_interleave(5), torch.arange(5).repeat(4), known.repeat_interleave(5),
                         torch.ones(20, dtype=torch.bool)).view(4, 5)
     assert torch.allclose(fast, pairs, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_closed_form_gradients_equal_autograd(name):
+    """The gradient solver's fast path (``gradients``) computes the objective and the gradient autograd would."""
+    torch.manual_seed(0)
+    users, items, ratings = additive_ratings()
+    users, items = torch.cat([users, users[:7]]), torch.cat([items, items[:7]])  # repeated rows add up
+    ratings = torch.cat([ratings, ratings[:7]]) + 0.3 * torch.randn(len(users))
+    spec = yaml.safe_load(MODELS[name].read_text())
+    model = build(name, fake_facts(20, 15, len(ratings), float(ratings.mean())),
+                  **({"init_std": 0.3} if "init_std" in spec else {})).double()
+    if not callable(getattr(model, "gradients", None)):  # models without closed-form gradients use autograd
+        assert model.automatic_optimization
+        return
+    assert not model.automatic_optimization
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # biases away from their zero start
+    loss = model.objective(users, items, ratings.double())
+    expected = torch.autograd.grad(loss, list(model.parameters()))
+    fast = model.gradients(users, items, ratings.double())
+    assert fast.item() == pytest.approx(loss.item(), rel=1e-10)
+    for (pname, p), g in zip(model.named_parameters(), expected):
+        assert torch.allclose(p.grad, g, atol=1e-12, rtol=1e-9), pname
