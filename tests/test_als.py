@@ -297,3 +297,47 @@ def test_als_stops_once_converged(compose_cfg, tmp_path):
     metrics = train(compose_cfg("model=pmf", "model.solver=als", "trainer.max_epochs=300", "model.als_tol=1e-3",
                                 "~callbacks.early_stopping"))
     assert 3 <= metrics["epochs"] < 300 and metrics["test/rmse"] < 1.1
+
+
+def _gradient_worker(rank, world, init, users, items, ratings, state, out):
+    import torch.distributed as dist
+
+    from recsys.solvers.gradient import Gradient
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        model = BiasedMF(data=fake_facts(60, 40, len(ratings), float(ratings.mean())), dim=5, reg=0.1)
+        model.load_state_dict(state)
+        opt, solver = model.configure_optimizers(), Gradient()
+        for step, batch in enumerate(torch.arange(len(ratings)).split(300)):
+            piece = batch.tensor_split(world)[rank]  # each rank takes its half of the global batch
+            model.gradients(users[piece], items[piece], ratings[piece])
+            solver.all_reduce_mean(list(model.parameters()), world)
+            opt.step()
+            if step == 1:
+                opt.zero_grad(set_to_none=True)  # as Lightning may: the next step's .grad are new tensors
+        if rank == 0:
+            torch.save(model.state_dict(), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_closed_form_gradient_steps_on_two_processes_equal_one(tmp_path):
+    """The gradient solver's fast path under DDP: one all-reduce of the flattened gradients per step."""
+    import torch.multiprocessing as mp
+
+    users, items, r = _problem(60, 40, 900, seed=8)
+    r = r.float()
+    torch.manual_seed(0)
+    model = BiasedMF(data=fake_facts(60, 40, len(r), float(r.mean())), dim=5, reg=0.1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = model.configure_optimizers()
+    for batch in torch.arange(len(r)).split(300):
+        model.gradients(users[batch], items[batch], r[batch])
+        opt.step()
+    out = tmp_path / "two.pt"
+    mp.spawn(_gradient_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", users, items, r, state, out), nprocs=2)
+    two = torch.load(out, weights_only=True)
+    for key, value in model.state_dict().items():
+        assert torch.allclose(two[key], value, atol=1e-5, rtol=0), key

@@ -92,6 +92,7 @@ class Gradient:
 
     def __init__(self) -> None:
         self._flat: torch.Tensor | None = None
+        self._views: list[torch.Tensor] = []
 
     def automatic(self, model) -> bool:
         return not callable(getattr(model, "gradients", None))
@@ -107,20 +108,22 @@ class Gradient:
             return model.objective(*batch)
         loss = model.gradients(*batch)
         if model.trainer.world_size > 1:
-            self._all_reduce_mean(model)
+            self.all_reduce_mean(list(model.parameters()), model.trainer.world_size)
         model.optimizers().step()
         return loss
 
-    def _all_reduce_mean(self, model) -> None:
+    def all_reduce_mean(self, params: list[torch.Tensor], world_size: int) -> None:
         """Average the gradients over ranks in one collective: the ``.grad`` tensors are views of one buffer."""
         import torch.distributed as dist
 
-        params = [p for p in model.parameters() if p.grad is not None]
-        if self._flat is None or self._flat.numel() != sum(p.numel() for p in params):
+        params = [p for p in params if p.grad is not None]
+        # (re)built when a .grad is not our view: the first step, or after anything set .grad anew (zero_grad)
+        if len(params) != len(self._views) or any(p.grad is not v for p, v in zip(params, self._views)):
             self._flat = torch.cat([p.grad.reshape(-1) for p in params])
-            offset = 0
+            self._views, offset = [], 0
             for p in params:
                 p.grad = self._flat[offset:offset + p.numel()].view_as(p)
+                self._views.append(p.grad)
                 offset += p.numel()
         dist.all_reduce(self._flat)
-        self._flat.div_(model.trainer.world_size)
+        self._flat.div_(world_size)

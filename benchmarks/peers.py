@@ -1,0 +1,232 @@
+"""The project's models and the peers, side by side on the project's own splits: test RMSE and fit seconds.
+
+    pip install -e ".[bench]"      # scikit-surprise, cornac, lenskit (lenskit wants pandas 2: a separate venv)
+    python benchmarks/peers.py --data ml100k --split-seeds 0,1,2
+    python benchmarks/peers.py --data ml1m --split-seeds 0,1,2
+
+Every system is fit on the same ratings of each split (``data.split_seed``: 90/10 random, 5% of all
+ratings carved from train for validation). The project's runs use validation for early stopping and
+checkpoint choice as ``train.py`` does; the peers have no use for it, so validation is merged into their
+training set. Each system predicts the same test ratings, clipped to the rating scale, with the global mean
+(plus whatever bias is known) for users or items it has not seen.
+
+Fit seconds: for the project, ``fit_seconds`` of metrics.json (the whole Lightning fit: every epoch's
+training, validation and checkpoints); for a peer, its ``fit`` call. Writes ``benchmarks/results/<data>.md``
+(test RMSE mean ± std over the seeds, fit seconds, and each system's fit time relative to the fastest
+system at equal or better RMSE) and ``benchmarks/results/<data>.png`` (RMSE against fit seconds, log x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = {"ml100k": "ml-100k", "ml1m": "ml-1m"}
+
+#: the project's systems: a label and the train.py overrides (data and split seed are added)
+OURS = {
+    "recsys mf (defaults)": [],
+    "recsys mf ALS": ["model.solver=als"],
+    "recsys pmf": ["model=pmf"],
+    "recsys pmf ALS": ["model=pmf", "model.solver=als"],
+    "recsys baseline ALS": ["model=baseline", "model.solver=als"],
+}
+
+
+def run_ours(overrides: list[str], data: str, seed: int) -> tuple[float, float]:
+    """(test RMSE, fit seconds) of one train.py run, in a subprocess as a user runs it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(ROOT / "train.py"), f"data={data}", f"data.split_seed={seed}", "logger=none",
+               "progress=none", "eval.ranking=false", f"hydra.run.dir={tmp}/run", *overrides]
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+        metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+    return metrics["test/rmse"], metrics["fit_seconds"]
+
+
+# -- peers: each takes (train users, items, ratings as numpy) and returns (predict(users, items), seconds) ----
+Fit = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], float]]
+
+
+def surprise_model(make) -> Fit:
+    def fit(u, i, r):
+        import pandas as pd
+        from surprise import Dataset, Reader
+
+        frame = pd.DataFrame({"u": u, "i": i, "r": r})
+        trainset = Dataset.load_from_df(frame, Reader(rating_scale=(1, 5))).build_full_trainset()
+        algo = make()
+        start = time.perf_counter()
+        algo.fit(trainset)
+        seconds = time.perf_counter() - start
+        return (lambda tu, ti: np.array([algo.predict(a, b, clip=False).est for a, b in zip(tu, ti)])), seconds
+    return fit
+
+
+def cornac_model(make) -> Fit:
+    def fit(u, i, r):
+        from cornac.data import Dataset
+
+        data = Dataset.from_uir(list(zip(u.tolist(), i.tolist(), r.tolist())), seed=0)
+        model = make()
+        start = time.perf_counter()
+        model.fit(data)
+        seconds = time.perf_counter() - start
+        mean = float(r.mean())
+
+        def predict(tu, ti):
+            out = np.full(len(tu), mean)
+            for n, (a, b) in enumerate(zip(tu.tolist(), ti.tolist())):
+                ua, ib = data.uid_map.get(a), data.iid_map.get(b)
+                if ua is not None and ib is not None:
+                    out[n] = float(np.asarray(model.score(ua, ib)).ravel()[0])
+            return out
+        return predict, seconds
+    return fit
+
+
+def lenskit_biased_mf(features: int = 50, epochs: int = 10) -> Fit:
+    """LensKit's ALS BiasedMF (its defaults: 50 features, 10 epochs, regularization 0.1, damping 5)."""
+    def fit(u, i, r):
+        import pandas as pd
+        from lenskit.als import BiasedMFScorer
+        from lenskit.data import from_interactions_df
+
+        ds = from_interactions_df(pd.DataFrame({"user": u, "item": i, "rating": r}), user_col="user",
+                                  item_col="item", rating_col="rating")
+        scorer = BiasedMFScorer(features=features, epochs=epochs)
+        start = time.perf_counter()
+        scorer.train(ds)
+        seconds = time.perf_counter() - start
+
+        def predict(tu, ti):  # bias model + embeddings, from the learned parameters
+            unum = scorer.users.numbers(tu, missing="negative")
+            inum = scorer.items.numbers(ti, missing="negative")
+            bias = scorer.bias
+            pred = np.full(len(tu), bias.global_bias, dtype=np.float64)
+            ku, ki = unum >= 0, inum >= 0
+            if bias.user_biases is not None:
+                pred[ku] += bias.user_biases[unum[ku]]
+            if bias.item_biases is not None:
+                pred[ki] += bias.item_biases[inum[ki]]
+            both = ku & ki
+            pred[both] += (scorer.user_embeddings[unum[both]] * scorer.item_embeddings[inum[both]]).sum(1)
+            return pred
+        return predict, seconds
+    return fit
+
+
+def peers(data: str) -> dict[str, Fit]:
+    from cornac.models import MF, PMF
+    from surprise import SVD, BaselineOnly, SVDpp
+
+    systems = {
+        "Surprise Baseline": surprise_model(lambda: BaselineOnly(verbose=False)),
+        "Surprise SVD (default)": surprise_model(lambda: SVD(random_state=0)),
+        "Surprise SVD (tuned: k=100, 40 ep, reg 0.05, lr 0.007)": surprise_model(
+            lambda: SVD(n_factors=100, n_epochs=40, reg_all=0.05, lr_all=0.007, random_state=0)),
+        "cornac MF (default)": cornac_model(lambda: MF(seed=0, verbose=False)),
+        "cornac PMF (default)": cornac_model(lambda: PMF(seed=0, verbose=False)),
+        "LensKit ALS BiasedMF (k=50, 10 ep)": lenskit_biased_mf(),
+    }
+    if data == "ml100k":  # SVD++ takes minutes per fit on ml-1m
+        systems["Surprise SVD++ (default)"] = surprise_model(lambda: SVDpp(random_state=0))
+    return systems
+
+
+def split(data: str, seed: int):
+    from recsys.data import RatingsDataModule
+
+    dm = RatingsDataModule(name=DATA[data], split_seed=seed)
+    dm.prepare_data()
+    dm.setup()
+    train = [np.concatenate([a.numpy(), b.numpy()]) for a, b in zip(dm.train_set, dm.val_set)]
+    return train, [t.numpy() for t in dm.test_set]
+
+
+def relative_times(rows: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Each system's fit time over the fastest fit among systems with equal or better RMSE."""
+    return {name: fit / min(f for r, f in rows.values() if r <= rmse) for name, (rmse, fit) in rows.items()}
+
+
+def write(data: str, seeds: list[int], results: dict[str, list[tuple[float, float]]]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    means = {n: (statistics.mean(r for r, _ in v), statistics.mean(f for _, f in v)) for n, v in results.items()}
+    rel = relative_times(means)
+    lines = [f"# {DATA[data]}: test RMSE and fit time, split seeds {', '.join(map(str, seeds))}", "",
+             f"`python benchmarks/peers.py --data {data} --split-seeds {','.join(map(str, seeds))}` "
+             f"({os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}). Peers train on train + validation.", "",
+             "| system | test RMSE (mean ± std) | fit s (mean) | fit time / fastest at ≤ its RMSE |",
+             "|---|---|---|---|"]
+    for name in sorted(results, key=lambda n: means[n][0]):
+        rmses = [r for r, _ in results[name]]
+        std = statistics.stdev(rmses) if len(rmses) > 1 else 0.0
+        lines.append(f"| {name} | {means[name][0]:.4f} ± {std:.4f} | {means[name][1]:.2f} | {rel[name]:.1f}× |")
+    md = RESULTS / f"{data}.md"
+    md.write_text("\n".join(lines) + "\n")
+    plot(data, means)
+    return md
+
+
+def plot(data: str, means: dict[str, tuple[float, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, (rmse, fit) in means.items():
+        ours = name.startswith("recsys")
+        ax.scatter(fit, rmse, marker="o" if ours else "s", color="C0" if ours else "C1")
+        ax.annotate(name.split(" (")[0] if not ours else name, (fit, rmse), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("fit seconds (log scale)")
+    ax.set_ylabel("test RMSE")
+    ax.set_title(f"{DATA[data]}: accuracy against fit time (recsys: circles, peers: squares)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{data}.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=sorted(DATA), default="ml100k")
+    parser.add_argument("--split-seeds", default="0,1,2")
+    parser.add_argument("--only", default=None, help="run only systems whose name contains this text")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.split_seeds.split(",")]
+    results: dict[str, list[tuple[float, float]]] = {}
+    for seed in seeds:
+        (u, i, r), (tu, ti, tr) = split(args.data, seed)
+        for name, overrides in OURS.items():
+            if args.only and args.only not in name:
+                continue
+            results.setdefault(name, []).append(run_ours(overrides, args.data, seed))
+            print(f"seed {seed} {name}: RMSE {results[name][-1][0]:.4f}, fit {results[name][-1][1]:.2f} s", flush=True)
+        for name, fit in peers(args.data).items():
+            if args.only and args.only not in name:
+                continue
+            predict, seconds = fit(u, i, r)
+            pred = np.clip(predict(tu, ti), 1.0, 5.0)
+            rmse = float(np.sqrt(np.mean((pred - tr) ** 2)))
+            results.setdefault(name, []).append((rmse, seconds))
+            print(f"seed {seed} {name}: RMSE {rmse:.4f}, fit {seconds:.2f} s", flush=True)
+    print(write(args.data, seeds, results).read_text())
+
+
+if __name__ == "__main__":
+    main()
