@@ -13,7 +13,7 @@ import torch
 
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
-from recsys.models.objectives import per_rating_ridge
+from recsys.models.objectives import per_rating_ridge, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import NonNegative
 
@@ -42,13 +42,7 @@ class Baseline(RatingModel):
 
     def gradients(self, users, items, ratings):
         """:meth:`objective` and its gradient in closed form (the gradient solver's fast path)."""
-        target, n = self.link.target(ratings), len(ratings)
-
-        def squared_error(score):
-            e = target - score
-            return e.square() / n, e * (-2.0 / n)
-
-        return self.net.gradients(users, items, squared_error, 0.0, self.reg)
+        return self.net.gradients(users, items, squared_error(self.link.target(ratings)), 0.0, self.reg)
 
     def least_squares(self) -> LeastSquares:
         ridge = torch.tensor([float(self.reg)])

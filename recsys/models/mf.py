@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from recsys.models.base import RatingModel
-from recsys.models.nets import Bilinear, Centered, _sq
-from recsys.models.objectives import per_rating_ridge
+from recsys.models.nets import Bilinear, Centered
+from recsys.models.objectives import per_rating_ridge, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import NonNegative, Size
 
@@ -53,13 +53,7 @@ class BiasedMF(RatingModel):
 
     def gradients(self, users, items, ratings):
         """:meth:`objective` and its gradient in closed form (the gradient solver's fast path)."""
-        target, n = self.link.target(ratings), len(ratings)
-
-        def squared_error(score):
-            e = target - score
-            return _sq(e) / n, e * (-2.0 / n)
-
-        return self.net.gradients(users, items, squared_error, self.reg, self.reg_bias)
+        return self.net.gradients(users, items, squared_error(self.link.target(ratings)), self.reg, self.reg_bias)
 
     def least_squares(self) -> LeastSquares:
         if self.net.user_bias is None:

@@ -67,8 +67,9 @@ class Bilinear(nn.Module):
         """The minibatch loss  Σ_b ℓ(s_b) + reg·c(‖p_u‖² + ‖q_i‖²) + reg_bias·c(b_u² + b_i²)  summed over the
         batch (c = 1/batch size), with its gradient written into each table's ``.grad`` (no autograd).
 
-        ``loss_of_score(s)`` returns (ℓ(s), dℓ/ds) per rating. The rows' gradients are gathered and scattered
-        with ``index_add_``: dense ``.grad`` tensors, which all-reduce under DDP as any dense gradient does.
+        ``loss_of_score(s)`` returns (Σ_b ℓ(s_b), dℓ/ds per rating), e.g.
+        :func:`recsys.models.objectives.squared_error`. The rows' gradients are gathered and scattered with
+        ``index_add_``: dense ``.grad`` tensors, which all-reduce under DDP as any dense gradient does.
         """
         c = 1.0 / max(len(users), 1)
         p, q = self.user.weight[users], self.item.weight[items]
@@ -80,7 +81,7 @@ class Bilinear(nn.Module):
         d = d_score.unsqueeze(1)
         _grad(self.user).index_add_(0, users, torch.addcmul(p * (2 * reg * c), q, d))
         _grad(self.item).index_add_(0, items, torch.addcmul(q * (2 * reg * c), p, d))
-        loss = loss.sum() + reg * c * (_sq(p) + _sq(q))
+        loss = loss + reg * c * (_sq(p) + _sq(q))
         if self.user_bias is not None:
             _grad(self.user_bias).index_add_(0, users, (d_score + bu * (2 * reg_bias * c)).unsqueeze(1))
             _grad(self.item_bias).index_add_(0, items, (d_score + bi * (2 * reg_bias * c)).unsqueeze(1))

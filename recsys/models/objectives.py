@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -29,3 +31,17 @@ def map_estimate(residual: torch.Tensor, prior: torch.Tensor, num_train: int) ->
 def map_objective(residual: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     """E itself: ½ Σ e² + prior, over the ratings given (the whole training set for E)."""
     return 0.5 * residual.square().sum() + prior
+
+
+def squared_error(target: torch.Tensor, scale: float = 1.0, mean_and_slope: Callable | None = None) -> Callable:
+    """ℓ(s) = scale · mean_B (t − m(s))² per rating, with its derivative in s, as ``Bilinear.gradients`` takes
+    it: m is the link's mean (the identity when ``mean_and_slope`` is None)."""
+    n = max(len(target), 1)
+
+    def loss_and_slope(score: torch.Tensor):
+        mean, slope = (score, 1.0) if mean_and_slope is None else mean_and_slope(score)
+        e = target - mean
+        flat = e.reshape(-1)
+        return torch.dot(flat, flat) * (scale / n), e * slope * (-2.0 * scale / n)
+
+    return loss_and_slope

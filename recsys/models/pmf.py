@@ -22,7 +22,7 @@ import torch
 
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
-from recsys.models.objectives import gaussian_prior, map_estimate, map_objective
+from recsys.models.objectives import gaussian_prior, map_estimate, map_objective, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import NonNegative, Size
 
@@ -54,14 +54,7 @@ class PMF(RatingModel):
     def gradients(self, users, items, ratings):
         """:meth:`objective` and its gradient in closed form (the gradient solver's fast path); the prior's
         gradient λ·U/N is dense, added to every row."""
-        target, n = self.link.target(ratings), len(ratings)
-
-        def half_squared_error(score):
-            mean, slope = self.link.mean_and_slope(score)
-            e = target - mean
-            return e.square() * (0.5 / n), e * slope * (-1.0 / n)
-
-        loss = self.net.gradients(users, items, half_squared_error)
+        loss = self.net.gradients(users, items, squared_error(self.link.target(ratings), 0.5, self.link.mean_and_slope))
         with torch.no_grad():
             for table, lam in ((self.net.user, self.lambdas[0]), (self.net.item, self.lambdas[1])):
                 table.weight.grad.add_(table.weight, alpha=lam / self.data.num_train)
