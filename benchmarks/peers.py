@@ -129,6 +129,16 @@ def lenskit_biased_mf(features: int = 50, epochs: int = 10) -> Fit:
     return fit
 
 
+def lenskit_threads(threads: int) -> None:
+    """LensKit's first fit limits torch and BLAS to one thread unless told otherwise: give it, and so torch
+    after it, the same ``threads`` every system here uses."""
+    try:
+        from lenskit.parallel import initialize
+    except ImportError:
+        return
+    initialize(threads=threads, backend_threads=threads)
+
+
 def peers(data: str) -> dict[str, Fit]:
     from cornac.models import MF, PMF
     from surprise import SVD, BaselineOnly, SVDpp
@@ -210,6 +220,7 @@ def main() -> None:
                         help="run only systems whose name contains this text (nothing is written)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.split_seeds.split(",")]
+    lenskit_threads(os.cpu_count() or 1)
     results: dict[str, list[tuple[float, float]]] = {}
     for seed in seeds:
         (u, i, r), (tu, ti, tr) = split(args.data, seed)

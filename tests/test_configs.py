@@ -155,3 +155,15 @@ def test_readme_configuration_table_gives_the_defaults_the_configs_hold(monkeypa
             for sub in (v if isinstance(v, dict) else [None])}
     assert keys <= checked, f"README configuration table misses {sorted(keys - checked)}"
     assert {"model.reg", "model.reg_bias", "data.batch_size", "trainer.max_epochs"} <= checked
+
+
+def test_readme_results_tables_are_the_benchmarks_files():
+    """The README's accuracy and speed tables are copied from benchmarks/results/*.md, row for row."""
+    readme = (ROOT / "README.md").read_text()
+    files = sorted((ROOT / "benchmarks" / "results").glob("*.md"))
+    assert {f.stem for f in files} >= {"ml100k", "ml1m", "scaling", "als_speed"}
+    for path in files:
+        rows = [line for line in path.read_text().splitlines() if line.startswith("|")]
+        assert rows, path
+        missing = [row for row in rows if row not in readme]
+        assert not missing, f"README lacks {path.name}'s rows (copy the file's table): {missing[:2]}"
