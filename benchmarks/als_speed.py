@@ -127,7 +127,7 @@ def main() -> None:
     lenskit_threads(args.threads)  # else LensKit's first fit leaves torch and BLAS one thread
     emit(f"# ALS speed: recsys against LensKit ({args.threads} threads, {time.strftime('%Y-%m-%d')})")
     emit()
-    emit("`python benchmarks/als_speed.py " + " ".join(sys.argv[1:]) + "`")
+    emit("`" + " ".join(["python benchmarks/als_speed.py", *sys.argv[1:]]) + "`")
     for name in args.data:
         dm = RatingsDataModule(name=name, split_seed=0)
         dm.prepare_data()
