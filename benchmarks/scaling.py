@@ -8,14 +8,16 @@ like ML-25M's ratios: ~150 ratings per user, ~400 per item). Each (size, solver)
 that loads the ratings and trains, so its peak resident memory (``ru_maxrss``) is that solver's at that
 size. Gradient mf: the gradient solver's step (closed-form gradients, fused Adam) over a shuffled epoch,
 at the default batch of 16384 (``gradient``) and at a batch that grows with the data (``gradient-wide``:
-16384 per million ratings, so an epoch is always 61 steps); ALS mf: one epoch of user and item half-sweeps (``model.als_solve=cg``) after the row systems
-are built (build time printed apart). Times are the fastest of ``--epochs`` epochs. Writes
+16384 per million ratings, so an epoch is always 61 steps); ALS mf: one epoch of user and item
+half-sweeps (``model.als_solve=cg``) after the row systems are built (build time printed apart). Times are
+the fastest of ``--epochs`` epochs. Writes
 ``benchmarks/results/scaling.md`` and ``scaling.png`` (log-log) with the fitted exponent b of
 seconds ∝ ratings^b: linear cost is b ≈ 1.
 
 Why two gradient series: a step's cost is its batch's gathers and scatters (∝ batch) plus dense Adam over
 every row of the tables (∝ users + items, which grow with the ratings). At a fixed batch an epoch has
-∝ ratings steps, so the Adam part grows as ratings²; with the batch ∝ ratings it stays linear. Row-sparse
+∝ ratings steps, so the Adam part grows as ratings²; with the batch ∝ ratings it stays linear, but the
+batch's temporaries then outgrow the cache (measured: wider is slower at 5M, faster at 25M). Row-sparse
 ("lazy") Adam, which updates only the batch's rows, was measured slower than dense fused Adam on this
 CPU at 1M and 10M ratings (random row access into tables larger than the cache, and torch.unique per step).
 """
@@ -134,8 +136,9 @@ def write(rows: list[dict], args) -> None:
         mine = [r for r in rows if r["solver"] == solver]
         for r in mine:
             batch = f"{batch_size(solver, r['ratings']):,}" if solver != "als" else "all"
-            lines.append(f"| {r['ratings']:,} | {r['users']:,} | {r['items']:,} | {solver} | {batch} | {r['seconds']:.2f} | "
-                         f"{r['build']:.2f} | {r['ratings'] / r['seconds'] / 1e6:.2f}M | {r['peak_mb']:.0f} |")
+            lines.append(f"| {r['ratings']:,} | {r['users']:,} | {r['items']:,} | {solver} | {batch} | "
+                         f"{r['seconds']:.2f} | {r['build']:.2f} | {r['ratings'] / r['seconds'] / 1e6:.2f}M | "
+                         f"{r['peak_mb']:.0f} |")
         if len(mine) >= 2:
             sizes, secs = [r["ratings"] for r in mine], [r["seconds"] for r in mine]
             b = fit_exponent(sizes, secs)
