@@ -196,8 +196,8 @@ class Recommender:
                              "rank": np.broadcast_to(np.arange(1, k + 1), values.shape)[ok]})
 
     def _tables(self) -> Bilinear:
-        net = getattr(self.model, "net", None)
-        if not isinstance(net, Bilinear):
+        net = self.model.factor_tables()
+        if net is None:
             raise ValueError(f"{type(self.model).__name__} has no factor tables")
         return net
 

@@ -193,8 +193,8 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         n_items = len(self.item_seen)
         uk = self.user_seen[users] if user_known is None else user_known & self.user_seen[users]
         warm = uk.unsqueeze(1) & self.item_seen.unsqueeze(0)
-        net, link = getattr(self, "net", None), getattr(self, "link", None)
-        if isinstance(net, Bilinear) and link is not None:
+        net, link = self.factor_tables(), getattr(self, "link", None)
+        if net is not None and link is not None:
             scores = link.rating(link.mean(net.all_items(users)))
         else:
             items = torch.arange(n_items, device=users.device)
@@ -203,6 +203,12 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
             rows, cols = (~warm).nonzero(as_tuple=True)
             scores[rows, cols] = self.fallback(users[rows], cols, uk[rows], self.item_seen[cols])
         return scores
+
+    def factor_tables(self) -> Bilinear | None:
+        """The factor (and bias) tables that serve scores: ``net`` where it is a Bilinear (a Bayesian model
+        serves its posterior means instead)."""
+        net = getattr(self, "net", None)
+        return net if isinstance(net, Bilinear) else None
 
     def predict(self, users: torch.Tensor, items: torch.Tensor, user_known: torch.Tensor | None = None,
                 item_known: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Fitting strategies, apart from the models they fit: ``model.solver=gradient|als``.
+"""Fitting strategies, apart from the models they fit: ``model.solver=gradient|als|gibbs``.
 
 A strategy is a small object with ``full_batch``, ``automatic(model)``, ``check(model)``,
 ``configure_optimizers(model)`` and ``training_step(model, batch, batch_idx)``; the Lightning system
@@ -7,8 +7,9 @@ whose ``least_squares()`` returns a :class:`~recsys.solvers.als.LeastSquares`.
 """
 
 from recsys.solvers.als import ALS, LeastSquares
+from recsys.solvers.gibbs import Gibbs
 from recsys.solvers.gradient import Gradient
 
-SOLVERS = {"gradient": Gradient, "als": ALS}
+SOLVERS = {"gradient": Gradient, "als": ALS, "gibbs": Gibbs}
 
-__all__ = ["ALS", "SOLVERS", "Gradient", "LeastSquares"]
+__all__ = ["ALS", "SOLVERS", "Gibbs", "Gradient", "LeastSquares"]

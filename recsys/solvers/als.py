@@ -219,27 +219,34 @@ class RowSystems:
         return self
 
     @torch.no_grad()
-    def solve(self, problem: LeastSquares, side: str, solve: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The side's new unknowns for this rank's rows (rows without ratings keep theirs), and the
-        objective's part these rows account for: their squared errors and their own ridge terms."""
-        current = problem.weights(side)
-        x = current[self.lo:self.hi].clone()
+    def normal_equations(self, problem: LeastSquares, side: str, dtype: torch.dtype):
+        """Per group of this rank's rows: (group, G, b, Σt²) with G = Σ f fᵀ, b = Σ t f and Σ t² over each row's
+        ratings (f the fixed side's features, t the targets less its biases), no ridge. G and b are views
+        into one buffer per group, valid until the next group is yielded."""
         feats, bias = problem.features(side)
-        width = x.shape[1]
-        ridge = problem.ridge_of(side, width, x)
-        objective = x.new_zeros(())
-        feats = torch.cat([feats, feats.new_zeros(len(feats), 1)], 1)  # a last column for the targets
+        width = feats.shape[1]
+        feats = torch.cat([feats, feats.new_zeros(len(feats), 1)], 1).to(dtype)  # a last column for targets
+        bias = None if bias is None else bias.to(dtype)
         for g in self.groups:
             # one batched product per block gives [[G, b], [bᵀ, Σt²]] = [F t]ᵀ[F t] for each row
-            ext = x.new_empty(len(g.rows), width + 1, width + 1)
+            ext = feats.new_empty(len(g.rows), width + 1, width + 1)
             for blk in g.blocks:
                 block = feats[blk.cols]  # (rows, L, k + 1) gathered features, pads all zero
-                t = problem.target(blk.ratings.to(x.dtype))
+                t = problem.target(blk.ratings.to(dtype))
                 if bias is not None:
                     t = t - bias[blk.cols]
                 block[..., width] = t if blk.pad is None else t.masked_fill(blk.pad, 0.0)
                 torch.bmm(block.mT, block, out=ext[blk.start:blk.start + len(blk.cols)])
-            gram, rhs, tt = ext[:, :width, :width], ext[:, :width, width], ext[:, width, width]
+            yield g, ext[:, :width, :width], ext[:, :width, width], ext[:, width, width]
+
+    @torch.no_grad()
+    def solve(self, problem: LeastSquares, side: str, solve: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The side's new unknowns for this rank's rows (rows without ratings keep theirs), and the
+        objective's part these rows account for: their squared errors and their own ridge terms."""
+        x = problem.weights(side)[self.lo:self.hi].clone()
+        ridge = problem.ridge_of(side, x.shape[1], x)
+        objective = x.new_zeros(())
+        for g, gram, rhs, tt in self.normal_equations(problem, side, x.dtype):
             scale = g.counts.to(x.dtype) if problem.scaling == "frequency" else torch.ones_like(tt)
             gram.diagonal(dim1=1, dim2=2).add_(scale.unsqueeze(1) * ridge)  # A = G + c_r diag(λ)
             sol = cholesky_solve(gram, rhs) if (solve or problem.solve) == "cholesky" else \
@@ -308,16 +315,21 @@ class Sweeper:
 
     def half_sweep(self, problem: LeastSquares, side: str, solve: str | None = None) -> torch.Tensor:
         """Solve ``side`` (the other fixed); returns this rank's part of the objective after it."""
+        x, objective = self.systems[side].solve(problem, side, solve)
+        self.share(problem, side, x)
+        return objective
+
+    def share(self, problem: LeastSquares, side: str, x: torch.Tensor) -> None:
+        """Set ``side``'s unknowns from this rank's rows ``x``: under DDP every rank's rows, padded to the longest
+        range, are all-gathered, so every rank ends with the whole side."""
         systems = self.systems[side]
-        x, objective = systems.solve(problem, side, solve)
-        if self.gather is not None:  # every rank's rows, padded to the longest range, gathered
+        if self.gather is not None:
             longest = max(b - a for a, b in zip(systems.bounds[:-1], systems.bounds[1:]))
             parts = self.gather(torch.cat([x, x.new_zeros(longest - len(x), x.shape[1])]))
             x = torch.cat([parts[r, :b - a] for r, (a, b) in enumerate(zip(systems.bounds[:-1], systems.bounds[1:]))])
         if not bool(torch.isfinite(x).all()):
-            raise FloatingPointError(f"ALS produced non-finite {side} factors")
+            raise FloatingPointError(f"non-finite {side} factors")
         problem.assign(side, x)
-        return objective
 
     def epoch(self, problem: LeastSquares) -> float:
         """A user half-sweep then an item half-sweep; returns the objective after them, per rating."""
@@ -392,7 +404,8 @@ class ALS:
         # its no-op step makes Lightning count one global step per epoch (checkpoints key on it)
         return torch.optim.SGD(model.parameters(), lr=0.0)
 
-    def _sweeper_for(self, model, batches) -> Sweeper:
+    def _sweeper_for(self, model, batches, problem: LeastSquares | None = None) -> Sweeper:
+        """Both sides' row systems for ``problem`` (the model's least-squares form by default)."""
         rank, world = model.trainer.global_rank, model.trainer.world_size
         key = (sum(len(b[2]) for b in batches), rank, world)  # built once per fit: the training set is fixed
         if self._sweeper is None or self._key != key:
@@ -402,7 +415,8 @@ class ALS:
             if world > 1:
                 gather, reduce = model.all_gather, model.sum_over_ranks
                 users, items, ratings = _gather_ratings(gather, users, items, ratings)
-            self._sweeper = Sweeper(model.least_squares(), users, items, ratings, rank, world, gather, reduce)
+            self._sweeper = Sweeper(problem or model.least_squares(), users, items, ratings, rank, world, gather,
+                                    reduce)
         return self._sweeper
 
     @torch.no_grad()

@@ -1,0 +1,115 @@
+"""Bayesian probabilistic matrix factorization (Salakhutdinov & Mnih 2008, "Bayesian Probabilistic Matrix
+Factorization using Markov Chain Monte Carlo", ICML), with biases:
+
+    r̂_ui = μ + b_u + b_i + p_uᵀq_i,   r_ui ~ N(r̂_ui, α⁻¹),   [p_u, b_u] ~ N(μ_U, Λ_U⁻¹),   [q_i, b_i] ~ N(μ_V, Λ_V⁻¹),
+
+with hyperpriors on (μ_U, Λ_U), (μ_V, Λ_V) (``hyper``: per-coordinate Normal-Gamma, or the paper's
+Normal-Wishart) and on α, fitted by Gibbs sampling (``solver="gibbs"``, :mod:`recsys.solvers.gibbs`):
+one epoch is one sample, ``trainer.max_epochs`` the number of samples.
+
+Prediction is the posterior mean, estimated by the running mean over the samples after ``burn_in``:
+
+- for the validation and test pairs of the training run (tracked when training starts), the mean of every
+  kept sample's prediction μ + b_u + b_i + p_uᵀq_i — what ``val/rmse`` and ``test/rmse`` measure;
+- for any other pair, and for ``recommend``, ``similar_items`` and ``fold_in`` of ``recsys.load``, the
+  prediction from the running means of the factors and biases (``mean_net``): the mean of p_uᵀq_i is not
+  the product of the means, so these differ slightly from the sample average.
+
+Before the first kept sample, predictions are the current sample's. The checkpoint holds the chain (the
+current sample's tables, the hyperparameters, α) and the running means, so a resumed run continues the
+very same chain (its draws are keyed by (seed, epoch, side, row)).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+
+from recsys.models.base import RatingModel
+from recsys.models.nets import Bilinear, Centered
+from recsys.solvers.als import LeastSquares
+from recsys.solvers.gibbs import HYPERS, Gibbs
+from recsys.validation import AtLeast, NonNegative, OneOf, Size
+
+
+class BPMF(RatingModel):
+    default_optimizer = {"_target_": "torch.optim.SGD", "lr": 1.0}  # unused: the sampler sets the tables
+
+    def __init__(self, dim: Size = 10, burn_in: Annotated[int, AtLeast(0)] = 50,
+                 hyper: Annotated[str, OneOf(*HYPERS)] = "gamma", init_std: NonNegative = 0.1, seed: int = 0):
+        super().__init__()
+        if not isinstance(self.solver, Gibbs):
+            raise ValueError("model=bpmf is fitted by sampling its posterior: model.solver=gibbs")
+        n_users, n_items = self.data.num_users, self.data.num_items
+        self.net = Bilinear(n_users, n_items, dim, bias=True, init_std=init_std)  # the chain's current sample
+        self.mean_net = Bilinear(n_users, n_items, dim, bias=True, init_std=0.0).requires_grad_(False)
+        self.link = Centered(self.data.global_mean)
+        width = dim + 1  # factors and bias
+        self.register_buffer("hyper_mu", torch.zeros(2, width, dtype=torch.float64))
+        self.register_buffer("hyper_lam", torch.eye(width, dtype=torch.float64).repeat(2, 1, 1))
+        self.register_buffer("alpha", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("kept", torch.tensor(0))
+        # running sums of the kept samples' predictions for the tracked (validation and test) pairs
+        self.register_buffer("pair_keys", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("pair_sums", torch.zeros(0, dtype=torch.float64))
+
+    # -- the chain ---------------------------------------------------------------------------------------
+    def chain(self) -> LeastSquares:
+        """The sampled tables in ALS's form (the ridge is unused: the sampler brings its prior)."""
+        return LeastSquares(self.net, self.link.target, (1.0, 1.0), "row")
+
+    def track(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """Pairs whose prediction is averaged over samples (a training run's validation and test pairs)."""
+        keys = torch.unique(users.long() * self.data.num_items + items.long()).to(self.pair_keys.device)
+        self.pair_keys = keys
+        self.pair_sums = torch.zeros(len(keys), dtype=torch.float64, device=keys.device)
+
+    @torch.no_grad()
+    def record(self, epoch: int) -> None:
+        """After sample ``epoch``: add it to the running means if the burn-in is over."""
+        if epoch < self.hparams.burn_in:
+            return
+        self.kept += 1
+        if len(self.pair_keys):
+            users, items = self.pair_keys // self.data.num_items, self.pair_keys % self.data.num_items
+            self.pair_sums += self.link.rating(self.net(users, items)).double()
+        weight = 1.0 / float(self.kept)
+        for mean, now in zip(self.mean_net.parameters(), self.net.parameters()):
+            mean.lerp_(now, weight)  # running mean of the samples' tables
+
+    # -- predictions ---------------------------------------------------------------------------------------
+    def factor_tables(self) -> Bilinear:
+        return self.mean_net if int(self.kept) > 0 else self.net
+
+    def forward(self, users, items):
+        if int(self.kept) == 0:
+            return self.link.rating(self.net(users, items))
+        pred = self.link.rating(self.mean_net(users, items))
+        if len(self.pair_keys):
+            keys = users.long() * self.data.num_items + items.long()
+            idx = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
+            found = self.pair_keys[idx] == keys
+            pred = torch.where(found, (self.pair_sums[idx] / self.kept).to(pred.dtype), pred)
+        return pred
+
+    def fallback(self, users, items, user_known, item_known):
+        """Cold pairs: μ plus the (averaged) bias of whichever side has training ratings."""
+        return self.link.rating(self.factor_tables().known_bias(users, items, user_known, item_known))
+
+    def objective(self, users, items, ratings):
+        """The mean squared error of the current sample (reported; the sampler does not minimize anything)."""
+        return (self.link.target(ratings) - self.net(users, items)).square().mean()
+
+    def least_squares(self) -> LeastSquares:
+        """The posterior-mean tables with the prior's precision over α as ridge: ``fold_in`` solves a new
+        user's row as ALS would, the items fixed at their means (the prior's mean is left out)."""
+        ridge = tuple((lam.diagonal() / self.alpha).float() for lam in self.hyper_lam)
+        return LeastSquares(self.factor_tables(), self.link.target, ridge, "row")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict", {})
+        for name in ("pair_keys", "pair_sums"):  # sized by the run's tracked pairs
+            if name in state:
+                setattr(self, name, torch.empty_like(state[name], device=getattr(self, name).device))
