@@ -1,6 +1,6 @@
 """The project's models and the peers, side by side on the project's own splits: test RMSE and fit seconds.
 
-    pip install -e ".[bench]"      # scikit-surprise, cornac, lenskit (lenskit wants pandas 2: a separate venv)
+    pip install -e ".[bench]"      # scikit-surprise, cornac, lenskit, myfm (lenskit wants pandas 2: a separate venv)
     python benchmarks/peers.py --data ml100k --split-seeds 0,1,2
     python benchmarks/peers.py --data ml1m --split-seeds 0,1,2
 
@@ -42,6 +42,7 @@ OURS = {
     "recsys pmf": ["model=pmf"],
     "recsys pmf ALS": ["model=pmf", "model.solver=als"],
     "recsys baseline ALS": ["model=baseline", "model.solver=als"],
+    "recsys bpmf": ["model=bpmf"],
 }
 
 
@@ -129,6 +130,34 @@ def lenskit_biased_mf(features: int = 50, epochs: int = 10) -> Fit:
     return fit
 
 
+def myfm_bpmf(rank: int = 10, samples: int = 300) -> Fit:
+    """myFM's Gibbs-sampled factorization machine on user and item one-hot features: Bayesian MF with biases
+    (one hyperprior group per side, as its MovieLens example), every sample kept (its default)."""
+    def fit(u, i, r):
+        import myfm
+        from scipy import sparse
+
+        users, items = np.unique(u), np.unique(i)
+
+        def onehot(tu, ti):
+            cols, rows, n = [], [], len(tu)
+            for offset, known, ids in ((0, users, tu), (len(users), items, ti)):
+                pos = np.searchsorted(known, ids).clip(max=len(known) - 1)
+                hit = known[pos] == ids  # unknown ids: no column (global bias only, plus the other side)
+                rows.append(np.arange(n)[hit])
+                cols.append(pos[hit] + offset)
+            rows, cols = np.concatenate(rows), np.concatenate(cols)
+            return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, len(users) + len(items)))
+
+        x = onehot(u, i)
+        model = myfm.MyFMRegressor(rank=rank, random_seed=0)
+        start = time.perf_counter()
+        model.fit(x, r.astype(np.float64), n_iter=samples, group_shapes=[len(users), len(items)])
+        seconds = time.perf_counter() - start
+        return (lambda tu, ti: model.predict(onehot(tu, ti))), seconds
+    return fit
+
+
 def lenskit_threads(threads: int) -> None:
     """LensKit's first fit limits torch and BLAS to one thread unless told otherwise: give it, and so torch
     after it, the same ``threads`` every system here uses."""
@@ -151,6 +180,7 @@ def peers(data: str) -> dict[str, Fit]:
         "cornac MF (default)": cornac_model(lambda: MF(seed=0, verbose=False)),
         "cornac PMF (default)": cornac_model(lambda: PMF(seed=0, verbose=False)),
         "LensKit ALS BiasedMF (k=50, 10 ep)": lenskit_biased_mf(),
+        "myFM BPMF (rank 10, 300 samples)": myfm_bpmf(),
     }
     if data == "ml100k":  # SVD++ takes minutes per fit on ml-1m
         systems["Surprise SVD++ (default)"] = surprise_model(lambda: SVDpp(random_state=0))
@@ -220,6 +250,7 @@ def main() -> None:
                         help="run only systems whose name contains this text (nothing is written)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.split_seeds.split(",")]
+    os.environ.setdefault("TQDM_DISABLE", "1")  # myFM's progress bar
     lenskit_threads(os.cpu_count() or 1)
     results: dict[str, list[tuple[float, float]]] = {}
     for seed in seeds:

@@ -161,6 +161,11 @@ def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, 
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
 
 
+def _last_checkpoint(out: Path) -> Path | str:
+    last = out / "checkpoints" / "last.ckpt"
+    return last if last.exists() else "last"
+
+
 def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list,
                      history: tracking.History, clock: tracking.RunClock, out: Path) -> dict:
     fit_seconds = clock.seconds  # every part of the run, resumed ones included
@@ -181,7 +186,7 @@ def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, log
         "num_train": n_train,
         "restarts": clock.restarts,
         "world_size": trainer.world_size,
-        "test_checkpoint": str(ckpt.best_model_path) if use_best else "last",
+        "test_checkpoint": str(ckpt.best_model_path) if use_best else str(_last_checkpoint(out)),
     })
     if trainer.is_global_zero:
         atomic_write_json(out / "metrics.json", metrics)

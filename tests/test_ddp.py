@@ -36,6 +36,7 @@ def _run(tmp_path_factory, data_file, name, *overrides):
 
 ALS = ("model=pmf", "model.solver=als", "model.dim=8", "trainer.max_epochs=3", "data.batch_size=4096")
 GRAD = ("model=mf", "trainer.max_epochs=4", "data.batch_size=1024")
+BPMF = ("model=bpmf", "model.dim=6", "model.burn_in=3", "trainer.max_epochs=8")
 DDP = ("trainer=ddp_cpu", "trainer.devices=2")
 
 
@@ -49,6 +50,23 @@ def als_runs(tmp_path_factory, data_file):
 def grad_runs(tmp_path_factory, data_file):
     return (_run(tmp_path_factory, data_file, "grad1", *GRAD, "trainer=cpu"),
             _run(tmp_path_factory, data_file, "grad2", *GRAD, *DDP))
+
+
+@pytest.fixture(scope="module")
+def bpmf_runs(tmp_path_factory, data_file):
+    return (_run(tmp_path_factory, data_file, "bpmf1", *BPMF, "trainer=cpu"),
+            _run(tmp_path_factory, data_file, "bpmf2", *BPMF, *DDP))
+
+
+def test_bpmf_chain_with_two_processes_equals_one(bpmf_runs):
+    """Rows sharded over the ranks, draws keyed by (seed, sample, side, row): the chain of one process."""
+    (one, m1), (two, m2) = bpmf_runs
+    assert (m1["world_size"], m2["world_size"], m1["epochs"], m2["epochs"]) == (1, 2, 8, 8)
+    assert abs(m1["test/rmse"] - m2["test/rmse"]) < 1e-5 and abs(m1["val/rmse"] - m2["val/rmse"]) < 1e-5
+    a = torch.load(one / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(two / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for key in ("net.user.weight", "mean_net.item.weight", "pair_sums", "alpha", "hyper_lam"):
+        assert torch.allclose(a[key].double(), b[key].double(), atol=1e-5, rtol=1e-5), key
 
 
 def _factors(run):

@@ -19,6 +19,7 @@ ROOT = CONFIGS.parent
 SETTINGS = {
     "gradient": ["model=mf", "model.dim=8", "data.batch_size=512", "trainer.max_epochs=6"],
     "als": ["model=pmf", "model.solver=als", "trainer.max_epochs=6"],
+    "gibbs": ["model=bpmf", "model.dim=4", "model.burn_in=2", "trainer.max_epochs=6"],  # the very same chain
 }
 
 

@@ -71,7 +71,10 @@ class RatingBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         n = len(self.tensors[0])
-        if self.shuffle:
+        if self.shuffle and self.batch_size >= n:  # one batch: its order changes nothing, skip the gather
+            self._epochs += 1
+            yield tuple(t.tensor_split(self.world_size)[self.rank] for t in self.tensors)
+        elif self.shuffle:
             epoch = self.epoch_fn() if self.epoch_fn else self._epochs
             self._epochs += 1
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)

@@ -107,9 +107,9 @@ class BPMF(RatingModel):
         ridge = tuple((lam.diagonal() / self.alpha).float() for lam in self.hyper_lam)
         return LeastSquares(self.factor_tables(), self.link.target, ridge, "row")
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("state_dict", {})
-        for name in ("pair_keys", "pair_sums"):  # sized by the run's tracked pairs
-            if name in state:
-                setattr(self, name, torch.empty_like(state[name], device=getattr(self, name).device))
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("pair_keys", "pair_sums"):  # sized by the run's tracked pairs: take the saved size
+            if prefix + name in state_dict:
+                saved = state_dict[prefix + name]
+                setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -114,10 +114,11 @@ def sample_side(sweeper: Sweeper, problem: LeastSquares, side: str, mu: torch.Te
         chol, info = torch.linalg.cholesky_ex(a)
         if bool((info != 0).any()):
             raise FloatingPointError(f"Gibbs: a {side} conditional's precision is not positive definite")
-        draw = torch.cholesky_solve(h.unsqueeze(-1), chol)
+        # mean + L⁻ᵀz = L⁻ᵀ(L⁻¹h + z): two triangular solves
+        y = torch.linalg.solve_triangular(chol, h.unsqueeze(-1), upper=False)
         if z is not None:
-            draw += torch.linalg.solve_triangular(chol.mT, z[g.rows].unsqueeze(-1), upper=True)
-        draw = draw.squeeze(-1)
+            y += z[g.rows].unsqueeze(-1)
+        draw = torch.linalg.solve_triangular(chol.mT, y, upper=True).squeeze(-1)
         x[g.rows] = draw
         sse += (tt - 2 * (draw * rhs).sum(1) + (draw * (gram @ draw.unsqueeze(-1)).squeeze(-1)).sum(1)).sum()
     sweeper.share(problem, side, x)

@@ -25,9 +25,12 @@ def test_train_batches_partition_each_epoch_across_ranks(n, batch, world):
         for batches in per_rank:  # columns stay aligned
             assert all(torch.equal(b[1], b[0] * 2) for b in batches)
     # a new permutation each epoch, the same for the same seed
-    a, b = RatingBatches(_tensors(50), 50, True, seed=1), RatingBatches(_tensors(50), 50, True, seed=1)
+    a, b = RatingBatches(_tensors(50), 20, True, seed=1), RatingBatches(_tensors(50), 20, True, seed=1)
     first, second = next(iter(a))[0], next(iter(a))[0]
     assert not torch.equal(first, second) and torch.equal(first, next(iter(b))[0])
+    # one batch per epoch (full batch: ALS, Gibbs, full-batch gradient): order changes nothing, none is paid for
+    whole = RatingBatches(_tensors(50), 50, True, seed=1, rank=1, world_size=2)
+    assert torch.equal(next(iter(whole))[0], torch.arange(25, 50)) and len(whole) == 1
 
 
 @pytest.mark.parametrize("n,world", [(10, 1), (10, 3), (1000, 2), (2, 4)])

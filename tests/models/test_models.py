@@ -20,6 +20,8 @@ from recsys.solvers import als
 
 MODELS = model_configs()
 REGULARIZERS = ("reg", "reg_bias", "lambda_u", "lambda_v")
+#: models fitted by sampling their posterior (model.solver=gibbs): no gradient or ALS fit, no fixed regularizer
+SAMPLED = {name for name, path in MODELS.items() if yaml.safe_load(path.read_text()).get("solver") == "gibbs"}
 
 
 def build(name: str, facts, **overrides):
@@ -55,6 +57,19 @@ def tiny(name: str, ratings, prior: float = 1e-6, **overrides):
 def test_model_overfits_a_tiny_set_by_gradient(name):
     torch.manual_seed(0)
     users, items, ratings = additive_ratings()
+    if name in SAMPLED:  # refuses gradient training, and its chain's running mean fits the set instead
+        with pytest.raises(ValueError, match="model.solver=gibbs"):
+            tiny(name, ratings, solver="gradient")
+        from recsys.solvers.gibbs import Gibbs
+
+        model = tiny(name, ratings).double()
+        sweeper = als.Sweeper(model.chain(), users, items, ratings.double())
+        model.track(users, items)
+        for epoch in range(200):
+            Gibbs.sample(model, sweeper, epoch)
+            model.record(epoch)
+        assert rmse(model, users, items, ratings.double()) < 0.05
+        return
     model = tiny(name, ratings, optimizer={"lr": 0.05})
     opt = model.configure_optimizers()
     start = rmse(model, users, items, ratings)
@@ -70,6 +85,10 @@ def test_model_overfits_a_tiny_set_by_gradient(name):
 def test_model_overfits_a_tiny_set_by_als_or_refuses_it(name):
     torch.manual_seed(0)
     users, items, ratings = additive_ratings()
+    if name in SAMPLED:
+        with pytest.raises(ValueError, match="model.solver=gibbs"):
+            tiny(name, ratings, solver="als")
+        return
     model = tiny(name, ratings)
     problem = model.least_squares()
     if problem is None:  # not bilinear: ALS must be refused, naming the model
@@ -87,7 +106,14 @@ def test_model_overfits_a_tiny_set_by_als_or_refuses_it(name):
 def test_model_rejects_bad_hyperparameters(name):
     spec = yaml.safe_load(MODELS[name].read_text())
     regularizers = [k for k in REGULARIZERS if k in spec]
-    assert regularizers, f"{name}: a rating model should expose its regularization"
+    if name in SAMPLED:  # its priors' precisions are sampled; the settings it has are checked instead
+        regularizers = []
+        with pytest.raises(ValueError, match="model.burn_in=-1"):
+            build(name, fake_facts(), burn_in=-1)
+        with pytest.raises(ValueError, match="model.hyper='normal'"):
+            build(name, fake_facts(), hyper="normal")
+    else:
+        assert regularizers, f"{name}: a rating model should expose its regularization"
     for key in regularizers:
         with pytest.raises(ValueError, match=f"model.{key}=-1.0"):
             build(name, fake_facts(), **{key: -1.0})
@@ -113,7 +139,9 @@ def test_model_saves_primitives_and_loads_from_a_lightning_checkpoint(name, udat
     dm.setup()
     model = build(name, dm.facts())
     json.dumps(dict(model.hparams))  # primitives only: weights_only loading needs nothing else
-    assert model.hparams.data == dm.facts().as_dict() and model.hparams.optimizer["_target_"] == "torch.optim.Adam"
+    spec = yaml.safe_load(MODELS[name].read_text())
+    assert model.hparams.data == dm.facts().as_dict()
+    assert model.hparams.optimizer["_target_"] == spec["optimizer"]["_target_"]
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
@@ -152,8 +180,8 @@ def test_closed_form_gradients_equal_autograd(name):
     spec = yaml.safe_load(MODELS[name].read_text())
     model = build(name, fake_facts(20, 15, len(ratings), float(ratings.mean())),
                   **({"init_std": 0.3} if "init_std" in spec else {})).double()
-    if not callable(getattr(model, "gradients", None)):  # models without closed-form gradients use autograd
-        assert model.automatic_optimization
+    if not callable(getattr(model, "gradients", None)):  # without closed-form gradients: autograd, if by gradient
+        assert model.automatic_optimization is (model.hparams.solver == "gradient")
         return
     assert not model.automatic_optimization
     with torch.no_grad():
