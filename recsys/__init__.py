@@ -8,8 +8,12 @@ __all__ = ["Recommender", "load"]
 
 
 def __getattr__(name: str):
-    if name in __all__:  # imported on first use: `import recsys` stays light
+    if name == "load":  # imported on first use: `import recsys` stays light
+        from recsys import blend
+
+        return blend.load  # a run, a checkpoint or a blend directory
+    if name == "Recommender":
         from recsys import recommender
 
-        return getattr(recommender, name)
+        return recommender.Recommender
     raise AttributeError(f"module 'recsys' has no attribute {name!r}")

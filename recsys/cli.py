@@ -4,6 +4,7 @@
     recsys recommend RUN --user 196 [-n 10] [--format table|csv|json] [--strict]
     recsys recommend RUN --users-file users.txt [-n 10] > top10.csv
     recsys evaluate RUN [data.path=other.csv ...] [--k 10 ...] [--relevance-threshold 4.0]
+    recsys blend RUN1 RUN2 [RUN3 ...] [--out DIR] [--ridge 1.0]
 
 RUN is a run directory or a .ckpt file. Errors (a missing run, a file that is not a recsys checkpoint, an
 unknown id with --strict, -n 0) print one line naming the problem and exit with code 2.
@@ -20,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recsys.recommender import Recommender, load
+from recsys.blend import blend_runs, load
+from recsys.recommender import Recommender
 
 USAGE_ERROR = 2
 
@@ -129,12 +131,33 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", help="data.<key>=<value>, e.g. data.path=ratings.csv")
     ev.add_argument("--k", type=int, action="append", help="ranking cut-off (repeatable; default 10)")
     ev.add_argument("--relevance-threshold", type=float, default=4.0)
+    bl = sub.add_parser("blend", help="ridge blend of runs fitted on their common validation split")
+    bl.add_argument("runs", nargs="+")
+    bl.add_argument("--out", help="the blend's run directory (default outputs/blend/<date>_<time>)")
+    bl.add_argument("--ridge", type=float, default=1.0, help="penalty on the weights (the intercept is free)")
     return p
+
+
+def _blend(args) -> None:
+    if args.ridge < 0:
+        raise ValueError(f"--ridge {args.ridge}: must be >= 0")
+    result = blend_runs(args.runs, args.out, args.ridge)
+    width = max(len(m["run"]) for m in result["members"])
+    print(f"{'member':<{width}}  model         weight   val RMSE  test RMSE  test MAE")
+    for m in result["members"]:
+        print(f"{m['run']:<{width}}  {m['model']:<12} {m['weight']:>7.4f}   {m['val/rmse']:.4f}    "
+              f"{m['test/rmse']:.4f}    {m['test/mae']:.4f}")
+    print(f"{'blend (intercept ' + format(result['intercept'], '.4f') + ')':<{width}}  {'':<12} {'':>7}   "
+          f"{result['val/rmse']:.4f}    {result['test/rmse']:.4f}    {result['test/mae']:.4f}")
+    print(f"-> {result['out']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command == "blend":
+            _blend(args)
+            return 0
         rec = load(args.run)
         {"predict": _predict, "recommend": _recommend, "evaluate": _evaluate}[args.command](rec, args)
     except (ValueError, KeyError, FileNotFoundError) as err:

@@ -5,6 +5,7 @@ plus collate. Under DDP every global batch is cut into ``world_size`` disjoint p
 takes ``batch_size / world_size`` ratings a step, all ranks take the same number of steps, and every
 training rating is seen exactly once per epoch in total. Evaluation sets are cut into contiguous,
 disjoint shards (no padding, no duplicates), so metrics synced across ranks count each rating once.
+``batch_by=item`` batches whole items instead (:class:`ItemBatches`, for I-AutoRec).
 """
 
 from __future__ import annotations
@@ -38,6 +39,53 @@ def user_item_csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple
     indptr = np.zeros(num_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(users, minlength=num_users), out=indptr[1:])
     return indptr, items[order].astype(np.int32)
+
+
+class ItemBatches(IterableDataset):
+    """Training batches of whole items: every training rating of an item comes in the same batch (I-AutoRec
+    encodes an item from all its ratings). Each epoch shuffles the items (seeded by ``seed`` and the epoch)
+    and cuts them into a fixed number of batches of ``items_per_batch`` items, about ``batch_size`` ratings
+    each; under DDP each rank takes a contiguous share of each batch's items (never part of an item).
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, epoch_fn: Callable[[], int] | None = None):
+        self.seed, self.rank, self.world_size, self.epoch_fn = seed, rank, world_size, epoch_fn
+        self._epochs = 0
+        items = tensors[1]
+        order = torch.argsort(items, stable=True)
+        self.tensors = tuple(t[order] for t in tensors)  # sorted by item: each item's ratings contiguous
+        counts = torch.bincount(items.cpu())
+        self.active = torch.nonzero(counts).squeeze(1)  # items with training ratings
+        self.counts = counts[self.active]
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+        n_items, n = len(self.active), len(items)
+        self.items_per_batch = max(world_size, min(n_items, -(-batch_size * n_items // max(n, 1))))
+        bounds = list(range(0, n_items, self.items_per_batch)) + [n_items]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < world_size:  # too few items for every rank: merge
+            del bounds[-2]
+        self.bounds = bounds
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        epoch = self.epoch_fn() if self.epoch_fn else self._epochs
+        self._epochs += 1
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(self.active), generator=gen)
+        lengths, starts = self.counts[perm], self.starts[perm]
+        ends = torch.cumsum(lengths, 0)
+        # the permuted items' rating positions, one gather per epoch: batches are slices of it
+        offsets = torch.arange(int(ends[-1])) - (ends - lengths).repeat_interleave(lengths)
+        index = (starts.repeat_interleave(lengths) + offsets).to(self.tensors[0].device)
+        shuffled = tuple(t[index] for t in self.tensors)
+        ends = ends.tolist()
+        for lo, hi in zip(self.bounds[:-1], self.bounds[1:]):
+            mine = torch.arange(lo, hi).tensor_split(self.world_size)[self.rank]  # this rank's items
+            a = ends[int(mine[0]) - 1] if int(mine[0]) > 0 else 0
+            b = ends[int(mine[-1])]
+            yield tuple(t[a:b] for t in shuffled)
 
 
 class RatingBatches(IterableDataset):
@@ -93,7 +141,8 @@ class RatingsDataModule(L.LightningDataModule):
     """Ratings of one data set, id-mapped and split; see :func:`recsys.data.split_ratings`.
 
     ``batch_size`` is global: under DDP each rank takes ``batch_size / world_size`` a step; ``None``
-    (or 0) takes the whole training set each step (full-batch gradient).
+    (or 0) takes the whole training set each step (full-batch gradient). ``batch_by=item``: each training
+    batch holds every training rating of its items, about ``batch_size`` ratings (:class:`ItemBatches`).
     ``val_ratio`` and ``test_ratio`` are fractions of all ratings; validation is carved from train.
     ``name``, ``path``, ``root``, the scale, ``format``, ``columns``, ``sep``, ``duplicates``,
     ``num_ratings``, ``generator`` and ``cache`` are the reading settings: kept flat for the command
@@ -109,7 +158,8 @@ class RatingsDataModule(L.LightningDataModule):
                  test_ratio: Fraction = 0.1, val_ratio: Fraction = 0.05, split_seed: int = 0,
                  leave_last_n: Size = 1, folds: Annotated[int, AtLeast(2)] | None = None,
                  fold: Annotated[int, AtLeast(0)] = 0,
-                 batch_size: Size | None = 4096, eval_batch_size: Size = 65536, shuffle_seed: int = 0):
+                 batch_size: Size | None = 4096, eval_batch_size: Size = 65536, shuffle_seed: int = 0,
+                 batch_by: Annotated[str, OneOf("rating", "item")] = "rating"):
         # every setting checked before any work: types and ranges from this signature (recsys.validation)
         settings = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         validation.check_arguments(RatingsDataModule.__init__, settings, "data.")
@@ -203,6 +253,16 @@ class RatingsDataModule(L.LightningDataModule):
         batch, world = self.hparams.batch_size, self.trainer.world_size if self.trainer is not None else 1
         if batch and batch % world:
             raise ValueError(f"data.batch_size={batch} is global and must divide by the world size {world}")
+        if self.hparams.batch_by == "item":  # whole items per batch (I-AutoRec)
+            trainer = self.trainer
+            rank = trainer.global_rank if trainer is not None else 0
+            tensors = self.train_set
+            if trainer is not None and trainer.strategy.root_device.type == "cuda":
+                tensors = tuple(t.to(trainer.strategy.root_device) for t in tensors)
+            epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
+            ds = ItemBatches(tensors, batch or len(self.train_set[0]), self.hparams.shuffle_seed, rank, world,
+                             epoch_fn)
+            return DataLoader(ds, batch_size=None, num_workers=0)
         return self._loader(self.train_set, batch or len(self.train_set[0]), True)
 
     def val_dataloader(self) -> DataLoader:

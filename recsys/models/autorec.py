@@ -1,0 +1,91 @@
+"""I-AutoRec (Sedhain, Menon, Sanner & Xie 2015, "AutoRec: Autoencoders Meet Collaborative Filtering", WWW):
+each item's vector of user ratings r_i ∈ R^m (unobserved entries 0) is encoded and decoded,
+
+    h_i = g(V r_i + μ),   r̂_i = W h_i + b,   g the logistic function, identity output,
+
+    min  Σ_i Σ_{u ∈ O_i} (r_ui − r̂_ui)² + λ/2 (‖W‖²_F + ‖V‖²_F),
+
+the loss on observed entries only. The prediction of user u's rating of item i is r̂_i[u] = W_u·h_i + b_u.
+
+Training batches are whole items (``data.batch_by=item``, set by configs/regime/autorec.yaml): a batch's
+ratings are every training rating of its items, so each item's code h_i is exact. The minibatch loss is
+the batch mean of (r − r̂)² plus λ/(2N)(‖W‖² + ‖V‖²), N the training ratings: an estimate of the objective
+over N. Predictions use the items' codes from the whole training set (``codes``, refreshed before every
+validation and test from the datamodule's training set and saved with the weights, so ``recsys.load``
+needs no data). Users or items without training ratings fall back to the training mean, as the base does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recsys.models.base import RatingModel
+from recsys.validation import NonNegative, Size
+
+CHUNK = 1 << 16  # training ratings encoded at once when refreshing the codes: bounds memory at O(CHUNK · hidden)
+
+
+class AutoRec(RatingModel):
+    default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.001, "weight_decay": 0.0}
+
+    def __init__(self, hidden: Size = 500, reg: NonNegative = 1.0, init_std: NonNegative = 0.03):
+        super().__init__()
+        n_users, n_items = self.data.num_users, self.data.num_items
+        self.encoder = nn.Embedding(n_users, hidden)  # V's column per user
+        self.encoder_bias = nn.Parameter(torch.zeros(hidden))  # μ
+        self.decoder = nn.Embedding(n_users, hidden)  # W's row per user
+        self.decoder_bias = nn.Embedding(n_users, 1)  # b
+        nn.init.normal_(self.encoder.weight, std=init_std)
+        nn.init.normal_(self.decoder.weight, std=init_std)
+        nn.init.constant_(self.decoder_bias.weight, float(self.data.global_mean))
+        self.reg = reg
+        self.register_buffer("codes", torch.zeros(n_items, hidden))  # h_i from the whole training set
+        self._codes_step = None  # the global step the codes were computed at
+
+    def _encode(self, users, items, ratings, n_rows: int, rows: torch.Tensor) -> torch.Tensor:
+        """g(V r + μ) for ``n_rows`` items; ``rows`` maps each rating to its item's row."""
+        z = self.encoder.weight.new_zeros(n_rows, self.encoder.embedding_dim)
+        z = z.index_add(0, rows, self.encoder(users) * ratings.unsqueeze(1).to(z.dtype))
+        return torch.sigmoid(z + self.encoder_bias)
+
+    def objective(self, users, items, ratings):
+        """The batch's items encoded from their ratings (a batch holds whole items), decoded at the observed
+        entries: mean squared error plus the weight penalty's share."""
+        unique, rows = torch.unique(items, return_inverse=True)
+        h = self._encode(users, items, ratings, len(unique), rows)
+        pred = (self.decoder(users) * h[rows]).sum(1) + self.decoder_bias(users).squeeze(1)
+        penalty = self.encoder.weight.square().sum() + self.decoder.weight.square().sum()
+        return (ratings - pred).square().mean() + 0.5 * self.reg * penalty / self.data.num_train
+
+    def forward(self, users, items):
+        return (self.decoder(users) * self.codes[items]).sum(1) + self.decoder_bias(users).squeeze(1)
+
+    @torch.no_grad()
+    def refresh_codes(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
+        """Every item's code from the whole training set (chunks of ratings, summed before the sigmoid)."""
+        device = self.codes.device
+        z = torch.zeros_like(self.codes)
+        for lo in range(0, len(ratings), CHUNK):
+            u, i, r = (t[lo:lo + CHUNK].to(device) for t in (users, items, ratings))
+            z.index_add_(0, i, self.encoder(u) * r.unsqueeze(1).to(z.dtype))
+        self.codes.copy_(torch.sigmoid(z + self.encoder_bias))
+
+    def _refresh_from_datamodule(self) -> None:
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "train_set"):
+            return  # outside a run (e.g. recsys.load): the saved codes serve
+        if self._codes_step != trainer.global_step:
+            self.refresh_codes(*datamodule.train_set)
+            self._codes_step = trainer.global_step
+
+    def on_validation_epoch_start(self) -> None:
+        self._refresh_from_datamodule()
+
+    def on_test_epoch_start(self) -> None:
+        self._codes_step = None  # the tested weights may be a checkpoint's: encode with them
+        self._refresh_from_datamodule()
+
+    def on_predict_epoch_start(self) -> None:
+        self._refresh_from_datamodule()
