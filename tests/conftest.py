@@ -72,3 +72,21 @@ def compose_cfg(tmp_path, udata):
                 "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", *overrides])
 
     return make
+
+
+def gloo_collectives(world: int):
+    """(gather, reduce) over an initialized gloo group: all-gather as (world, *t.shape), and sum."""
+    import torch
+    import torch.distributed as dist
+
+    def gather(t):
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.stack(parts)
+
+    def reduce(t):
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    return gather, reduce

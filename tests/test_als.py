@@ -5,7 +5,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import fake_facts
+from conftest import fake_facts, gloo_collectives
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -245,16 +245,7 @@ def _sharded_worker(rank, world, init, users, items, ratings, state, solve, out)
         model = BiasedMF(data=fake_facts(60, 40, len(ratings), float(ratings.mean())), dim=5, reg=0.1,
                          solver="als", als_solve=solve)
         model.load_state_dict(state)
-
-        def gather(t):
-            parts = [torch.empty_like(t) for _ in range(world)]
-            dist.all_gather(parts, t.contiguous())
-            return torch.stack(parts)
-
-        def reduce(t):
-            t = t.clone()
-            dist.all_reduce(t)
-            return t
+        gather, reduce = gloo_collectives(world)
 
         shard = torch.arange(len(ratings)).tensor_split(world)[rank]  # each rank starts from its own ratings
         users_all, items_all, ratings_all = als._gather_ratings(gather, users[shard], items[shard], ratings[shard])

@@ -419,12 +419,19 @@ class ALS:
                                     reduce)
         return self._sweeper
 
-    @torch.no_grad()
-    def training_step(self, model, batch, batch_idx: int) -> torch.Tensor | None:
+    def _whole_epoch(self, model, batch, batch_idx: int) -> list | None:
+        """The epoch's batches once its last one has come (None before): a closed-form step uses them all."""
         self._batches.append(batch)
         if batch_idx + 1 < model.trainer.num_training_batches:
             return None
         batches, self._batches = self._batches, []
+        return batches
+
+    @torch.no_grad()
+    def training_step(self, model, batch, batch_idx: int) -> torch.Tensor | None:
+        batches = self._whole_epoch(model, batch, batch_idx)
+        if batches is None:
+            return None
         problem = model.least_squares()
         try:
             objective = self._sweeper_for(model, batches).epoch(problem)

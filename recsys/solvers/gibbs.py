@@ -141,10 +141,9 @@ class Gibbs(ALS):
 
     @torch.no_grad()
     def training_step(self, model, batch, batch_idx: int) -> torch.Tensor | None:
-        self._batches.append(batch)
-        if batch_idx + 1 < model.trainer.num_training_batches:
+        batches = self._whole_epoch(model, batch, batch_idx)
+        if batches is None:
             return None
-        batches, self._batches = self._batches, []
         datamodule = getattr(model.trainer, "datamodule", None)
         if len(model.pair_keys) == 0 and hasattr(datamodule, "val_set"):  # predictions to average: val and test
             model.track(*(torch.cat([datamodule.val_set[k], datamodule.test_set[k]]) for k in (0, 1)))

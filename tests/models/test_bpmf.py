@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import fake_facts
+from conftest import fake_facts, gloo_collectives
 
 import recsys
 from recsys.models.bpmf import BPMF
@@ -104,16 +104,7 @@ def _ddp_worker(rank, world, init, users, items, ratings, state, hyper, out):
         model = _model(ratings, 50, 30, dim=4, burn_in=1, hyper=hyper)
         model.track(torch.arange(10), torch.arange(10))
         model.load_state_dict(state)
-
-        def gather(t):
-            parts = [torch.empty_like(t) for _ in range(world)]
-            dist.all_gather(parts, t.contiguous())
-            return torch.stack(parts)
-
-        def reduce(t):
-            t = t.clone()
-            dist.all_reduce(t)
-            return t
+        gather, reduce = gloo_collectives(world)
 
         _chain(model, users, items, ratings, 5, rank=rank, world=world, gather=gather, reduce=reduce)
         if rank == 0:
