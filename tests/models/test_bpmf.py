@@ -47,9 +47,9 @@ def test_draws_have_the_conditionals_mean_and_covariance():
     sweeper = als.Sweeper(problem, users, items, r)
     mu, lam, alpha = torch.tensor([0.1, -0.2, 0.05]), torch.diag(torch.tensor([2.0, 3.0, 4.0])), 1.7
     # the conditional of user 0, from its ratings (items fixed): precision αG + Λ, mean A⁻¹(αb + Λμ)
-    f = torch.cat([problem.tables.item.weight, torch.ones(12, 1, dtype=torch.float64)], 1)
+    f = torch.cat([problem.tables.item.weight.detach(), torch.ones(12, 1, dtype=torch.float64)], 1)
     mine = users == 0
-    t = r[mine] - model.link.mu - problem.tables.item_bias.weight[items[mine], 0]
+    t = r[mine] - model.link.mu - problem.tables.item_bias.weight.detach()[items[mine], 0]
     a = alpha * f[items[mine]].T @ f[items[mine]] + lam
     mean = torch.linalg.solve(a, alpha * f[items[mine]].T @ t + lam @ mu)
     draws = []
