@@ -80,3 +80,29 @@ def test_a_split_that_leaves_a_set_empty_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"tiny.csv: 2 ratings split by data.split=random into .* the validation "
                                          r"and test set is empty"):
         dm.setup()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_item_batches_hold_whole_items_and_every_rating_once(world):
+    """batch_by=item (I-AutoRec): a batch holds every rating of its items, ranks hold disjoint items."""
+    from recsys.data.datamodule import ItemBatches
+
+    g = torch.Generator().manual_seed(0)
+    items = torch.randint(0, 40, (600,), generator=g)
+    users = torch.arange(600)
+    tensors = (users, items, torch.rand(600, generator=g))
+    ranks = [ItemBatches(tensors, 100, seed=3, rank=r, world_size=world) for r in range(world)]
+    orders = []
+    for _epoch in range(2):
+        per_rank = [list(iter(ds)) for ds in ranks]
+        assert len({len(b) for b in per_rank}) == 1 and all(len(b) == len(ds) for b, ds in zip(per_rank, ranks))
+        seen = torch.cat([b[0] for batches in per_rank for b in batches])
+        assert torch.equal(seen.sort().values, users)  # every rating exactly once
+        for step in zip(*per_rank):
+            parts = [set(b[1].tolist()) for b in step]
+            assert all(p for p in parts) and sum(map(len, parts)) == len(set().union(*parts))  # disjoint items
+            for b in step:  # whole items: all of an item's ratings
+                for i in set(b[1].tolist()):
+                    assert int((b[1] == i).sum()) == int((items == i).sum())
+        orders.append(torch.cat([b[1] for b in per_rank[0]]))
+    assert not torch.equal(orders[0], orders[1])  # items reshuffled each epoch
