@@ -10,6 +10,10 @@ checkpoint choice as ``train.py`` does; the peers have no use for it, so validat
 training set. Each system predicts the same test ratings, clipped to the rating scale, with the global mean
 (plus whatever bias is known) for users or items it has not seen.
 
+The project's systems: each model's defaults, the data set's presets (``experiment=<data>_<model>``, where
+configs/experiment has one) and blends of those runs (``recsys blend``, fitted on the validation split; its fit
+time is the sum of its members'). ``--only TEXT`` runs the systems whose name contains TEXT and prints them.
+
 Fit seconds: for the project, ``fit_seconds`` of metrics.json (the whole Lightning fit: every epoch's
 training, validation and checkpoints); for a peer, its ``fit`` call. Writes ``benchmarks/results/<data>.md``
 (test RMSE mean ± std over the seeds, fit seconds, and each system's fit time relative to the fastest
@@ -43,19 +47,49 @@ OURS = {
     "recsys pmf ALS": ["model=pmf", "model.solver=als"],
     "recsys baseline ALS": ["model=baseline", "model.solver=als"],
     "recsys bpmf": ["model=bpmf"],
+    "recsys autorec": ["model=autorec"],
 }
+#: presets (configs/experiment/<data>_<model>.yaml, found by hparams_search=optuna on val/rmse), where present
+PRESETS = ("mf", "pmf", "pmf_sigmoid", "bpmf", "autorec")
+#: blends of the runs above (``recsys blend``: ridge on the validation split); fit time = the members' sum
+BLENDS = {"recsys blend (bpmf, mf, autorec)": ("bpmf", "mf", "autorec")}
 
 
-def run_ours(overrides: list[str], data: str, seed: int) -> tuple[float, float]:
-    """(test RMSE, fit seconds) of one train.py run, in a subprocess as a user runs it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "train.py"), f"data={data}", f"data.split_seed={seed}", "logger=none",
-               "progress=none", "eval.ranking=false", f"hydra.run.dir={tmp}/run", *overrides]
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
-        metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+def ours(data: str) -> dict[str, list[str]]:
+    """The project's systems for ``data``: the defaults above, then the data set's presets."""
+    systems = dict(OURS)
+    for model in PRESETS:
+        if (ROOT / "configs" / "experiment" / f"{data}_{model}.yaml").exists():
+            systems[f"recsys {model} (preset {data}_{model})"] = [f"experiment={data}_{model}"]
+    return systems
+
+
+def member(name: str, model: str) -> bool:
+    """Whether the system ``name`` is a run of ``model`` (its preset when there is one, else its defaults)."""
+    return name.split(" ")[1] == model
+
+
+def run_ours(overrides: list[str], data: str, seed: int, run: Path) -> tuple[float, float]:
+    """(test RMSE, fit seconds) of one train.py run into ``run``, in a subprocess as a user runs it."""
+    cmd = [sys.executable, str(ROOT / "train.py"), f"data={data}", f"data.split_seed={seed}", "logger=none",
+           "progress=none", "eval.ranking=false", f"hydra.run.dir={run}", *overrides]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+    metrics = json.loads((run / "metrics.json").read_text())
     return metrics["test/rmse"], metrics["fit_seconds"]
+
+
+def run_blend(runs: dict[str, Path], fits: dict[str, float], models: tuple[str, ...], out: Path):
+    """(test RMSE, summed fit seconds) of the blend of each model's best-named run (preset, else defaults)."""
+    from recsys.blend import blend_runs
+
+    chosen = []
+    for model in models:
+        names = [n for n in runs if member(n, model)]
+        chosen.append(next((n for n in names if "preset" in n), names[0]))
+    result = blend_runs([runs[n] for n in chosen], out)
+    return result["test/rmse"], sum(fits[n] for n in chosen)
 
 
 # -- peers: each takes (train users, items, ratings as numpy) and returns (predict(users, items), seconds) ----
@@ -255,11 +289,23 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {}
     for seed in seeds:
         (u, i, r), (tu, ti, tr) = split(args.data, seed)
-        for name, overrides in OURS.items():
-            if args.only and args.only not in name:
-                continue
-            results.setdefault(name, []).append(run_ours(overrides, args.data, seed))
-            print(f"seed {seed} {name}: RMSE {results[name][-1][0]:.4f}, fit {results[name][-1][1]:.2f} s", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            runs, fits = {}, {}
+            for n, (name, overrides) in enumerate(ours(args.data).items()):
+                wanted = not args.only or args.only in name or (
+                    args.only in "recsys blend" and any(member(name, m) for b in BLENDS.values() for m in b))
+                if not wanted:
+                    continue
+                runs[name] = Path(tmp) / f"run{n}"
+                results.setdefault(name, []).append(run_ours(overrides, args.data, seed, runs[name]))
+                fits[name] = results[name][-1][1]
+                print(f"seed {seed} {name}: RMSE {results[name][-1][0]:.4f}, fit {fits[name]:.2f} s", flush=True)
+            for name, models in BLENDS.items():
+                if (args.only and args.only not in name) or not all(any(member(n, m) for n in runs) for m in models):
+                    continue
+                results.setdefault(name, []).append(run_blend(runs, fits, models, Path(tmp) / "blend"))
+                print(f"seed {seed} {name}: RMSE {results[name][-1][0]:.4f}, fit {results[name][-1][1]:.2f} s",
+                      flush=True)
         for name, fit in peers(args.data).items():
             if args.only and args.only not in name:
                 continue

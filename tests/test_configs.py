@@ -167,3 +167,28 @@ def test_readme_results_tables_are_the_benchmarks_files():
         assert rows, path
         missing = [row for row in rows if row not in readme]
         assert not missing, f"README lacks {path.name}'s rows (copy the file's table): {missing[:2]}"
+
+
+PRESETS = sorted((CONFIGS / "experiment").glob("ml*_*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
+def test_presets_open_with_the_search_that_found_them_and_tune_only_its_space(path):
+    """configs/experiment/<data>_<model>.yaml: found by hparams_search=optuna on val/rmse; its values lie in the
+    model's search space and the run composes with them."""
+    data, model = path.stem.split("_", 1)
+    text = path.read_text()
+    assert f"python train.py -m hparams_search=optuna data={data} model={model}" in text.split("defaults:")[0]
+    cfg = composed(f"experiment={path.stem}")
+    assert cfg.data.name == {"ml100k": "ml-100k", "ml1m": "ml-1m"}[data]
+    assert cfg.model._target_.startswith(f"recsys.models.{model}.")
+    space = yaml.safe_load((CONFIGS / "hparams_search" / "space" / f"optuna_{model}.yaml").read_text())
+    tuned = yaml.safe_load(text)["model"]
+
+    def keys(node, prefix="model"):
+        for k, v in node.items():
+            yield from keys(v, f"{prefix}.{k}") if isinstance(v, dict) else [f"{prefix}.{k}"]
+
+    assert set(keys(tuned)) <= set(space), "a preset sets only what its search tuned"
+    model_cfg = instantiate(cfg.model, data=fake_facts())
+    assert isinstance(model_cfg, RatingModel)
