@@ -69,6 +69,13 @@ def member(name: str, model: str) -> bool:
     return name.split(" ")[1] == model
 
 
+def selected(name: str, only: str | None) -> bool:
+    """Whether ``--only`` selects a system of ours: by its name, or as a member of a selected blend."""
+    if not only or only in name:
+        return True
+    return any(only in blend and any(member(name, m) for m in models) for blend, models in BLENDS.items())
+
+
 def run_ours(overrides: list[str], data: str, seed: int, run: Path) -> tuple[float, float]:
     """(test RMSE, fit seconds) of one train.py run into ``run``, in a subprocess as a user runs it."""
     cmd = [sys.executable, str(ROOT / "train.py"), f"data={data}", f"data.split_seed={seed}", "logger=none",
@@ -292,9 +299,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             runs, fits = {}, {}
             for n, (name, overrides) in enumerate(ours(args.data).items()):
-                wanted = not args.only or args.only in name or (
-                    args.only in "recsys blend" and any(member(name, m) for b in BLENDS.values() for m in b))
-                if not wanted:
+                if not selected(name, args.only):
                     continue
                 runs[name] = Path(tmp) / f"run{n}"
                 results.setdefault(name, []).append(run_ours(overrides, args.data, seed, runs[name]))

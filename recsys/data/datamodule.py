@@ -239,31 +239,24 @@ class RatingsDataModule(L.LightningDataModule):
                              torch.cat([self.train_set[1], self.val_set[1]]).numpy(), self.num_users)
 
     # -- loaders --------------------------------------------------------------------------------
-    def _loader(self, tensors, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, tensors, batch_size: int, shuffle: bool, by_item: bool = False) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if trainer is not None and trainer.strategy.root_device.type == "cuda":
             # the ratings live on the GPU (ML-25M is ~300 MB): batches are slices there, no copies
             tensors = tuple(t.to(trainer.strategy.root_device) for t in tensors)
         epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
-        ds = RatingBatches(tensors, batch_size, shuffle, self.hparams.shuffle_seed, rank, world, epoch_fn)
+        seed = self.hparams.shuffle_seed
+        ds = ItemBatches(tensors, batch_size, seed, rank, world, epoch_fn) if by_item else \
+            RatingBatches(tensors, batch_size, shuffle, seed, rank, world, epoch_fn)
         return DataLoader(ds, batch_size=None, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:
         batch, world = self.hparams.batch_size, self.trainer.world_size if self.trainer is not None else 1
         if batch and batch % world:
             raise ValueError(f"data.batch_size={batch} is global and must divide by the world size {world}")
-        if self.hparams.batch_by == "item":  # whole items per batch (I-AutoRec)
-            trainer = self.trainer
-            rank = trainer.global_rank if trainer is not None else 0
-            tensors = self.train_set
-            if trainer is not None and trainer.strategy.root_device.type == "cuda":
-                tensors = tuple(t.to(trainer.strategy.root_device) for t in tensors)
-            epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
-            ds = ItemBatches(tensors, batch or len(self.train_set[0]), self.hparams.shuffle_seed, rank, world,
-                             epoch_fn)
-            return DataLoader(ds, batch_size=None, num_workers=0)
-        return self._loader(self.train_set, batch or len(self.train_set[0]), True)
+        # batch_by=item: whole items per batch (I-AutoRec)
+        return self._loader(self.train_set, batch or len(self.train_set[0]), True, self.hparams.batch_by == "item")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size, False)

@@ -43,17 +43,20 @@ class AutoRec(RatingModel):
         self.register_buffer("codes", torch.zeros(n_items, hidden))  # h_i from the whole training set
         self._codes_step = None  # the global step the codes were computed at
 
-    def _encode(self, users, items, ratings, n_rows: int, rows: torch.Tensor) -> torch.Tensor:
+    def _add_inputs(self, z: torch.Tensor, rows: torch.Tensor, users, ratings) -> torch.Tensor:
+        """z + V r: each rating's encoder column, scaled by the rating, summed into its item's row of z."""
+        return z.index_add(0, rows, self.encoder(users) * ratings.unsqueeze(1).to(z.dtype))
+
+    def _encode(self, users, ratings, n_rows: int, rows: torch.Tensor) -> torch.Tensor:
         """g(V r + μ) for ``n_rows`` items; ``rows`` maps each rating to its item's row."""
         z = self.encoder.weight.new_zeros(n_rows, self.encoder.embedding_dim)
-        z = z.index_add(0, rows, self.encoder(users) * ratings.unsqueeze(1).to(z.dtype))
-        return torch.sigmoid(z + self.encoder_bias)
+        return torch.sigmoid(self._add_inputs(z, rows, users, ratings) + self.encoder_bias)
 
     def objective(self, users, items, ratings):
         """The batch's items encoded from their ratings (a batch holds whole items), decoded at the observed
         entries: mean squared error plus the weight penalty's share."""
         unique, rows = torch.unique(items, return_inverse=True)
-        h = self._encode(users, items, ratings, len(unique), rows)
+        h = self._encode(users, ratings, len(unique), rows)
         pred = (self.decoder(users) * h[rows]).sum(1) + self.decoder_bias(users).squeeze(1)
         penalty = self.encoder.weight.square().sum() + self.decoder.weight.square().sum()
         return (ratings - pred).square().mean() + 0.5 * self.reg * penalty / self.data.num_train
@@ -68,7 +71,7 @@ class AutoRec(RatingModel):
         z = torch.zeros_like(self.codes)
         for lo in range(0, len(ratings), CHUNK):
             u, i, r = (t[lo:lo + CHUNK].to(device) for t in (users, items, ratings))
-            z.index_add_(0, i, self.encoder(u) * r.unsqueeze(1).to(z.dtype))
+            z = self._add_inputs(z, i, u, r)
         self.codes.copy_(torch.sigmoid(z + self.encoder_bias))
 
     def _refresh_from_datamodule(self) -> None:

@@ -162,10 +162,10 @@ class Gibbs(ALS):
         """One sweep of the chain; returns the training squared error after it (summed over ranks)."""
         problem, seed, kind = model.chain(), int(model.hparams.seed), model.hparams.hyper
         for s, side in enumerate(("user", "item")):
-            gen = rng(seed, epoch, f"{side}_hyper")
-            mu, lam = sample_hyper(problem.weights(side), kind, model.hyper_mu[s].double().cpu(), gen)
+            rows = problem.weights(side)
+            mu, lam = sample_hyper(rows, kind, model.hyper_mu[s].double().cpu(), rng(seed, epoch, f"{side}_hyper"))
             model.hyper_mu[s], model.hyper_lam[s] = mu.to(model.hyper_mu), lam.to(model.hyper_lam)
-            n_rows, width = problem.weights(side).shape
+            n_rows, width = rows.shape
             z = normals(seed, epoch, side, n_rows, width) if noise else None
             sse = sample_side(sweeper, problem, side, model.hyper_mu[s], model.hyper_lam[s],
                               float(model.alpha), None if z is None else z.to(model.hyper_mu.device))
