@@ -45,6 +45,7 @@ OURS = {
     "recsys mf ALS": ["model.solver=als"],
     "recsys pmf": ["model=pmf"],
     "recsys pmf ALS": ["model=pmf", "model.solver=als"],
+    "recsys pmf_sigmoid": ["model=pmf_sigmoid"],
     "recsys baseline ALS": ["model=baseline", "model.solver=als"],
     "recsys bpmf": ["model=bpmf"],
     "recsys autorec": ["model=autorec"],

@@ -9,6 +9,7 @@ import yaml
 from conftest import CONFIGS, fake_facts, model_configs
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
 from recsys.models.base import SHARED, RatingModel
 
@@ -175,11 +176,17 @@ PRESETS = sorted((CONFIGS / "experiment").glob("ml*_*.yaml"))
 @pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
 def test_presets_open_with_the_search_that_found_them_and_tune_only_its_space(path):
     """configs/experiment/<data>_<model>.yaml: found by hparams_search=optuna on val/rmse; its values lie in the
-    model's search space and the run composes with them."""
+    model's search space or are the settings the search ran with, and the run composes with them."""
     data, model = path.stem.split("_", 1)
     text = path.read_text()
-    assert f"python train.py -m hparams_search=optuna data={data} model={model}" in text.split("defaults:")[0]
+    search = f"python train.py -m hparams_search=optuna data={data} model={model}"
+    command = next(line for line in text.split("defaults:")[0].splitlines() if search in line)
+    ran_with = dict(arg.split("=", 1) for arg in command[command.index(search) + len(search):].split()
+                    if "=" in arg and arg.split("=")[0] not in ("logger", "progress", "eval.ranking")
+                    and not arg.startswith("hydra."))
     cfg = composed(f"experiment={path.stem}")
+    for key, value in ran_with.items():  # the preset keeps the settings its search ran with
+        assert str(OmegaConf.select(cfg, key)) == value, key
     assert cfg.data.name == {"ml100k": "ml-100k", "ml1m": "ml-1m"}[data]
     assert cfg.model._target_.startswith(f"recsys.models.{model}.")
     space = yaml.safe_load((CONFIGS / "hparams_search" / "space" / f"optuna_{model}.yaml").read_text())
@@ -189,6 +196,6 @@ def test_presets_open_with_the_search_that_found_them_and_tune_only_its_space(pa
         for k, v in node.items():
             yield from keys(v, f"{prefix}.{k}") if isinstance(v, dict) else [f"{prefix}.{k}"]
 
-    assert set(keys(tuned)) <= set(space), "a preset sets only what its search tuned"
+    assert set(keys(tuned)) <= set(space) | set(ran_with), "a preset sets only what its search tuned or ran with"
     model_cfg = instantiate(cfg.model, data=fake_facts())
     assert isinstance(model_cfg, RatingModel)

@@ -36,7 +36,7 @@ def _run(tmp_path_factory, data_file, name, *overrides):
 
 ALS = ("model=pmf", "model.solver=als", "model.dim=8", "trainer.max_epochs=3", "data.batch_size=4096")
 GRAD = ("model=mf", "trainer.max_epochs=4", "data.batch_size=1024")
-AUTOREC = ("model=autorec", "model.hidden=32", "trainer.max_epochs=4", "data.batch_size=2048")
+AUTOREC = ("model=autorec", "model.hidden=32", "trainer.max_epochs=10", "data.batch_size=2048")
 BPMF = ("model=bpmf", "model.dim=6", "model.burn_in=3", "trainer.max_epochs=8")
 DDP = ("trainer=ddp_cpu", "trainer.devices=2")
 
@@ -71,13 +71,17 @@ def test_bpmf_chain_with_two_processes_equals_one(bpmf_runs):
 
 
 def test_autorec_trains_under_ddp_with_whole_items_per_rank(tmp_path_factory, data_file):
-    """data.batch_by=item under DDP: each rank takes whole items; both ranks end with the same weights."""
-    (_, m1), (two, m2) = (_run(tmp_path_factory, data_file, "ar1", *AUTOREC, "trainer=cpu"),
-                          _run(tmp_path_factory, data_file, "ar2", *AUTOREC, *DDP))
+    """data.batch_by=item under DDP: each rank takes whole items; both ranks end with the same weights. The
+    regime sums every batch of an epoch into one Rprop step (several batches per epoch here)."""
+    (one, m1), (two, m2) = (_run(tmp_path_factory, data_file, "ar1", *AUTOREC, "trainer=cpu"),
+                            _run(tmp_path_factory, data_file, "ar2", *AUTOREC, *DDP))
     assert (m1["world_size"], m2["world_size"]) == (1, 2)
     assert m2["test/rmse"] < 1.2 and abs(m1["test/rmse"] - m2["test/rmse"]) < 0.1, (m1["test/rmse"], m2["test/rmse"])
-    state = torch.load(two / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert state["codes"].abs().sum() > 0  # the items' codes were encoded and saved with the weights
+    for run, metrics in ((one, m1), (two, m2)):
+        checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        assert checkpoint["global_step"] == metrics["epochs"] == 10  # one optimizer step per epoch
+        assert metrics["num_train"] > 2 * 2048  # ... over more than one batch per rank
+    assert checkpoint["state_dict"]["codes"].abs().sum() > 0  # the items' codes were encoded and saved
 
 
 def _factors(run):
