@@ -199,3 +199,19 @@ def test_presets_open_with_the_search_that_found_them_and_tune_only_its_space(pa
     assert set(keys(tuned)) <= set(space) | set(ran_with), "a preset sets only what its search tuned or ran with"
     model_cfg = instantiate(cfg.model, data=fake_facts())
     assert isinstance(model_cfg, RatingModel)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "data_defaults").glob("*.yaml")), ids=lambda p: p.stem)
+def test_data_defaults_apply_to_their_data_set_and_model_only(path):
+    """configs/data_defaults/<data>_<model>.yaml sets its keys for that pair; the command line and a preset
+    still win, ~data_defaults drops them, and the model's other data sets keep the model's own defaults."""
+    data, model = path.stem.split("_", 1)
+    keys = yaml.safe_load(path.read_text())
+    flat = {f"{section}.{k}": v for section, node in keys.items() for k, v in node.items()}
+    with_defaults = composed(f"data={data}", f"model={model}")
+    dropped = composed(f"data={data}", f"model={model}", "~data_defaults")
+    other = composed("data=ml100k" if data != "ml100k" else "data=ml1m", f"model={model}")
+    for key, value in flat.items():
+        assert OmegaConf.select(with_defaults, key) == value, key
+        assert OmegaConf.select(dropped, key) == OmegaConf.select(other, key) != value, key
+        assert OmegaConf.select(composed(f"data={data}", f"model={model}", f"{key}=7"), key) == 7, key
