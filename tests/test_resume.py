@@ -20,6 +20,8 @@ SETTINGS = {
     "gradient": ["model=mf", "model.dim=8", "data.batch_size=512", "trainer.max_epochs=6"],
     "als": ["model=pmf", "model.solver=als", "trainer.max_epochs=6"],
     "gibbs": ["model=bpmf", "model.dim=4", "model.burn_in=2", "trainer.max_epochs=6"],  # the very same chain
+    # full-batch Rprop over several item batches: the killed epoch's partial sum is redone, Rprop's steps restored
+    "rprop": ["model=autorec", "model.hidden=16", "data.batch_size=512", "trainer.max_epochs=6"],
 }
 
 
