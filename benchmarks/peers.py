@@ -295,6 +295,11 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")  # myFM's progress bar
     lenskit_threads(os.cpu_count() or 1)
     results: dict[str, list[tuple[float, float]]] = {}
+
+    def record(seed: int, name: str, rmse: float, seconds: float) -> None:
+        results.setdefault(name, []).append((rmse, seconds))
+        print(f"seed {seed} {name}: RMSE {rmse:.4f}, fit {seconds:.2f} s", flush=True)
+
     for seed in seeds:
         (u, i, r), (tu, ti, tr) = split(args.data, seed)
         with tempfile.TemporaryDirectory() as tmp:
@@ -303,23 +308,18 @@ def main() -> None:
                 if not selected(name, args.only):
                     continue
                 runs[name] = Path(tmp) / f"run{n}"
-                results.setdefault(name, []).append(run_ours(overrides, args.data, seed, runs[name]))
-                fits[name] = results[name][-1][1]
-                print(f"seed {seed} {name}: RMSE {results[name][-1][0]:.4f}, fit {fits[name]:.2f} s", flush=True)
+                rmse, fits[name] = run_ours(overrides, args.data, seed, runs[name])
+                record(seed, name, rmse, fits[name])
             for name, models in BLENDS.items():
                 if (args.only and args.only not in name) or not all(any(member(n, m) for n in runs) for m in models):
                     continue
-                results.setdefault(name, []).append(run_blend(runs, fits, models, Path(tmp) / "blend"))
-                print(f"seed {seed} {name}: RMSE {results[name][-1][0]:.4f}, fit {results[name][-1][1]:.2f} s",
-                      flush=True)
+                record(seed, name, *run_blend(runs, fits, models, Path(tmp) / "blend"))
         for name, fit in peers(args.data).items():
             if args.only and args.only not in name:
                 continue
             predict, seconds = fit(u, i, r)
             pred = np.clip(predict(tu, ti), 1.0, 5.0)
-            rmse = float(np.sqrt(np.mean((pred - tr) ** 2)))
-            results.setdefault(name, []).append((rmse, seconds))
-            print(f"seed {seed} {name}: RMSE {rmse:.4f}, fit {seconds:.2f} s", flush=True)
+            record(seed, name, float(np.sqrt(np.mean((pred - tr) ** 2))), seconds)
     if args.only:  # a subset: printed, the results files left as they are
         return
     print(write(args.data, seeds, results).read_text())

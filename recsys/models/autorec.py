@@ -61,11 +61,15 @@ class AutoRec(RatingModel):
         z = self.encoder.weight.new_zeros(n_rows, self.encoder.embedding_dim)
         return torch.sigmoid(self._add_inputs(z, rows, users, ratings) + self.encoder_bias)
 
+    def _dense_pays(self, n_items: int, n_ratings: int) -> bool:
+        """Whether ``n_items`` items' dense rating rows hold at most DENSE_PER_RATING cells per rating."""
+        return n_items * self.data.num_users <= DENSE_PER_RATING * n_ratings
+
     def objective(self, users, items, ratings):
         """The batch's items encoded from their ratings (a batch holds whole items), decoded at the observed
         entries: mean squared error plus the weight penalty's share."""
         unique, rows = torch.unique(items, return_inverse=True)
-        if len(unique) * self.data.num_users <= DENSE_PER_RATING * len(ratings):
+        if self._dense_pays(len(unique), len(ratings)):
             pred = self._decode_dense(users, ratings, len(unique), rows)
         else:
             h = self._encode(users, ratings, len(unique), rows)
@@ -94,7 +98,7 @@ class AutoRec(RatingModel):
         where the batch rule finds the matrix dense enough, else summed from chunks of ratings."""
         device = self.codes.device
         n_items, n_users = len(self.codes), self.data.num_users
-        if n_items * n_users <= DENSE_PER_RATING * len(ratings):
+        if self._dense_pays(n_items, len(ratings)):
             step = max(1, (CHUNK * self.codes.shape[1]) // n_users)  # items per chunk: O(CHUNK · hidden) cells
             users, items, ratings = users.to(device), items.to(device), ratings.to(device)
             for lo in range(0, n_items, step):
