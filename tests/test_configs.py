@@ -1,6 +1,7 @@
 """The configs as train.py composes them: each group holds its own keys, each default lives in one place."""
 
 import inspect
+import re
 import subprocess
 import sys
 
@@ -171,6 +172,14 @@ def test_readme_results_tables_are_the_benchmarks_files():
 
 
 PRESETS = sorted((CONFIGS / "experiment").glob("ml*_*.yaml"))
+SWEEP_EXPRESSION = re.compile(r"^(choice|range|interval|tag)\(")
+
+
+def in_sweep(value, expression: str) -> bool:
+    """Whether ``value`` lies in a Hydra sweep expression: choice(a,b,...) or [tag(log,]interval(lo,hi)[)]."""
+    inner = re.search(r"(choice|interval)\(([^()]*)\)", expression)
+    kind, items = inner.group(1), [float(x) for x in inner.group(2).split(",")]
+    return float(value) in items if kind == "choice" else items[0] <= float(value) <= items[1]
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
@@ -181,9 +190,13 @@ def test_presets_open_with_the_search_that_found_them_and_tune_only_its_space(pa
     text = path.read_text()
     search = f"python train.py -m hparams_search=optuna data={data} model={model}"
     command = next(line for line in text.split("defaults:")[0].splitlines() if search in line)
-    ran_with = dict(arg.split("=", 1) for arg in command[command.index(search) + len(search):].split()
-                    if "=" in arg and arg.split("=")[0] not in ("logger", "progress", "eval.ranking")
-                    and not arg.startswith("hydra."))
+    args = dict(arg.strip("'\"").split("=", 1) for arg in command[command.index(search) + len(search):].split()
+                if "=" in arg and arg.split("=")[0] not in ("logger", "progress", "eval.ranking")
+                and not arg.startswith("hydra."))
+    # a key given a sweep expression on the command line (choice(...), tag(log, interval(...))) was searched
+    # over that range instead of the space file's; any other key is a setting the search ran with
+    swept = {key for key, value in args.items() if SWEEP_EXPRESSION.match(value)}
+    ran_with = {key: value for key, value in args.items() if key not in swept}
     cfg = composed(f"experiment={path.stem}")
     for key, value in ran_with.items():  # the preset keeps the settings its search ran with
         assert str(OmegaConf.select(cfg, key)) == value, key
@@ -196,7 +209,9 @@ def test_presets_open_with_the_search_that_found_them_and_tune_only_its_space(pa
         for k, v in node.items():
             yield from keys(v, f"{prefix}.{k}") if isinstance(v, dict) else [f"{prefix}.{k}"]
 
-    assert set(keys(tuned)) <= set(space) | set(ran_with), "a preset sets only what its search tuned or ran with"
+    assert set(keys(tuned)) <= set(space) | swept | set(ran_with), "a preset sets only what its search tuned or ran with"
+    for key in swept:  # a value found by a command-line range lies in it
+        assert in_sweep(OmegaConf.select(cfg, key), args[key]), (key, args[key])
     model_cfg = instantiate(cfg.model, data=fake_facts())
     assert isinstance(model_cfg, RatingModel)
 
