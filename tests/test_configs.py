@@ -209,7 +209,8 @@ def test_presets_open_with_the_search_that_found_them_and_tune_only_its_space(pa
         for k, v in node.items():
             yield from keys(v, f"{prefix}.{k}") if isinstance(v, dict) else [f"{prefix}.{k}"]
 
-    assert set(keys(tuned)) <= set(space) | swept | set(ran_with), "a preset sets only what its search tuned or ran with"
+    searched = set(space) | swept | set(ran_with)
+    assert set(keys(tuned)) <= searched, "a preset sets only what its search tuned or ran with"
     for key in swept:  # a value found by a command-line range lies in it
         assert in_sweep(OmegaConf.select(cfg, key), args[key]), (key, args[key])
     model_cfg = instantiate(cfg.model, data=fake_facts())
