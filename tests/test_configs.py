@@ -176,10 +176,13 @@ SWEEP_EXPRESSION = re.compile(r"^(choice|range|interval|tag)\(")
 
 
 def in_sweep(value, expression: str) -> bool:
-    """Whether ``value`` lies in a Hydra sweep expression: choice(a,b,...) or [tag(log,]interval(lo,hi)[)]."""
-    inner = re.search(r"(choice|interval)\(([^()]*)\)", expression)
+    """Whether ``value`` lies in a Hydra sweep expression: choice(a,b,...), range(lo,hi[,step]) or
+    interval(lo,hi), each possibly inside tag(...)."""
+    inner = re.search(r"(choice|range|interval)\(([^()]*)\)", expression)
     kind, items = inner.group(1), [float(x) for x in inner.group(2).split(",")]
-    return float(value) in items if kind == "choice" else items[0] <= float(value) <= items[1]
+    if kind == "choice":
+        return float(value) in items
+    return items[0] <= float(value) < items[1] if kind == "range" else items[0] <= float(value) <= items[1]
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
