@@ -74,6 +74,9 @@ class BlendModel(nn.Module):
     def least_squares(self):
         return None
 
+    def fold_in(self, items, ratings, row=None) -> int:
+        raise NotImplementedError("a blend cannot fold in a user: fold the user into each member's run instead")
+
 
 def _run_info(run: Path) -> dict:
     path = run / "run_info.json"

@@ -67,7 +67,7 @@ def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,)
     from omegaconf import OmegaConf
 
     from recsys.data import RatingsDataModule, load_ratings
-    from recsys.evaluation import ranking_means, ranking_totals
+    from recsys.evaluation import ranking_metrics
 
     if rec.run_dir is None or not (rec.run_dir / "run_info.json").exists():
         raise ValueError("evaluate needs a run directory (its run_info.json holds the data and split settings)")
@@ -96,12 +96,12 @@ def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,)
            "ratings": len(ratings)}
     u, uk, _ = rec.lookup(users, "user")
     i, ik, _ = rec.lookup(items, "item")
-    liked = uk & ik & torch.as_tensor(ratings >= relevance_threshold, device=rec.device)
-    out["unknown_ratings"] = int((~(uk & ik)).sum())
+    known = (uk & ik).cpu()
+    out["unknown_ratings"] = int((~known).sum())
+    test = (u.cpu()[known], i.cpu()[known], torch.as_tensor(ratings, dtype=torch.float32)[known])
     with torch.no_grad():
-        totals = ranking_totals(rec.model.score_all_items, u[liked].cpu(), i[liked].cpu(), rec.seen,
-                                torch.as_tensor(rec.popularity), len(rec.items), ks, rec.device)
-    out.update(ranking_means(totals, ks))
+        out.update(ranking_metrics(rec.model.score_all_items, test, rec.seen, torch.as_tensor(rec.popularity),
+                                   len(rec.items), ks, relevance_threshold, rec.device))
     return out
 
 

@@ -16,23 +16,12 @@ rank takes every world_size-th user and the sums and counts are all-reduced, so 
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import torch
 
-CHUNK = 1024  # users scored against all items at once
+from recsys.data.interactions import Seen
+
+CHUNK = 1024  # users scored against all items at once: the one chunk size of ranking and recommend()
 METRICS = ("ndcg", "recall", "hit_rate", "mrr")
-
-
-def seen_mask(indptr: np.ndarray, items: np.ndarray, rows: torch.Tensor, num_items: int) -> torch.Tensor:
-    """(len(rows), num_items) True where row's user has the item in CSR arrays ``(indptr, items)``."""
-    r = rows.cpu().numpy()
-    starts, counts = torch.as_tensor(indptr[r]), torch.as_tensor(indptr[r + 1] - indptr[r])
-    which = torch.repeat_interleave(torch.arange(len(r)), counts)
-    offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    cols = torch.as_tensor(items)[torch.repeat_interleave(starts, counts) + offsets].long()
-    mask = torch.zeros(len(r), num_items, dtype=torch.bool)
-    mask[which, cols] = True
-    return mask.to(rows.device)
 
 
 def ranking_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
@@ -59,13 +48,13 @@ def ranking_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ..
     return out
 
 
-def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, seen: tuple[np.ndarray, np.ndarray],
+def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, seen: Seen,
                    popularity: torch.Tensor, num_items: int, ks: tuple[int, ...], device=None, rank: int = 0,
                    world: int = 1) -> dict[str, torch.Tensor]:
     """Sums of the ranking metrics (model's and popularity's) over this rank's share of the users.
 
     ``users``/``items`` (indices) are the relevant test pairs; ``score_all_items(rows)`` gives the model's
-    (len(rows), num_items) scores; ``seen`` is each user's training and validation items (CSR).
+    (len(rows), num_items) scores; ``seen`` is each user's training and validation items.
     """
     totals: dict[str, torch.Tensor] = {}
     mine = torch.unique(users)[rank::world]  # each user on one rank
@@ -76,7 +65,7 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
         inside = (pos < len(rows)) & (rows[pos.clamp(max=len(rows) - 1)] == users)
         relevant[pos[inside], items[inside]] = True
         rows, relevant = rows.to(device), relevant.to(device)
-        excluded = seen_mask(*seen, rows, num_items)
+        excluded = seen.mask(rows, num_items)
         for suffix, scores in (("", score_all_items(rows)),
                                ("_popularity", popularity.to(device, torch.float32).expand(len(rows), -1))):
             for name, value in ranking_sums(scores.masked_fill(excluded, float("-inf")), relevant, ks).items():
@@ -97,21 +86,32 @@ def ranking_means(totals: dict, ks: tuple[int, ...], reduce=lambda t: t) -> dict
     return out
 
 
+def ranking_metrics(score_all_items, test: tuple[torch.Tensor, ...], seen: Seen, popularity: torch.Tensor,
+                    num_items: int, ks: tuple[int, ...] = (10,), relevance_threshold: float = 4.0, device=None,
+                    rank: int = 0, world: int = 1, reduce=lambda t: t) -> dict[str, float]:
+    """``test/<metric>@k`` of a model and of popularity on test triples ``(users, items, ratings)`` (indices):
+    the one evaluation path of a run's test (:class:`RankingMetrics`) and of ``recsys evaluate``."""
+    users, items, ratings = test
+    liked = ratings >= relevance_threshold
+    totals = ranking_totals(score_all_items, users[liked], items[liked], seen, popularity, num_items, tuple(ks),
+                            device, rank, world)
+    return ranking_means(totals, tuple(ks), reduce)
+
+
 class RankingMetrics(L.Callback):
     """Logs ranking metrics at the end of testing; the data is handed over by training.py."""
 
-    def __init__(self, test: tuple[torch.Tensor, ...], seen: tuple[np.ndarray, np.ndarray],
-                 popularity: torch.Tensor, ks: tuple[int, ...] = (10,), relevance_threshold: float = 4.0):
-        users, items, ratings = test
-        liked = ratings >= relevance_threshold
-        self.users, self.items = users[liked], items[liked]
-        self.seen, self.popularity, self.ks = seen, popularity, tuple(ks)
+    def __init__(self, test: tuple[torch.Tensor, ...], seen: Seen, popularity: torch.Tensor,
+                 ks: tuple[int, ...] = (10,), relevance_threshold: float = 4.0):
+        self.test, self.seen, self.popularity = test, seen, popularity
+        self.ks, self.threshold = tuple(ks), relevance_threshold
 
     @torch.no_grad()
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         device = pl_module.device
-        totals = ranking_totals(pl_module.score_all_items, self.users, self.items, self.seen, self.popularity,
-                                len(pl_module.item_seen), self.ks, device, trainer.global_rank, trainer.world_size)
         reduce = lambda t: trainer.strategy.reduce(t.to(device), reduce_op="sum")  # noqa: E731
-        for key, value in ranking_means(totals, self.ks, reduce).items():
+        means = ranking_metrics(pl_module.score_all_items, self.test, self.seen, self.popularity,
+                                len(pl_module.item_seen), self.ks, self.threshold, device, trainer.global_rank,
+                                trainer.world_size, reduce)
+        for key, value in means.items():
             pl_module.log(key, value, sync_dist=False)

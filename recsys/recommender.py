@@ -15,7 +15,6 @@ checkpoint is loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import warnings
@@ -27,28 +26,32 @@ import pandas as pd
 import torch
 from torch import nn
 
-from recsys.data.datamodule import user_item_csr
 from recsys.data.datasets import IdMap
-from recsys.evaluation import seen_mask
+from recsys.data.interactions import Seen
+from recsys.evaluation import CHUNK
 from recsys.io import atomic_file
-from recsys.models.base import RatingModel
+from recsys.models.base import RatingModel, load_checkpoint
 from recsys.models.nets import Bilinear
-from recsys.solvers.als import half_sweep
 
 log = logging.getLogger(__name__)
 
 SEEN_FILE = "seen.npz"
-CHUNK = 1024  # users scored against all items at once
 
 
-def save_seen(run_dir: str | Path, indptr: np.ndarray, items: np.ndarray, popularity: np.ndarray) -> Path:
+def save_seen(run_dir: str | Path, seen: Seen, popularity: np.ndarray) -> Path:
     """Each user's training and validation items (CSR by user index) and each item's training count,
     atomically: what ``recommend`` leaves out and what ``recsys evaluate`` ranks popularity by."""
     path = Path(run_dir) / SEEN_FILE
     with atomic_file(path) as out:
-        np.savez(out, indptr=indptr.astype(np.int64), items=items.astype(np.int32),
+        np.savez(out, indptr=seen.indptr.astype(np.int64), items=seen.items.astype(np.int32),
                  popularity=np.asarray(popularity, dtype=np.int64))
     return path
+
+
+def load_seen(run_dir: str | Path) -> tuple[Seen, np.ndarray]:
+    """(seen items, popularity) as :func:`save_seen` wrote them."""
+    with np.load(Path(run_dir) / SEEN_FILE) as z:
+        return Seen(z["indptr"], z["items"]), z["popularity"]
 
 
 def _checkpoint_path(path: Path) -> Path:
@@ -70,29 +73,16 @@ def load(path: str | Path, device: str = "cpu") -> Recommender:
     """The model of a run directory (its tested checkpoint, else ``last.ckpt``) or of a ``.ckpt`` file."""
     path = Path(path).expanduser()
     ckpt_path = _checkpoint_path(path)
-    try:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
-        raise ValueError(f"{ckpt_path} is not a checkpoint of a recsys model (torch.load: {err})") from None
-    name = ckpt.get("recsys_model") if isinstance(ckpt, dict) else None
-    ids = ckpt.get("RatingsDataModule") if isinstance(ckpt, dict) else None
-    if not isinstance(name, str) or not ids:
-        raise ValueError(f"{ckpt_path} is not a checkpoint of a recsys model: expected the model class "
-                         "('recsys_model') and the id maps ('RatingsDataModule') that train.py saves")
-    module, _, cls_name = name.rpartition(".")
-    if not module.startswith("recsys.models."):  # never import an arbitrary dotted path read from a file
-        raise ValueError(f"{ckpt_path} names the model class {name!r}, which is not under recsys.models")
-    cls = getattr(importlib.import_module(module), cls_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, RatingModel)):
-        raise ValueError(f"{ckpt_path} names {name!r}, which is not a recsys RatingModel")
-    model = cls(**ckpt["hyper_parameters"])
-    model.load_state_dict(ckpt["state_dict"])
+    model, ckpt = load_checkpoint(ckpt_path, device)
+    ids = ckpt.get("RatingsDataModule")
+    if not ids:
+        raise ValueError(f"{ckpt_path} is not a checkpoint of a recsys run: expected the id maps "
+                         "('RatingsDataModule') that train.py saves")
     model.to(device).eval()
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
     seen = popularity = None
     if run_dir is not None and (run_dir / SEEN_FILE).exists():
-        with np.load(run_dir / SEEN_FILE) as z:
-            seen, popularity = (z["indptr"], z["items"]), z["popularity"]
+        seen, popularity = load_seen(run_dir)
     rec = Recommender(model, IdMap(ids["user_ids"]), IdMap(ids["item_ids"]), seen)
     rec.popularity, rec.run_dir = popularity, run_dir
     return rec
@@ -159,10 +149,10 @@ class Recommender:
                           "raises instead", stacklevel=2)
         return self.model.predict(u, i, uk, ik).double().cpu().numpy()
 
-    def _seen_from(self, seen: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def _seen_from(self, seen: pd.DataFrame) -> Seen:
         u, _, _ = self._index(seen["user"], self.users, "user", strict=False)
         i, ik, _ = self._index(seen["item"], self.items, "item", strict=False)
-        return user_item_csr(u[ik].cpu().numpy(), i[ik].cpu().numpy(), len(self.users))
+        return Seen.of(u[ik].cpu().numpy(), i[ik].cpu().numpy(), len(self.users))
 
     @torch.no_grad()
     def recommend(self, users, n: int = 10, exclude_seen: bool = True, seen: pd.DataFrame | None = None,
@@ -184,7 +174,7 @@ class Recommender:
             rows, known = u[lo:lo + CHUNK], uk[lo:lo + CHUNK]
             scores = self.model.score_all_items(rows, known)
             if exclude_seen:
-                scores = scores.masked_fill(seen_mask(*csr, rows, len(self.items)) & known.unsqueeze(1), float("-inf"))
+                scores = scores.masked_fill(csr.mask(rows, len(self.items)) & known.unsqueeze(1), float("-inf"))
             top = torch.topk(scores, k, dim=1)
             frames.append((lo, top.values.cpu().numpy(), top.indices.cpu().numpy()))
         values = np.concatenate([v for _, v, _ in frames]) if frames else np.zeros((0, k))
@@ -248,8 +238,8 @@ class Recommender:
         """Fit one user from ``ratings`` (item -> rating) with the item side fixed; returns the user's id.
 
         ``user`` new (or None: a fresh id) adds the user; an existing id replaces that user's row. The fit is
-        the model's own objective: for models with a least-squares form, the user's ridge normal equations
-        (what one ALS user half-sweep computes); otherwise (pmf_sigmoid) Newton steps on its E.
+        the model's own (``model.fold_in``): for models with a least-squares form, the user's ridge normal
+        equations (what one ALS user half-sweep computes); pmf_sigmoid takes Newton steps on its E.
         """
         frame = pd.DataFrame({"item": list(ratings), "rating": list(ratings.values())}) \
             if isinstance(ratings, Mapping) else ratings[["item", "rating"]]
@@ -260,68 +250,23 @@ class Recommender:
         r = torch.as_tensor(frame["rating"].to_numpy(np.float32)[ik.cpu().numpy()], device=self.device)
         if len(r) == 0:
             raise ValueError("fold_in: no ratings of known items")
-        row = self._user_row(user)
-        problem = self.model.least_squares()
-        net = self._tables()
-        if problem is not None:
-            # ALS's user step for this one row, solved exactly
-            half_sweep(problem, "user", torch.full_like(i, row), i, r, solve="cholesky")
-        else:
-            self._newton(net, row, i, r)
-        self.model.user_seen[row] = True
-        self._remember_seen(row, i)
-        return self.users.ids[row].item() if isinstance(self.users.ids[row], np.generic) else self.users.ids[row]
-
-    def _newton(self, net: Bilinear, row: int, items: torch.Tensor, ratings: torch.Tensor, steps: int = 20):
-        """Minimize ½Σ(t − g(c + xᵀv))² + λ_U/2‖x‖² over the user's x (PMF's E restricted to one user) by
-        Newton steps; where the exact Hessian is not positive definite, that step uses its Gauss-Newton part."""
-        link, lam = self.model.link, float(self.model.lambdas[0])
-        v, t = net.item.weight[items], link.target(ratings)
-        x = net.user.weight[row].clone()
-        eye = torch.eye(len(x), dtype=x.dtype, device=x.device)
-        for _ in range(steps):
-            g = link.mean(v @ x)
-            d1 = g * (1 - g)  # g', and g'' = g'(1 − 2g)
-            grad = -(v * (d1 * (t - g)).unsqueeze(1)).sum(0) + lam * x
-            if grad.norm() < 1e-7:
-                break
-            gauss_newton = (v * (d1 * d1).unsqueeze(1)).T @ v + lam * eye
-            exact = gauss_newton - (v * ((t - g) * d1 * (1 - 2 * g)).unsqueeze(1)).T @ v
-            chol, info = torch.linalg.cholesky_ex(exact)
-            if info != 0:
-                chol = torch.linalg.cholesky(gauss_newton)
-            x = x - torch.cholesky_solve(grad.unsqueeze(1), chol).squeeze(1)
-        net.user.weight[row] = x
-
-    def _user_row(self, user) -> int:
+        known = None
         if user is not None:
             idx = self.users.lookup(_normalize([user], self.users))[0]
-            if idx >= 0:
-                return int(idx)
-        else:
-            ids = self.users.ids
-            user = int(ids.max()) + 1 if ids.dtype.kind in "iu" else f"new-{len(ids)}"
-        self.users = IdMap(np.concatenate([self.users.ids, np.asarray(_normalize([user], self.users),
-                                                                        dtype=self.users.ids.dtype)]))
-        net, model = self._tables(), self.model
-        for name in ("user", "user_bias"):
-            old = getattr(net, name)
-            if old is not None:
-                grown = nn.Embedding(old.num_embeddings + 1, old.embedding_dim, device=old.weight.device)
-                grown.weight.data = torch.cat([old.weight.data, old.weight.new_zeros(1, old.embedding_dim)])
-                setattr(net, name, grown)
-        model.user_seen = torch.cat([model.user_seen, model.user_seen.new_zeros(1)])
+            known = int(idx) if idx >= 0 else None
+        try:
+            row = self.model.fold_in(i, r, known)
+        except NotImplementedError as err:
+            raise ValueError(f"fold_in: {err}") from None
+        if known is None:  # the model added a row: give it the user's id
+            if user is None:
+                ids = self.users.ids
+                user = int(ids.max()) + 1 if ids.dtype.kind in "iu" else f"new-{len(ids)}"
+            new = np.asarray(_normalize([user], self.users), dtype=self.users.ids.dtype)
+            self.users = IdMap(np.concatenate([self.users.ids, new]))
+            if row != len(self.users) - 1:
+                raise RuntimeError(f"{type(self.model).__name__}.fold_in gave row {row} for a new user; new users "
+                                   "are appended as the last row (add_user_row)")
         if self._seen is not None:
-            indptr, items = self._seen
-            self._seen = (np.append(indptr, indptr[-1]), items)
-        return len(self.users) - 1
-
-    def _remember_seen(self, row: int, items: torch.Tensor) -> None:
-        if self._seen is None:
-            return
-        indptr, seen = self._seen
-        mine = np.unique(items.cpu().numpy()).astype(np.int32)
-        seen = np.concatenate([seen[:indptr[row]], mine, seen[indptr[row + 1]:]])
-        counts = np.diff(indptr)
-        counts[row] = len(mine)
-        self._seen = (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), seen)
+            self._seen = self._seen.with_row(row, i.cpu().numpy())
+        return self.users.ids[row].item() if isinstance(self.users.ids[row], np.generic) else self.users.ids[row]

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -217,3 +218,57 @@ def wandb_offline_unless_logged_in(logger_cfg) -> None:
     if not (os.environ.get("WANDB_API_KEY") or wandb.api.api_key):
         log.warning("wandb: not logged in; logging offline (wandb sync <dir> uploads it later)")
         os.environ["WANDB_MODE"] = "offline"
+
+
+#: the config groups chosen by interpolation (``regime: ${model}``, ``data_defaults: ${data}_${model}``)
+INTERPOLATED_GROUPS = ("regime", "data_defaults")
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def group_file_keys(config_dir: str | os.PathLike, group: str, choice: str) -> dict:
+    """The keys ``configs/<group>/<choice>.yaml`` sets (its own ``defaults`` from the same group followed),
+    as dotted keys with the values the file gives."""
+    import yaml
+
+    path = Path(config_dir) / group / f"{choice}.yaml"
+    spec = yaml.safe_load(path.read_text()) or {}
+    keys = {}
+    for parent in spec.pop("defaults", None) or []:
+        if isinstance(parent, str) and parent != "_self_":
+            keys.update(group_file_keys(config_dir, group, parent))
+    keys.update(_flatten(spec))
+    return keys
+
+
+def applied_defaults(choices: Mapping | None, config_dir: str | os.PathLike | None) -> dict:
+    """Which interpolated default files applied and the keys each set: ``{"regime": {"file": "regime/pmf.yaml",
+    "sets": {...}}, "data_defaults": None}`` (None: no such file for this data set and model). Empty without a
+    Hydra runtime (a config composed in a test)."""
+    if choices is None or config_dir is None:
+        return {}
+    out = {}
+    for group in INTERPOLATED_GROUPS:
+        choice = choices.get(group)
+        file = Path(config_dir) / group / f"{choice}.yaml"
+        out[group] = {"file": f"{group}/{choice}.yaml", "sets": group_file_keys(config_dir, group, choice)} \
+            if choice and file.exists() else None
+    return out
+
+
+def hydra_choices() -> tuple[dict | None, str | None]:
+    """(the run's config group choices, its primary config directory) from Hydra's runtime, if there is one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None, None
+    runtime = HydraConfig.get().runtime
+    config_dir = next((s.path for s in runtime.config_sources if s.provider == "main" and s.schema == "file"), None)
+    return dict(runtime.choices), config_dir

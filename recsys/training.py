@@ -121,8 +121,11 @@ def train(cfg: DictConfig) -> dict:
         datamodule.setup("fit")
         facts, seen = datamodule.facts(), datamodule.seen()
         if rank_zero:  # what each user rated in training and validation: recommend() excludes it
-            save_seen(out, *seen, facts.item_counts.numpy())
+            save_seen(out, seen, facts.item_counts.numpy())
         model = instantiate(cfg.model, data=facts)
+        # the contract's data channel: the training interactions, and the pairs the run will ask about
+        model.setup_interactions(datamodule.interactions("train"))
+        model.track(*(torch.cat([datamodule.val_set[k], datamodule.test_set[k]]) for k in (0, 1)))
         phase = "fit"
         _fit(cfg, trainer, datamodule, model, loggers, out, resume_from)
         phase = "test"
@@ -151,8 +154,16 @@ def train(cfg: DictConfig) -> dict:
 
 def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, out: Path,
          resume_from: str | None) -> None:
+    applied = tracking.applied_defaults(*tracking.hydra_choices())
+    for group, found in applied.items():  # defaults chosen by interpolation: say which applied and what they set
+        if found is None:
+            log.info("%s: no file for this choice; nothing set", group)
+        else:
+            log.info("%s: configs/%s set %s", group, found["file"],
+                     ", ".join(f"{k}={v}" for k, v in found["sets"].items()))
     run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "data": datamodule.describe(),
-                "git": tracking.git_state(), "parameters": tracking.parameter_counts(model)}
+                "applied_defaults": applied, "git": tracking.git_state(),
+                "parameters": tracking.parameter_counts(model)}
     for lg in loggers:
         lg.log_hyperparams(run_info)
     if trainer.is_global_zero:

@@ -257,6 +257,7 @@ def _sharded_worker(rank, world, init, users, items, ratings, state, solve, out)
         dist.destroy_process_group()
 
 
+@pytest.mark.integration  # starts processes
 @pytest.mark.parametrize("solve", ["cg", "cholesky"])
 def test_row_sharded_als_on_two_processes_equals_one(tmp_path, solve):
     """Ranks own row ranges, solve them and all-gather the factors: the result is one process's, to 1e-5."""
@@ -314,6 +315,7 @@ def _gradient_worker(rank, world, init, users, items, ratings, state, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.integration  # starts processes
 def test_closed_form_gradient_steps_on_two_processes_equal_one(tmp_path):
     """The gradient solver's fast path under DDP: one all-reduce of the flattened gradients per step."""
     import torch.multiprocessing as mp

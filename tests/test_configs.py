@@ -33,7 +33,8 @@ def test_model_config_keys_are_the_class_parameters_with_its_defaults(name):
     assert set(spec) == set(params) | {"solver", "optimizer"}, "model configs hold only the model's own keys"
     # the YAML shows the class's defaults; they may not drift apart
     assert {k: spec[k] for k in params} == params
-    assert spec["solver"] == ("gibbs" if hasattr(cls, "chain") else "gradient")  # sampled models: gibbs
+    sampled = cls.chain is not RatingModel.chain  # a Bayesian model declares its chain: its config samples it
+    assert spec["solver"] == ("gibbs" if sampled else "gradient")
     assert {k: v for k, v in spec["optimizer"].items() if k != "_partial_"} == cls.default_optimizer
     assert spec["optimizer"]["_partial_"] is True
     assert not MODELS[name].read_text().startswith("# @package"), "a model config is not a global package"

@@ -11,7 +11,8 @@ from torchmetrics.functional.retrieval import (
     retrieval_reciprocal_rank,
 )
 
-from recsys.evaluation import ranking_sums, seen_mask
+from recsys.data.interactions import Seen
+from recsys.evaluation import ranking_sums
 from recsys.training import train
 
 
@@ -46,7 +47,9 @@ def test_seen_mask_reads_csr_rows():
     import numpy as np
 
     indptr, items = np.array([0, 2, 2, 3]), np.array([1, 3, 0], dtype=np.int32)
-    mask = seen_mask(indptr, items, torch.tensor([2, 0, 1]), 4)
+    built = Seen.of(np.array([2, 0, 0]), np.array([0, 3, 1]), 3)
+    assert built.indptr.tolist() == indptr.tolist() and built.items.tolist() == items.tolist()
+    mask = Seen(indptr, items).mask(torch.tensor([2, 0, 1]), 4)
     assert mask.tolist() == [[True, False, False, False], [False, True, False, True], [False] * 4]
 
 

@@ -93,7 +93,7 @@ def test_load_refuses_what_is_not_a_recsys_checkpoint(tmp_path, run):
     with pytest.raises(ValueError, match="x.ckpt is not a checkpoint of a recsys model"):
         recsys.load(tmp_path / "x.ckpt")
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-    with pytest.raises(ValueError, match="expected the model class"):
+    with pytest.raises(ValueError, match="other.ckpt is not a checkpoint of a recsys model"):
         recsys.load(tmp_path / "other.ckpt")
     ckpt = torch.load(run() / "checkpoints" / "last.ckpt", weights_only=True)
     ckpt["recsys_model"] = "os.path.join"

@@ -35,6 +35,7 @@ def _compose(run, overrides):
         return compose("train", overrides=[f"output_dir={run}", *overrides])
 
 
+@pytest.mark.integration  # starts processes
 @pytest.mark.parametrize("solver", SETTINGS)
 def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(solver, udata, tmp_path):
     overrides = _overrides(udata, tmp_path / "cache", *SETTINGS[solver])

@@ -5,7 +5,7 @@ plus collate. Under DDP every global batch is cut into ``world_size`` disjoint p
 takes ``batch_size / world_size`` ratings a step, all ranks take the same number of steps, and every
 training rating is seen exactly once per epoch in total. Evaluation sets are cut into contiguous,
 disjoint shards (no padding, no duplicates), so metrics synced across ranks count each rating once.
-``batch_by=item`` batches whole items instead (:class:`ItemBatches`, for I-AutoRec).
+``batch_by=item|user`` batches whole items or users instead (:class:`GroupBatches`: I-AutoRec, SVD++).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from recsys import validation
 from recsys.data.datasets import DUPLICATES, IdMap, Source, prepare
 from recsys.data.facts import DataFacts
+from recsys.data.interactions import Interactions, Seen
 from recsys.data.readers import FORMATS
 from recsys.data.sources import fetch
 from recsys.data.splits import STRATEGIES, check_ratios, split_indices
@@ -33,36 +34,29 @@ warnings.filterwarnings("ignore", message=r".*IterableDataset` has `__len__` def
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
-def user_item_csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """(user, item) index pairs as CSR arrays by user: ``items[indptr[u]:indptr[u + 1]]``, sorted per user."""
-    order = np.lexsort((items, users))
-    indptr = np.zeros(num_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(users, minlength=num_users), out=indptr[1:])
-    return indptr, items[order].astype(np.int32)
-
-
-class ItemBatches(IterableDataset):
-    """Training batches of whole items: every training rating of an item comes in the same batch (I-AutoRec
-    encodes an item from all its ratings). Each epoch shuffles the items (seeded by ``seed`` and the epoch)
-    and cuts them into a fixed number of batches of ``items_per_batch`` items, about ``batch_size`` ratings
-    each; under DDP each rank takes a contiguous share of each batch's items (never part of an item).
+class GroupBatches(IterableDataset):
+    """Training batches of whole rows: every training rating of an item (``by="item"``) or of a user
+    (``by="user"``) comes in the same batch — I-AutoRec encodes an item from all its ratings, SVD++ sums a
+    user's history once per batch. Each epoch shuffles the rows (seeded by ``seed`` and the epoch) and cuts
+    them into a fixed number of batches of ``rows_per_batch`` rows, about ``batch_size`` ratings each; under
+    DDP each rank takes a contiguous share of each batch's rows (never part of a row).
     """
 
     def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, epoch_fn: Callable[[], int] | None = None):
+                 world_size: int = 1, epoch_fn: Callable[[], int] | None = None, by: str = "item"):
         self.seed, self.rank, self.world_size, self.epoch_fn = seed, rank, world_size, epoch_fn
         self._epochs = 0
-        items = tensors[1]
-        order = torch.argsort(items, stable=True)
-        self.tensors = tuple(t[order] for t in tensors)  # sorted by item: each item's ratings contiguous
-        counts = torch.bincount(items.cpu())
-        self.active = torch.nonzero(counts).squeeze(1)  # items with training ratings
+        keys = tensors[{"user": 0, "item": 1}[by]]
+        order = torch.argsort(keys, stable=True)
+        self.tensors = tuple(t[order] for t in tensors)  # sorted by row: each row's ratings contiguous
+        counts = torch.bincount(keys.cpu())
+        self.active = torch.nonzero(counts).squeeze(1)  # rows with training ratings
         self.counts = counts[self.active]
         self.starts = torch.cumsum(self.counts, 0) - self.counts
-        n_items, n = len(self.active), len(items)
-        self.items_per_batch = max(world_size, min(n_items, -(-batch_size * n_items // max(n, 1))))
-        bounds = list(range(0, n_items, self.items_per_batch)) + [n_items]
-        if len(bounds) > 2 and bounds[-1] - bounds[-2] < world_size:  # too few items for every rank: merge
+        n_rows, n = len(self.active), len(keys)
+        self.rows_per_batch = max(world_size, min(n_rows, -(-batch_size * n_rows // max(n, 1))))
+        bounds = list(range(0, n_rows, self.rows_per_batch)) + [n_rows]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < world_size:  # too few rows for every rank: merge
             del bounds[-2]
         self.bounds = bounds
 
@@ -76,13 +70,13 @@ class ItemBatches(IterableDataset):
         perm = torch.randperm(len(self.active), generator=gen)
         lengths, starts = self.counts[perm], self.starts[perm]
         ends = torch.cumsum(lengths, 0)
-        # the permuted items' rating positions, one gather per epoch: batches are slices of it
+        # the permuted rows' rating positions, one gather per epoch: batches are slices of it
         offsets = torch.arange(int(ends[-1])) - (ends - lengths).repeat_interleave(lengths)
         index = (starts.repeat_interleave(lengths) + offsets).to(self.tensors[0].device)
         shuffled = tuple(t[index] for t in self.tensors)
         ends = ends.tolist()
         for lo, hi in zip(self.bounds[:-1], self.bounds[1:]):
-            mine = torch.arange(lo, hi).tensor_split(self.world_size)[self.rank]  # this rank's items
+            mine = torch.arange(lo, hi).tensor_split(self.world_size)[self.rank]  # this rank's rows
             a = ends[int(mine[0]) - 1] if int(mine[0]) > 0 else 0
             b = ends[int(mine[-1])]
             yield tuple(t[a:b] for t in shuffled)
@@ -141,8 +135,8 @@ class RatingsDataModule(L.LightningDataModule):
     """Ratings of one data set, id-mapped and split; see :func:`recsys.data.split_ratings`.
 
     ``batch_size`` is global: under DDP each rank takes ``batch_size / world_size`` a step; ``None``
-    (or 0) takes the whole training set each step (full-batch gradient). ``batch_by=item``: each training
-    batch holds every training rating of its items, about ``batch_size`` ratings (:class:`ItemBatches`).
+    (or 0) takes the whole training set each step (full-batch gradient). ``batch_by=item`` (``user``): each training
+    batch holds every training rating of its items (users), about ``batch_size`` ratings (:class:`GroupBatches`).
     ``val_ratio`` and ``test_ratio`` are fractions of all ratings; validation is carved from train.
     ``name``, ``path``, ``root``, the scale, ``format``, ``columns``, ``sep``, ``duplicates``,
     ``num_ratings``, ``generator`` and ``cache`` are the reading settings: kept flat for the command
@@ -159,7 +153,7 @@ class RatingsDataModule(L.LightningDataModule):
                  leave_last_n: Size = 1, folds: Annotated[int, AtLeast(2)] | None = None,
                  fold: Annotated[int, AtLeast(0)] = 0,
                  batch_size: Size | None = 4096, eval_batch_size: Size = 65536, shuffle_seed: int = 0,
-                 batch_by: Annotated[str, OneOf("rating", "item")] = "rating"):
+                 batch_by: Annotated[str, OneOf("rating", "item", "user")] = "rating"):
         # every setting checked before any work: types and ranges from this signature (recsys.validation)
         settings = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         validation.check_arguments(RatingsDataModule.__init__, settings, "data.")
@@ -201,6 +195,7 @@ class RatingsDataModule(L.LightningDataModule):
             raise ValueError(f"{self.source_file}: {len(data)} ratings split by data.split={hp.split} into {sizes}: "
                              f"the {' and '.join(empty)} set is empty; use more ratings or larger ratios")
         del data, cols
+        self._seen = None
         self._ready = True
 
     # -- facts the models need (handed to the model once) ------------------------------------------
@@ -233,13 +228,23 @@ class RatingsDataModule(L.LightningDataModule):
                          user_counts=torch.bincount(users, minlength=self.num_users),
                          item_counts=torch.bincount(items, minlength=self.num_items))
 
-    def seen(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each user's training and validation items as CSR arrays ``(indptr, items)``, items sorted per user."""
-        return user_item_csr(torch.cat([self.train_set[0], self.val_set[0]]).numpy(),
-                             torch.cat([self.train_set[1], self.val_set[1]]).numpy(), self.num_users)
+    def seen(self) -> Seen:
+        """Each user's training and validation items (what ranking leaves out), built once per setup and shared
+        by the ranking evaluation, ``seen.npz`` and the Recommender."""
+        if self._seen is None:
+            self._seen = Seen.of(torch.cat([self.train_set[0], self.val_set[0]]).numpy(),
+                                 torch.cat([self.train_set[1], self.val_set[1]]).numpy(), self.num_users)
+        return self._seen
+
+    def interactions(self, split: str = "train") -> Interactions:
+        """One split's ratings as :class:`Interactions`: what a model receives through the contract."""
+        sets = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        if split not in sets:
+            raise ValueError(f"split={split!r}: one of {sorted(sets)}")
+        return Interactions(*sets[split], self.num_users, self.num_items)
 
     # -- loaders --------------------------------------------------------------------------------
-    def _loader(self, tensors, batch_size: int, shuffle: bool, by_item: bool = False) -> DataLoader:
+    def _loader(self, tensors, batch_size: int, shuffle: bool, by: str = "rating") -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if trainer is not None and trainer.strategy.root_device.type == "cuda":
@@ -247,7 +252,7 @@ class RatingsDataModule(L.LightningDataModule):
             tensors = tuple(t.to(trainer.strategy.root_device) for t in tensors)
         epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
         seed = self.hparams.shuffle_seed
-        ds = ItemBatches(tensors, batch_size, seed, rank, world, epoch_fn) if by_item else \
+        ds = GroupBatches(tensors, batch_size, seed, rank, world, epoch_fn, by) if by != "rating" else \
             RatingBatches(tensors, batch_size, shuffle, seed, rank, world, epoch_fn)
         return DataLoader(ds, batch_size=None, num_workers=0)
 
@@ -255,8 +260,8 @@ class RatingsDataModule(L.LightningDataModule):
         batch, world = self.hparams.batch_size, self.trainer.world_size if self.trainer is not None else 1
         if batch and batch % world:
             raise ValueError(f"data.batch_size={batch} is global and must divide by the world size {world}")
-        # batch_by=item: whole items per batch (I-AutoRec)
-        return self._loader(self.train_set, batch or len(self.train_set[0]), True, self.hparams.batch_by == "item")
+        # batch_by=item|user: whole items (I-AutoRec) or whole users (SVD++) per batch
+        return self._loader(self.train_set, batch or len(self.train_set[0]), True, self.hparams.batch_by)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size, False)

@@ -18,9 +18,9 @@ regularizing: full-batch L-BFGS (20 iterations a step), which nears the penalize
 0.907-0.968 on ml-100k for λ 100-3000, against Rprop's 0.891 (split seed 0). Batches are computed densely
 (items × users matmuls) where the rating matrix is dense enough, else by gathering a row per rating
 (DENSE_PER_RATING).
-Predictions use the items' codes from the whole training set (``codes``, refreshed before every
-validation and test from the datamodule's training set and saved with the weights, so ``recsys.load``
-needs no data). Users or items without training ratings fall back to the training mean, as the base does.
+Predictions use the items' codes from the whole training set (``codes``: encoded by ``refresh()`` before every
+validation and test from the training interactions the contract hands over (``setup_interactions``), saved
+with the weights, so ``recsys.load`` needs no data). Users or items without training ratings fall back to the training mean, as the base does.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recsys.data.interactions import Interactions
 from recsys.models.base import RatingModel
 from recsys.validation import NonNegative, Size
 
@@ -55,6 +56,7 @@ class AutoRec(RatingModel):
         self.reg = reg
         self.register_buffer("codes", torch.zeros(n_items, hidden))  # h_i from the whole training set
         self._codes_step = None  # the global step the codes were computed at
+        self._train: tuple[torch.Tensor, ...] | None = None  # the training ratings (setup_interactions)
 
     def _add_inputs(self, z: torch.Tensor, rows: torch.Tensor, users, ratings) -> torch.Tensor:
         """z + V r: each rating's encoder column, scaled by the rating, summed into its item's row of z."""
@@ -116,21 +118,21 @@ class AutoRec(RatingModel):
             z = self._add_inputs(z, i, u, r)
         self.codes.copy_(torch.sigmoid(z + self.encoder_bias))
 
-    def _refresh_from_datamodule(self) -> None:
-        trainer = self._trainer
-        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-        if datamodule is None or not hasattr(datamodule, "train_set"):
-            return  # outside a run (e.g. recsys.load): the saved codes serve
-        if self._codes_step != trainer.global_step:
-            self.refresh_codes(*datamodule.train_set)
-            self._codes_step = trainer.global_step
+    def setup_interactions(self, train: Interactions) -> None:
+        """The training ratings the codes are encoded from (kept for the run, not saved: the codes are)."""
+        self._train = train.triples()
+        self._codes_step = None
 
-    def on_validation_epoch_start(self) -> None:
-        self._refresh_from_datamodule()
+    def refresh(self) -> None:
+        """Encode every item from the training set with the current weights, once per optimizer step (outside a
+        run: every call). Without training data (e.g. ``recsys.load``) the saved codes serve."""
+        if self._train is None:
+            return
+        step = self._trainer.global_step if self._trainer is not None else None
+        if step is None or self._codes_step != step:
+            self.refresh_codes(*self._train)
+            self._codes_step = step
 
     def on_test_epoch_start(self) -> None:
         self._codes_step = None  # the tested weights may be a checkpoint's: encode with them
-        self._refresh_from_datamodule()
-
-    def on_predict_epoch_start(self) -> None:
-        self._refresh_from_datamodule()
+        super().on_test_epoch_start()

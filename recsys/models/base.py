@@ -1,21 +1,45 @@
-"""RatingModel: the Lightning system every rating model shares, and the contract a model follows.
+"""RatingModel: the Lightning system every model shares, and the contract a model follows.
 
-A model is a subclass whose ``__init__`` declares only its own hyperparameters (explicit, typed,
-primitive, each with a default) and builds its scoring modules from ``self.data``, the
-:class:`~recsys.data.facts.DataFacts` (users, items, training mean and count, rating scale). It implements
-
-- ``forward(users, items)``: predicted ratings on the rating scale (unclipped), and
-- ``objective(users, items, ratings)``: the minibatch training loss,
-
-and where it has them ``fallback`` (cold pairs), ``least_squares()`` (its bilinear form, for ALS) and
-``predict`` (e.g. rounding). Every model is built in one call,
+A model is a subclass whose ``__init__`` declares only its own hyperparameters (explicit, typed, primitive,
+each with a default) and builds its scoring modules from ``self.data``, the
+:class:`~recsys.data.facts.DataFacts` (users, items, training mean and count, rating scale). Every model is
+built in one call,
 
     Model(data=facts, optimizer={"_target_": "torch.optim.Adam", "lr": 0.01}, solver="gradient", **own)
 
-and the contract (the metaclass) does the rest in order: it takes the shared arguments, runs the
-subclass's ``__init__``, saves every hyperparameter as primitives (so ``load_from_checkpoint`` needs
-nothing else and loads with ``weights_only=True``) and checks the combination (e.g. ALS on a model without
-a bilinear form). There is no call to remember and no half-built model.
+and the contract (the metaclass) does the rest in order: it takes the shared arguments, runs the subclass's
+``__init__``, saves every hyperparameter as primitives (so ``load_from_checkpoint`` needs nothing else and
+loads with ``weights_only=True``) and checks the combination (e.g. ALS on a model without a bilinear form).
+
+**The hooks.** A model must implement the two abstract methods; every other ability is a method declared
+here whose default is correct for any model. Nothing is looked up by attribute name.
+
+=====================================  ============================================================  ==========================
+hook                                   what it returns / does                                        default
+=====================================  ============================================================  ==========================
+``forward(users, items)``              predicted ratings of the pairs, rating scale, unclipped       (required)
+``objective(users, items, ratings)``   the minibatch training loss (autograd)                        (required)
+``setup_interactions(train)``          receives the training :class:`Interactions` before fitting    nothing to do
+                                       (every DDP rank, once per fit); derived state for scoring is
+                                       kept in buffers (``register_data_buffer``), saved with weights
+``track(users, items)``                the pairs whose predictions the run will ask (val + test)     nothing to do
+``refresh()``                          brings state derived from weights and data up to date;        nothing to do
+                                       called before every validation, test and predict epoch
+``gradients(users, items, ratings)``   the loss with its gradient written into ``.grad``             autograd on ``objective``
+``least_squares()``                    the objective in ALS's form (:class:`LeastSquares`)           None: no ALS
+``chain()``                            the Gibbs sampler's state (:class:`~recsys.solvers.gibbs.     None: no sampling
+                                       Chain`); ``record(epoch)`` is called after each sample        (``record``: nothing)
+``fallback(users, items, uk, ik)``     the prediction of a cold pair                                 the training mean μ
+``all_item_scores(users)``             (len(users), num_items) ``forward`` of every pair             ``forward`` on every pair
+``factor_tables()``                    a :class:`Bilinear` for ``similar_items``/``user_factors``    None: no factors
+``fold_in(items, ratings, row)``       fits one user's row from ratings, the items fixed             exact solve of the least-
+                                                                                                     squares form, else refused
+``add_user_row()``                     appends a user without ratings; returns its row               grows ``factor_tables()``
+``predict(users, items, uk, ik)``      clipped predictions (e.g. rounding)                           ``score`` clipped
+=====================================  ============================================================  ==========================
+
+A model that overrides ``all_item_scores`` with a faster path must give exactly ``forward``'s scores: a test
+compares the two for every model, for users with histories.
 
 The system supplies training/validation/test steps, torchmetrics RMSE and MAE per stage (pooled over the
 whole split and synced across DDP ranks, never a mean of per-batch values), logging as ``train/loss``,
@@ -27,6 +51,7 @@ from __future__ import annotations
 
 import abc
 import contextvars
+import importlib
 import inspect
 from typing import ClassVar
 
@@ -36,9 +61,11 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric
 
 from recsys import validation
 from recsys.data.facts import DataFacts
+from recsys.data.interactions import Interactions
 from recsys.models.nets import Bilinear
 from recsys.solvers import SOLVERS
-from recsys.solvers.als import LeastSquares
+from recsys.solvers.als import LeastSquares, half_sweep
+from recsys.solvers.gibbs import Chain
 from recsys.solvers.gradient import optimizer_spec
 
 SHARED = ("data", "optimizer", "solver")
@@ -138,6 +165,7 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         except LookupError:
             raise TypeError("a RatingModel is built by calling its class: Model(data=facts, ...)") from None
         self.data: DataFacts = facts
+        self._data_buffers: set[str] = set()
         self.solver = SOLVERS[solver]()
         metrics = MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
         self.val_metrics = metrics.clone(prefix="val/")
@@ -159,9 +187,36 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
     def objective(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
         """The minibatch training loss."""
 
+    # -- optional abilities, each with a default correct for any model (see the module docstring) ----------
+    def setup_interactions(self, train: Interactions) -> None:
+        """Receive the training interactions before fitting (every DDP rank, once per fit). Keep what scoring
+        needs in buffers registered with :meth:`register_data_buffer`, so a loaded model scores without data."""
+
+    def track(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """The pairs whose predictions the run will ask for (its validation and test pairs)."""
+
+    def refresh(self) -> None:
+        """Bring state derived from the weights and the training data up to date (called before every
+        validation, test and predict epoch)."""
+
+    def gradients(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        """:meth:`objective` with its gradient written into each parameter's ``.grad`` in closed form (the
+        gradient solver's fast path). Not overridden: the solver differentiates ``objective`` by autograd."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form gradients")
+
+    def has_closed_form_gradients(self) -> bool:
+        return type(self).gradients is not RatingModel.gradients
+
     def least_squares(self) -> LeastSquares | None:
         """The model's objective in ALS's form, if it has one (bilinear models); None otherwise."""
         return None
+
+    def chain(self) -> Chain | None:
+        """The Markov chain's state a Gibbs sampler advances (Bayesian models); None otherwise."""
+        return None
+
+    def record(self, epoch: int) -> None:
+        """Called by the sampler after sample ``epoch`` (e.g. to update running means)."""
 
     def fallback(self, users: torch.Tensor, items: torch.Tensor, user_known: torch.Tensor,
                  item_known: torch.Tensor) -> torch.Tensor:
@@ -171,6 +226,54 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         override this to add whatever bias is known (see BiasedMF).
         """
         return torch.full(users.shape, float(self.data.global_mean), device=users.device)
+
+    def all_item_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), num_items): ``forward`` of each user against every item. Override only with a faster
+        path that gives the same scores (a test compares them)."""
+        n_items = len(self.item_seen)
+        items = torch.arange(n_items, device=users.device)
+        return self(users.repeat_interleave(n_items), items.repeat(len(users))).view(len(users), n_items)
+
+    def factor_tables(self) -> Bilinear | None:
+        """The user and item factor (and bias) tables, for ``similar_items`` and ``user_factors``; None if the
+        model has none."""
+        return None
+
+    def fold_in(self, items: torch.Tensor, ratings: torch.Tensor, row: int | None = None) -> int:
+        """Fit user ``row`` (None: a new row, from :meth:`add_user_row`) from ``ratings`` of ``items`` with the
+        item side fixed, by the model's own objective; returns the row. The default solves the least-squares
+        form's user step exactly (what one ALS half-sweep computes for the row)."""
+        problem = self.least_squares()
+        if problem is None:
+            raise NotImplementedError(f"{type(self).__name__} cannot fold in a user: it has no least-squares form "
+                                      "and does not implement fold_in()")
+        row = self.add_user_row() if row is None else row
+        half_sweep(problem, "user", torch.full_like(items, row), items, ratings, solve="cholesky")
+        self.user_seen[row] = True
+        return row
+
+    def add_user_row(self) -> int:
+        """Append a user without ratings (cold until fitted); returns its row. The default grows the factor
+        tables' user side."""
+        tables = self.factor_tables()
+        if tables is None:
+            raise NotImplementedError(f"{type(self).__name__} has no factor tables to grow: implement add_user_row()")
+        tables.add_user()
+        self.user_seen = torch.cat([self.user_seen, self.user_seen.new_zeros(1)])
+        return len(self.user_seen) - 1
+
+    def register_data_buffer(self, name: str, tensor: torch.Tensor) -> None:
+        """A buffer sized by the data or the run (a user's history, tracked pairs): saved with the weights, and
+        on loading it takes the checkpoint's size."""
+        self.register_buffer(name, tensor)
+        self._data_buffers.add(name)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in self._data_buffers:
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- shared -------------------------------------------------------------------------------------
     def score(self, users: torch.Tensor, items: torch.Tensor, user_known: torch.Tensor | None = None,
@@ -185,30 +288,15 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         return torch.where(uk & ik, self(users, items), self.fallback(users, items, uk, ik))
 
     def score_all_items(self, users: torch.Tensor, user_known: torch.Tensor | None = None) -> torch.Tensor:
-        """(len(users), num_items) unclipped scores against every item, as :meth:`score` gives them.
-
-        Models with a Bilinear ``net`` and a ``link`` score by one matrix product; others through ``forward``
-        on every (user, item) pair.
-        """
-        n_items = len(self.item_seen)
+        """(len(users), num_items) unclipped scores against every item, as :meth:`score` gives them:
+        :meth:`all_item_scores`, with :meth:`fallback` for cold pairs."""
         uk = self.user_seen[users] if user_known is None else user_known & self.user_seen[users]
         warm = uk.unsqueeze(1) & self.item_seen.unsqueeze(0)
-        net, link = self.factor_tables(), getattr(self, "link", None)
-        if net is not None and link is not None:
-            scores = link.rating(link.mean(net.all_items(users)))
-        else:
-            items = torch.arange(n_items, device=users.device)
-            scores = self(users.repeat_interleave(n_items), items.repeat(len(users))).view(len(users), n_items)
+        scores = self.all_item_scores(users)
         if not bool(warm.all()):  # cold pairs (rare: unknown users, items without training ratings)
             rows, cols = (~warm).nonzero(as_tuple=True)
-            scores[rows, cols] = self.fallback(users[rows], cols, uk[rows], self.item_seen[cols])
+            scores[rows, cols] = self.fallback(users[rows], cols, uk[rows], self.item_seen[cols]).to(scores.dtype)
         return scores
-
-    def factor_tables(self) -> Bilinear | None:
-        """The factor (and bias) tables that serve scores: ``net`` where it is a Bilinear (a Bayesian model
-        serves its posterior means instead)."""
-        net = getattr(self, "net", None)
-        return net if isinstance(net, Bilinear) else None
 
     def predict(self, users: torch.Tensor, items: torch.Tensor, user_known: torch.Tensor | None = None,
                 item_known: torch.Tensor | None = None) -> torch.Tensor:
@@ -271,6 +359,15 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
     def predict_step(self, batch, batch_idx):
         return self.predict(batch[0], batch[1])
 
+    def on_validation_epoch_start(self) -> None:
+        self.refresh()
+
+    def on_test_epoch_start(self) -> None:
+        self.refresh()
+
+    def on_predict_epoch_start(self) -> None:
+        self.refresh()
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the class that rebuilds this model (recsys.load imports it only from under recsys.models)
         checkpoint["recsys_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -281,11 +378,40 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         """The model a checkpoint holds, rebuilt from its saved hyperparameters (``overrides`` replace them)."""
         if hparams_file is not None:
             raise ValueError("hparams_file is not used: a recsys checkpoint holds its hyperparameters")
-        ckpt = torch.load(checkpoint_path, map_location=map_location, weights_only=weights_only)
-        if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "data" not in ckpt["hyper_parameters"]:
-            raise ValueError(f"{checkpoint_path} is not a checkpoint of a recsys model (no data facts in its "
-                             "hyper_parameters)")
-        model = cls(**{**ckpt["hyper_parameters"], **overrides})
-        model.on_load_checkpoint(ckpt)
-        model.load_state_dict(ckpt["state_dict"], strict=strict)
-        return model
+        return load_checkpoint(checkpoint_path, map_location, cls, strict, weights_only, **overrides)[0]
+
+
+def load_checkpoint(path, map_location=None, expect: type | None = None, strict: bool = True,
+                    weights_only: bool = True, **overrides) -> tuple[RatingModel, dict]:
+    """(model, checkpoint dict) of a recsys checkpoint: the one loader behind ``recsys.load`` and
+    ``Model.load_from_checkpoint``.
+
+    The class is the one the checkpoint names (``recsys_model``, imported only from under ``recsys.models``);
+    ``expect`` requires it to be that class or a subclass (a checkpoint without the name is rebuilt as
+    ``expect``). Hyperparameters come from the checkpoint (``overrides`` replace them); weights load with
+    ``weights_only=True`` by default.
+    """
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
+        raise ValueError(f"{path} is not a checkpoint of a recsys model (torch.load: {err})") from None
+    if not isinstance(ckpt, dict) or "data" not in ckpt.get("hyper_parameters", {}):
+        raise ValueError(f"{path} is not a checkpoint of a recsys model (no data facts in its hyper_parameters)")
+    name = ckpt.get("recsys_model")
+    cls = expect
+    if isinstance(name, str):
+        module, _, cls_name = name.rpartition(".")
+        if not module.startswith("recsys.models."):  # never import an arbitrary dotted path read from a file
+            raise ValueError(f"{path} names the model class {name!r}, which is not under recsys.models")
+        cls = getattr(importlib.import_module(module), cls_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, RatingModel)):
+            raise ValueError(f"{path} names {name!r}, which is not a recsys RatingModel")
+        if expect is not None and expect is not RatingModel and not issubclass(cls, expect):
+            raise ValueError(f"{path} holds a {cls.__name__}, not a {expect.__name__}")
+    if cls is None or cls is RatingModel:
+        raise ValueError(f"{path} does not name its model class ('recsys_model'); load it with that class's "
+                         "load_from_checkpoint")
+    model = cls(**{**ckpt["hyper_parameters"], **overrides})
+    model.on_load_checkpoint(ckpt)
+    model.load_state_dict(ckpt["state_dict"], strict=strict)
+    return model, ckpt

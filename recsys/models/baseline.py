@@ -36,6 +36,13 @@ class Baseline(RatingModel):
         """Cold pairs: μ plus the bias of whichever side has training ratings."""
         return self.link.rating(self.net.known_bias(users, items, user_known, item_known))
 
+    def all_item_scores(self, users):
+        """One matrix product against the item tables: ``forward`` for every item."""
+        return self.link.rating(self.net.all_items(users))
+
+    def factor_tables(self) -> Bilinear:
+        return self.net
+
     def objective(self, users, items, ratings):
         residual = self.link.target(ratings) - self.net(users, items)
         return per_rating_ridge(residual, 0.0, self.net.row_penalty(users, items)[1], 0.0, self.reg)

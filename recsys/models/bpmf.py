@@ -29,7 +29,7 @@ import torch
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
 from recsys.solvers.als import LeastSquares
-from recsys.solvers.gibbs import HYPERS, Gibbs
+from recsys.solvers.gibbs import HYPERS, Chain, Gibbs
 from recsys.validation import AtLeast, NonNegative, OneOf, Size
 
 
@@ -51,13 +51,15 @@ class BPMF(RatingModel):
         self.register_buffer("alpha", torch.tensor(1.0, dtype=torch.float64))
         self.register_buffer("kept", torch.tensor(0))
         # running sums of the kept samples' predictions for the tracked (validation and test) pairs
-        self.register_buffer("pair_keys", torch.zeros(0, dtype=torch.long))
-        self.register_buffer("pair_sums", torch.zeros(0, dtype=torch.float64))
+        self.register_data_buffer("pair_keys", torch.zeros(0, dtype=torch.long))
+        self.register_data_buffer("pair_sums", torch.zeros(0, dtype=torch.float64))
 
     # -- the chain ---------------------------------------------------------------------------------------
-    def chain(self) -> LeastSquares:
-        """The sampled tables in ALS's form (the ridge is unused: the sampler brings its prior)."""
-        return LeastSquares(self.net, self.link.target, (1.0, 1.0), "row")
+    def chain(self) -> Chain:
+        """The sampled tables in ALS's form (the ridge is unused: the sampler brings its prior) and the chain's
+        hyperparameters, noise precision and seed."""
+        return Chain(LeastSquares(self.net, self.link.target, (1.0, 1.0), "row"), self.hyper_mu, self.hyper_lam,
+                     self.alpha, int(self.hparams.seed), self.hparams.hyper)
 
     def track(self, users: torch.Tensor, items: torch.Tensor) -> None:
         """Pairs whose prediction is averaged over samples (a training run's validation and test pairs)."""
@@ -81,6 +83,17 @@ class BPMF(RatingModel):
     # -- predictions ---------------------------------------------------------------------------------------
     def factor_tables(self) -> Bilinear:
         return self.mean_net if int(self.kept) > 0 else self.net
+
+    def all_item_scores(self, users):
+        """Every item from the served tables (tracked pairs are a run's val/test pairs: never all items)."""
+        scores = self.link.rating(self.factor_tables().all_items(users))
+        if int(self.kept) and len(self.pair_keys):  # the tracked pairs among them: their sample averages
+            keys = users.long().unsqueeze(1) * self.data.num_items + torch.arange(self.data.num_items,
+                                                                                  device=users.device)
+            idx = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
+            found = self.pair_keys[idx] == keys
+            scores = torch.where(found, (self.pair_sums[idx] / self.kept).to(scores.dtype), scores)
+        return scores
 
     def forward(self, users, items):
         if int(self.kept) == 0:
@@ -106,10 +119,3 @@ class BPMF(RatingModel):
         user's row as ALS would, the items fixed at their means (the prior's mean is left out)."""
         ridge = tuple((lam.diagonal() / self.alpha).float() for lam in self.hyper_lam)
         return LeastSquares(self.factor_tables(), self.link.target, ridge, "row")
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("pair_keys", "pair_sums"):  # sized by the run's tracked pairs: take the saved size
-            if prefix + name in state_dict:
-                saved = state_dict[prefix + name]
-                setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

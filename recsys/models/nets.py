@@ -46,6 +46,17 @@ class Bilinear(nn.Module):
             score = score + self.user_bias(users) + self.item_bias.weight.T
         return score
 
+    @torch.no_grad()
+    def add_user(self) -> None:
+        """Append one user row of zeros (factors and bias): a fold-in's starting point."""
+        for name in ("user", "user_bias"):
+            old = getattr(self, name)
+            if old is not None:
+                grown = nn.Embedding(old.num_embeddings + 1, old.embedding_dim, device=old.weight.device,
+                                     dtype=old.weight.dtype)
+                grown.weight.copy_(torch.cat([old.weight, old.weight.new_zeros(1, old.embedding_dim)]))
+                setattr(self, name, grown)
+
     def row_penalty(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Per-rating ``(‖P_u‖² + ‖Q_i‖², b_u² + b_i²)``: the SGD-MF regularizer, one term per rating."""
         factors = self.user(users).square().sum(-1) + self.item(items).square().sum(-1)

@@ -48,6 +48,13 @@ class PMF(RatingModel):
     def _residual(self, users, items, ratings) -> torch.Tensor:
         return self.link.target(ratings) - self.link.mean(self.net(users, items))
 
+    def all_item_scores(self, users):
+        """One matrix product against the item tables: ``forward`` for every item."""
+        return self.link.rating(self.link.mean(self.net.all_items(users)))
+
+    def factor_tables(self) -> Bilinear:
+        return self.net
+
     def objective(self, users, items, ratings):
         return map_estimate(self._residual(users, items, ratings), self._prior(), self.data.num_train)
 

@@ -40,6 +40,32 @@ class SigmoidPMF(PMF):
     def least_squares(self) -> None:
         return None  # g(c + UᵀV) is not bilinear in either side
 
+    @torch.no_grad()
+    def fold_in(self, items: torch.Tensor, ratings: torch.Tensor, row: int | None = None, steps: int = 20) -> int:
+        """Minimize ½Σ(t − g(c + xᵀv))² + λ_U/2‖x‖² over user ``row``'s x (E restricted to one user) by Newton
+        steps, the items fixed; where the exact Hessian is not positive definite, that step uses its
+        Gauss-Newton part."""
+        row = self.add_user_row() if row is None else row
+        link, lam, net = self.link, float(self.lambdas[0]), self.net
+        v, t = net.item.weight[items], link.target(ratings)
+        x = net.user.weight[row].clone()
+        eye = torch.eye(len(x), dtype=x.dtype, device=x.device)
+        for _ in range(steps):
+            g = link.mean(v @ x)
+            d1 = g * (1 - g)  # g', and g'' = g'(1 − 2g)
+            grad = -(v * (d1 * (t - g)).unsqueeze(1)).sum(0) + lam * x
+            if grad.norm() < 1e-7:
+                break
+            gauss_newton = (v * (d1 * d1).unsqueeze(1)).T @ v + lam * eye
+            exact = gauss_newton - (v * ((t - g) * d1 * (1 - 2 * g)).unsqueeze(1)).T @ v
+            chol, info = torch.linalg.cholesky_ex(exact)
+            if info != 0:
+                chol = torch.linalg.cholesky(gauss_newton)
+            x = x - torch.cholesky_solve(grad.unsqueeze(1), chol).squeeze(1)
+        net.user.weight[row] = x
+        self.user_seen[row] = True
+        return row
+
     def predict(self, users, items, user_known=None, item_known=None):
         pred = super().predict(users, items, user_known, item_known)
         if self.round_step > 0:

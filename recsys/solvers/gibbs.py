@@ -23,6 +23,8 @@ run resumed at epoch e draws what the uninterrupted run drew.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -36,6 +38,20 @@ STREAMS = {"user": 0, "item": 1, "user_hyper": 2, "item_hyper": 3, "noise": 4}
 GAMMA0, A0, B0 = 1.0, 1.0, 1.0
 BETA0 = 2.0
 ALPHA_A0, ALPHA_B0 = 1.0, 1.0
+
+
+@dataclass(frozen=True)
+class Chain:
+    """What a Bayesian model hands the sampler (``RatingModel.chain()``): the sampled tables in ALS's form and the
+    chain's other state, tensors the sampler updates in place (the model keeps them as buffers, so they travel
+    in checkpoints)."""
+
+    problem: LeastSquares  # the current sample's tables (its ridge is unused: the prior replaces it)
+    mu: torch.Tensor  # (2, w) prior means of the user and item rows (float64)
+    lam: torch.Tensor  # (2, w, w) prior precisions
+    alpha: torch.Tensor  # () noise precision
+    seed: int  # keys every draw: (seed, epoch, stream)
+    hyper: str  # one of HYPERS
 
 
 def rng(seed: int, epoch: int, stream: str) -> np.random.Generator:
@@ -128,28 +144,23 @@ def sample_side(sweeper: Sweeper, problem: LeastSquares, side: str, mu: torch.Te
 class Gibbs(ALS):
     """Fitting strategy: one epoch draws one sample of the chain (see the module docstring).
 
-    The model provides ``chain()`` (the :class:`LeastSquares` form of the sampled tables), the buffers
-    ``hyper_mu`` (2 × w), ``hyper_lam`` (2 × w × w) and ``alpha`` (the chain's state besides the tables),
-    ``hparams.hyper``, ``hparams.seed``, and ``record(epoch)``, called after each sample (running means).
-    ``train/loss`` is the sample's mean squared training error.
+    The model provides ``chain()`` (a :class:`Chain`) and ``record(epoch)``, called after each sample (running
+    means), both hooks of the model contract. ``train/loss`` is the sample's mean squared training error.
     """
 
     def check(self, model) -> None:
-        if not callable(getattr(model, "chain", None)):
-            raise ValueError(f"model.solver=gibbs: {type(model).__name__} is not a Bayesian model (no chain()); "
-                             "use model=bpmf")
+        if model.chain() is None:
+            raise ValueError(f"model.solver=gibbs: {type(model).__name__} is not a Bayesian model (its chain() is "
+                             "None); use model=bpmf")
 
     @torch.no_grad()
     def training_step(self, model, batch, batch_idx: int) -> torch.Tensor | None:
         batches = self._whole_epoch(model, batch, batch_idx)
         if batches is None:
             return None
-        datamodule = getattr(model.trainer, "datamodule", None)
-        if len(model.pair_keys) == 0 and hasattr(datamodule, "val_set"):  # predictions to average: val and test
-            model.track(*(torch.cat([datamodule.val_set[k], datamodule.test_set[k]]) for k in (0, 1)))
-        sweeper = self._sweeper_for(model, batches, model.chain())
+        sweeper = self._sweeper_for(model, batches, model.chain().problem)
         try:
-            sse = self.sample(model, sweeper, model.current_epoch)
+            sse = self.sample(model.chain(), sweeper, model.current_epoch)
         except FloatingPointError as err:
             raise FloatingPointError(f"Gibbs sample {model.current_epoch}: {err}") from None
         model.record(model.current_epoch)
@@ -158,19 +169,19 @@ class Gibbs(ALS):
 
     @staticmethod
     @torch.no_grad()
-    def sample(model, sweeper: Sweeper, epoch: int, noise: bool = True) -> float:
+    def sample(chain: Chain, sweeper: Sweeper, epoch: int, noise: bool = True) -> float:
         """One sweep of the chain; returns the training squared error after it (summed over ranks)."""
-        problem, seed, kind = model.chain(), int(model.hparams.seed), model.hparams.hyper
+        problem, seed, kind = chain.problem, int(chain.seed), chain.hyper
         for s, side in enumerate(("user", "item")):
             rows = problem.weights(side)
-            mu, lam = sample_hyper(rows, kind, model.hyper_mu[s].double().cpu(), rng(seed, epoch, f"{side}_hyper"))
-            model.hyper_mu[s], model.hyper_lam[s] = mu.to(model.hyper_mu), lam.to(model.hyper_lam)
+            mu, lam = sample_hyper(rows, kind, chain.mu[s].double().cpu(), rng(seed, epoch, f"{side}_hyper"))
+            chain.mu[s], chain.lam[s] = mu.to(chain.mu), lam.to(chain.lam)
             n_rows, width = rows.shape
             z = normals(seed, epoch, side, n_rows, width) if noise else None
-            sse = sample_side(sweeper, problem, side, model.hyper_mu[s], model.hyper_lam[s],
-                              float(model.alpha), None if z is None else z.to(model.hyper_mu.device))
+            sse = sample_side(sweeper, problem, side, chain.mu[s], chain.lam[s],
+                              float(chain.alpha), None if z is None else z.to(chain.mu.device))
         if sweeper.reduce is not None:
             sse = sweeper.reduce(sse)
         sse = float(sse)
-        model.alpha.fill_(sample_noise(sse, sweeper.num_ratings, rng(seed, epoch, "noise")))
+        chain.alpha.fill_(sample_noise(sse, sweeper.num_ratings, rng(seed, epoch, "noise")))
         return sse

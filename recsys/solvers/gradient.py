@@ -82,8 +82,8 @@ def build_optimizer(spec: Mapping, params) -> torch.optim.Optimizer:
 class Gradient:
     """Fitting strategy: minibatch steps of the configured optimizer on ``model.objective``.
 
-    Models with a ``gradients(users, items, ratings)`` method (the loss, with its gradient written into the
-    parameters' ``.grad`` in closed form) take the fast path: manual optimization, no autograd graph, one
+    Models that implement the contract's ``gradients(users, items, ratings)`` (the loss, with its gradient
+    written into the parameters' ``.grad`` in closed form) take the fast path: manual optimization, no autograd graph, one
     all-reduce of the flattened gradients per step under DDP, no host sync. Others use Lightning's automatic
     optimization of ``objective`` (autograd).
     """
@@ -95,7 +95,7 @@ class Gradient:
         self._views: list[torch.Tensor] = []
 
     def automatic(self, model) -> bool:
-        return not callable(getattr(model, "gradients", None))
+        return not model.has_closed_form_gradients()
 
     def check(self, model) -> None:
         pass  # every model has an objective

@@ -85,13 +85,13 @@ def test_a_split_that_leaves_a_set_empty_is_named(tmp_path):
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_item_batches_hold_whole_items_and_every_rating_once(world):
     """batch_by=item (I-AutoRec): a batch holds every rating of its items, ranks hold disjoint items."""
-    from recsys.data.datamodule import ItemBatches
+    from recsys.data.datamodule import GroupBatches
 
     g = torch.Generator().manual_seed(0)
     items = torch.randint(0, 40, (600,), generator=g)
     users = torch.arange(600)
     tensors = (users, items, torch.rand(600, generator=g))
-    ranks = [ItemBatches(tensors, 100, seed=3, rank=r, world_size=world) for r in range(world)]
+    ranks = [GroupBatches(tensors, 100, seed=3, rank=r, world_size=world) for r in range(world)]
     orders = []
     for _epoch in range(2):
         per_rank = [list(iter(ds)) for ds in ranks]

@@ -33,17 +33,17 @@ def test_the_conditional_mean_is_the_als_solution(alpha):
     width = 5
     reference = _model(r, 30, 20, dim=4)
     reference.load_state_dict(model.state_dict())
-    sweeper = als.Sweeper(model.chain(), users, items, r)
-    sample_side(sweeper, model.chain(), "user", torch.zeros(width), alpha * lam * torch.eye(width), alpha, None)
+    sweeper = als.Sweeper(model.chain().problem, users, items, r)
+    sample_side(sweeper, model.chain().problem, "user", torch.zeros(width), alpha * lam * torch.eye(width), alpha, None)
     exact = als.LeastSquares(reference.net, reference.link.target, (lam, lam), "row")
     als.half_sweep(exact, "user", users, items, r, solve="cholesky")
-    assert torch.allclose(model.chain().weights("user"), exact.weights("user"), atol=1e-10)
+    assert torch.allclose(model.chain().problem.weights("user"), exact.weights("user"), atol=1e-10)
 
 
 def test_draws_have_the_conditionals_mean_and_covariance():
     users, items, r = _problem(3, 12, 30, seed=2)
     model = _model(r, 3, 12, dim=2)
-    problem = model.chain()
+    problem = model.chain().problem
     sweeper = als.Sweeper(problem, users, items, r)
     mu, lam, alpha = torch.tensor([0.1, -0.2, 0.05]), torch.diag(torch.tensor([2.0, 3.0, 4.0])), 1.7
     # the conditional of user 0, from its ratings (items fixed): precision αG + Λ, mean A⁻¹(αb + Λμ)
@@ -63,9 +63,9 @@ def test_draws_have_the_conditionals_mean_and_covariance():
 
 
 def _chain(model, users, items, r, epochs, **kw):
-    sweeper = als.Sweeper(model.chain(), users, items, r, **kw)
+    sweeper = als.Sweeper(model.chain().problem, users, items, r, **kw)
     for epoch in range(epochs):
-        Gibbs.sample(model, sweeper, epoch)
+        Gibbs.sample(model.chain(), sweeper, epoch)
         model.record(epoch)
 
 
@@ -75,11 +75,11 @@ def test_predictions_are_the_running_mean_of_the_kept_samples(hyper):
     model = _model(r, 40, 30, dim=3, burn_in=2, hyper=hyper)
     tracked_u, tracked_i = torch.tensor([0, 5, 7, 39]), torch.tensor([1, 2, 29, 0])
     model.track(tracked_u, tracked_i)
-    sweeper = als.Sweeper(model.chain(), users, items, r)
+    sweeper = als.Sweeper(model.chain().problem, users, items, r)
     samples, tables = [], []
     with torch.no_grad():
         for epoch in range(6):
-            Gibbs.sample(model, sweeper, epoch)
+            Gibbs.sample(model.chain(), sweeper, epoch)
             model.record(epoch)
             if epoch >= 2:
                 samples.append(model.link.rating(model.net(tracked_u, tracked_i)))
@@ -113,6 +113,7 @@ def _ddp_worker(rank, world, init, users, items, ratings, state, hyper, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.integration  # starts processes
 @pytest.mark.parametrize("hyper", ["gamma", "wishart"])
 def test_two_ranks_draw_the_chain_of_one_process(tmp_path, hyper):
     """Rows sharded over 2 gloo processes, draws keyed by (seed, epoch, side, row): one process's chain."""

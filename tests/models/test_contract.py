@@ -71,3 +71,39 @@ def test_hyperparameters_must_be_primitives():
 def test_the_base_system_cannot_be_initialized_outside_the_contract():
     with pytest.raises(TypeError, match="built by calling its class"):
         RatingModel.__init__(object.__new__(Dot))
+
+
+def test_models_and_solvers_never_reach_into_the_trainers_datamodule():
+    """Training data reaches a model through the contract (setup_interactions), never trainer.datamodule."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "recsys"
+    offenders = [f"{p.relative_to(root)}:{n}" for folder in ("models", "solvers") for p in (root / folder).glob("*.py")
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if ".datamodule" in line]
+    assert not offenders, offenders
+
+
+class Scaled(Dot):
+    """A model whose forward adds a term a factor-table shortcut would miss: the defaults must still be exact."""
+
+    def forward(self, users, items):
+        return 2.0 * self.net(users, items) + 0.5 * users.float()
+
+
+def test_every_optional_hook_has_a_default_that_is_correct_for_any_model():
+    from recsys.data.interactions import Interactions
+
+    facts = fake_facts(4, 3)
+    model = Scaled(data=facts)
+    model.setup_interactions(Interactions(torch.tensor([0, 1]), torch.tensor([2, 0]), torch.ones(2), 4, 3))
+    model.track(torch.tensor([0]), torch.tensor([1]))
+    model.refresh()
+    users = torch.arange(4)
+    pairs = model(users.repeat_interleave(3), torch.arange(3).repeat(4)).view(4, 3)
+    torch.testing.assert_close(model.score_all_items(users), pairs)  # the generic path calls forward
+    assert model.factor_tables() is None and model.least_squares() is None and model.chain() is None
+    assert not model.has_closed_form_gradients() and model.automatic_optimization
+    with pytest.raises(NotImplementedError, match="Scaled cannot fold in a user"):
+        model.fold_in(torch.tensor([0]), torch.tensor([4.0]))
+    with pytest.raises(NotImplementedError, match="Scaled has no factor tables"):
+        model.add_user_row()

@@ -54,3 +54,79 @@ def test_predictions_are_clipped_to_the_rating_range():
     with torch.no_grad():
         model.net.user_bias.weight[:] = torch.tensor([[10.0], [-10.0]])
     assert model.predict(torch.tensor([0, 1]), torch.tensor([0, 0])).tolist() == [5.0, 1.0]
+
+
+# -- every model's prediction, written out from its paper's equation with the model's own parameters -------------
+def _pairs(n_users=6, n_items=5):
+    users = torch.arange(n_users).repeat_interleave(n_items)
+    return users, torch.arange(n_items).repeat(n_users)
+
+
+def _randomize(model):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.2, 0.5)
+    return model
+
+
+def test_biased_mf_predicts_mu_plus_both_biases_plus_the_factor_product():
+    model = _randomize(BiasedMF(data=fake_facts(6, 5, global_mean=3.3), dim=3))
+    u, i = _pairs()
+    n = model.net
+    by_hand = 3.3 + n.user_bias.weight[u, 0] + n.item_bias.weight[i, 0] + (n.user.weight[u] * n.item.weight[i]).sum(1)
+    torch.testing.assert_close(model(u, i), by_hand)
+
+
+def test_baseline_predicts_mu_plus_both_biases():
+    from recsys.models.baseline import Baseline
+
+    model = _randomize(Baseline(data=fake_facts(6, 5, global_mean=3.3)))
+    u, i = _pairs()
+    torch.testing.assert_close(model(u, i), 3.3 + model.net.user_bias.weight[u, 0] + model.net.item_bias.weight[i, 0])
+
+
+def test_pmf_predicts_mu_plus_the_factor_product_and_its_sigmoid_variant_squashes_it():
+    u, i = _pairs()
+    pmf = _randomize(PMF(data=fake_facts(6, 5, global_mean=3.3), dim=3))
+    dot = (pmf.net.user.weight[u] * pmf.net.item.weight[i]).sum(1)
+    torch.testing.assert_close(pmf(u, i), 3.3 + dot)
+    sig = _randomize(SigmoidPMF(data=fake_facts(6, 5, global_mean=3.3), dim=3))
+    dot = (sig.net.user.weight[u] * sig.net.item.weight[i]).sum(1)
+    torch.testing.assert_close(sig(u, i), 1 + 4 * torch.sigmoid(dot))
+
+
+def test_svdpp_adds_the_normalized_implicit_sum_of_the_users_history():
+    from recsys.data.interactions import Interactions
+    from recsys.models.svdpp import SVDpp
+
+    model = _randomize(SVDpp(data=fake_facts(6, 5, global_mean=3.3), dim=3))
+    hist_u, hist_i = torch.tensor([0, 0, 0, 1, 2, 2, 4]), torch.tensor([0, 2, 4, 1, 3, 0, 2])  # user 3, 5: none
+    model.setup_interactions(Interactions(hist_u, hist_i, torch.ones(7), 6, 5))
+    u, i = _pairs()
+    n, y = model.net, model.implicit.weight
+    implicit = torch.zeros(6, 3)
+    for user in range(6):
+        mine = hist_i[hist_u == user]
+        if len(mine):
+            implicit[user] = y[mine].sum(0) / len(mine) ** 0.5
+    by_hand = 3.3 + n.user_bias.weight[u, 0] + n.item_bias.weight[i, 0] + \
+        (n.item.weight[i] * (n.user.weight[u] + implicit[u])).sum(1)
+    torch.testing.assert_close(model(u, i), by_hand)
+    assert (implicit[u] * n.item.weight[i]).sum(1).abs().max() > 0.1  # the implicit term matters here
+
+
+def test_autorec_decodes_the_sigmoid_code_of_each_items_rating_vector():
+    from recsys.data.interactions import Interactions
+    from recsys.models.autorec import AutoRec
+
+    model = _randomize(AutoRec(data=fake_facts(6, 5, global_mean=3.3), hidden=4))
+    u_obs, i_obs, r_obs = _problem(6, 5, 18, seed=4)
+    model.setup_interactions(Interactions(u_obs, i_obs, r_obs, 6, 5))
+    model.refresh()
+    dense = torch.zeros(5, 6)  # r_i ∈ R^m, unobserved 0
+    dense[i_obs, u_obs] = r_obs
+    h = torch.sigmoid(dense @ model.encoder.weight + model.encoder_bias)  # g(V r_i + μ)
+    u, i = _pairs()
+    by_hand = (model.decoder.weight[u] * h[i]).sum(1) + model.decoder_bias.weight[u, 0]  # W h_i + b
+    torch.testing.assert_close(model(u, i), by_hand)

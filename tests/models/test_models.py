@@ -1,8 +1,11 @@
 """Unit tests run for every model found in configs/model/*.yaml: adding a model config enrols the model.
 
 Each model is built from its own config with fake data facts (as lightning-hydra-template's
-tests/test_configs.py does), overfits a tiny set by gradient (and by ALS where it has a least-squares
-form), rejects bad hyperparameters with errors naming them, and survives a Lightning checkpoint.
+tests/test_configs.py does) and handed its training interactions through the contract (``setup_interactions``).
+It fits a target only its own terms can fit (rank-2 factors plus biases, every user with a history) by gradient
+(and by ALS where it has a least-squares form); its all-item scores and ``recommend`` equal its own pairwise
+scores; a loaded copy scores without the data; it rejects bad hyperparameters with errors naming them, and
+survives a Lightning checkpoint.
 """
 
 import json
@@ -16,6 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from recsys.data.interactions import Interactions
 from recsys.solvers import als
 
 MODELS = model_configs()
@@ -33,13 +37,32 @@ def build(name: str, facts, **overrides):
         raise err.__cause__ from None
 
 
+#: models whose terms cannot represent rank-2 factors (μ + b_u + b_i only): they fit the additive part
+ADDITIVE_ONLY = {"baseline"}
+
+
 def additive_ratings(n_users=20, n_items=15, n=120, seed=0):
-    """μ + b_u + b_i on distinct pairs: a structure every model here can represent exactly."""
+    """μ + b_u + b_i on distinct pairs."""
     g = torch.Generator().manual_seed(seed)
     cells = torch.randperm(n_users * n_items, generator=g)[:n]
     users, items = cells // n_items, cells % n_items
     bu, bi = 0.3 * torch.randn(n_users, generator=g), 0.3 * torch.randn(n_items, generator=g)
     return users, items, 3.0 + bu[users] + bi[items]
+
+
+def structured_ratings(name: str, n_users=20, n_items=15, n=200, seed=0):
+    """The target a model must fit with its own terms: μ + b_u + b_i + p_uᵀq_i with rank-2 factors (the additive
+    part alone for ADDITIVE_ONLY models), on distinct pairs where every user has a history of several items."""
+    users, items, ratings = additive_ratings(n_users, n_items, n, seed)
+    if name not in ADDITIVE_ONLY:
+        g = torch.Generator().manual_seed(seed + 1)
+        p, q = 0.6 * torch.randn(n_users, 2, generator=g), 0.6 * torch.randn(n_items, 2, generator=g)
+        ratings = ratings + (p[users] * q[items]).sum(1)
+    return users, items, ratings
+
+
+def interactions(users, items, ratings, n_users=20, n_items=15) -> Interactions:
+    return Interactions(users, items, ratings, n_users, n_items)
 
 
 def rmse(model, users, items, ratings) -> float:
@@ -54,42 +77,44 @@ def tiny(name: str, ratings, prior: float = 1e-6, **overrides):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_model_overfits_a_tiny_set_by_gradient(name):
+def test_model_fits_a_target_of_its_own_terms_by_gradient(name):
+    """Every model receives its training data through the contract and fits rank-2 factors plus biases."""
     torch.manual_seed(0)
-    users, items, ratings = additive_ratings()
+    users, items, ratings = structured_ratings(name)
+    train = interactions(users, items, ratings)
     if name in SAMPLED:  # refuses gradient training, and its chain's running mean fits the set instead
         with pytest.raises(ValueError, match="model.solver=gibbs"):
             tiny(name, ratings, solver="gradient")
         from recsys.solvers.gibbs import Gibbs
 
         model = tiny(name, ratings).double()
-        sweeper = als.Sweeper(model.chain(), users, items, ratings.double())
+        model.setup_interactions(train)
+        sweeper = als.Sweeper(model.chain().problem, users, items, ratings.double())
         model.track(users, items)
         for epoch in range(200):
-            Gibbs.sample(model, sweeper, epoch)
+            Gibbs.sample(model.chain(), sweeper, epoch)
             model.record(epoch)
         assert rmse(model, users, items, ratings.double()) < 0.05
         return
     lr = min(0.05, 10 * yaml.safe_load(MODELS[name].read_text())["optimizer"]["lr"])  # fast, within its range
     model = tiny(name, ratings, optimizer={"lr": lr})
-    # models that predict from codes of the training set (autorec) encode it before predicting, as a run does
-    encode = getattr(model, "refresh_codes", lambda *_: None)
+    model.setup_interactions(train)
     opt = model.configure_optimizers()
-    encode(users, items, ratings)
+    model.refresh()
     start = rmse(model, users, items, ratings)
-    for _ in range(800):
+    for _ in range(1500):
         loss = model.objective(users, items, ratings)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    encode(users, items, ratings)
+    model.refresh()
     assert rmse(model, users, items, ratings) < 0.05 < start
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_model_overfits_a_tiny_set_by_als_or_refuses_it(name):
+def test_model_fits_a_target_of_its_own_terms_by_als_or_refuses_it(name):
     torch.manual_seed(0)
-    users, items, ratings = additive_ratings()
+    users, items, ratings = structured_ratings(name)
     if name in SAMPLED:
         with pytest.raises(ValueError, match="model.solver=gibbs"):
             tiny(name, ratings, solver="als")
@@ -101,10 +126,72 @@ def test_model_overfits_a_tiny_set_by_als_or_refuses_it(name):
             tiny(name, ratings, solver="als")
         return
     model = tiny(name, ratings, prior=1e-3, solver="als").double()  # a ridge that keeps k > n_r solvable
-    for _ in range(50):
+    model.setup_interactions(interactions(users, items, ratings))
+    for _ in range(100):
         for side in ("user", "item"):
             als.half_sweep(model.least_squares(), side, users, items, ratings.double())
     assert rmse(model, users, items, ratings.double()) < 0.05
+
+
+def _randomized(name: str, users, items, ratings, n_users=20, n_items=15):
+    """The model with random weights, handed its training data (every user with a history), state refreshed."""
+    torch.manual_seed(0)
+    counts = torch.bincount(users, minlength=n_users)
+    counts[3] = 0  # one user without training ratings: cold
+    facts = fake_facts(n_users, n_items, len(ratings), float(ratings.mean()), user_counts=counts,
+                       item_counts=torch.bincount(items, minlength=n_items))
+    model = build(name, facts).double()
+    model.setup_interactions(interactions(users, items, ratings.double(), n_users, n_items))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3).add_(0.05)
+    model.refresh()
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_scores_against_all_items_and_recommend_equal_pairwise_scores(name):
+    """score_all_items (ranking metrics) and Recommender.recommend score as the model's own pairwise forward,
+    for users with histories, a cold user and an unknown id."""
+    import numpy as np
+
+    from recsys.data.datasets import IdMap
+    from recsys.data.interactions import Seen
+    from recsys.recommender import Recommender
+
+    users, items, ratings = structured_ratings(name, n=150)
+    model = _randomized(name, users, items, ratings)
+    rows = torch.arange(20)
+    known = torch.ones(20, dtype=torch.bool)
+    known[7] = False  # an id that is not in the model
+    fast = model.score_all_items(rows, known)
+    pairs = model.score(rows.repeat_interleave(15), torch.arange(15).repeat(20), known.repeat_interleave(15),
+                        torch.ones(300, dtype=torch.bool)).view(20, 15)
+    torch.testing.assert_close(fast, pairs, atol=1e-9, rtol=1e-9)
+    assert float(fast.std()) > 0.05  # the weights matter: not a constant
+    rec = Recommender(model, IdMap(np.arange(100, 120)), IdMap(np.arange(15)),
+                      Seen.of(users.numpy(), items.numpy(), 20))
+    top = rec.recommend(list(range(100, 120)), n=5)
+    u, i = torch.as_tensor(top["user"].to_numpy(int) - 100), torch.as_tensor(top["item"].to_numpy(int))
+    np.testing.assert_allclose(top["score"].to_numpy(), model.score(u, i).detach().double().numpy(), atol=1e-9)
+    every = model.score_all_items(rows).detach()  # every id known to the Recommender
+    best = every.masked_fill(Seen.of(users.numpy(), items.numpy(), 20).mask(rows, 15), float("-inf"))
+    np.testing.assert_allclose(top.groupby("user")["score"].max().to_numpy(), best.max(1).values.numpy(), atol=1e-9)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_loaded_model_scores_without_the_training_data(name, tmp_path):
+    """Whatever a model derives from its training data for scoring is saved with its weights."""
+    from recsys.models.base import load_checkpoint
+
+    users, items, ratings = structured_ratings(name, n=150)
+    model = _randomized(name, users, items, ratings)
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict(),
+                "recsys_model": f"{type(model).__module__}.{type(model).__qualname__}"}, tmp_path / "m.ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "m.ckpt")
+    loaded = loaded.double()
+    rows = torch.arange(20)
+    torch.testing.assert_close(loaded.score_all_items(rows), model.score_all_items(rows))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -161,21 +248,6 @@ def test_model_saves_primitives_and_loads_from_a_lightning_checkpoint(name, udat
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_scores_against_all_items_equal_pairwise_scores(name):
-    torch.manual_seed(0)
-    counts = torch.tensor([3, 1, 0, 2, 5, 1])  # user 2 and item 4 have no training ratings
-    model = build(name, fake_facts(6, 5, 12, user_counts=counts, item_counts=torch.tensor([2, 3, 1, 4, 0])))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_()
-    users, known = torch.tensor([0, 2, 5, 1]), torch.tensor([True, True, True, False])  # user 1: unknown id
-    fast = model.score_all_items(users, known)
-    pairs = model.score(users.repeat_interleave(5), torch.arange(5).repeat(4), known.repeat_interleave(5),
-                        torch.ones(20, dtype=torch.bool)).view(4, 5)
-    assert torch.allclose(fast, pairs, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", MODELS)
 def test_closed_form_gradients_equal_autograd(name):
     """The gradient solver's fast path (``gradients``) computes the objective and the gradient autograd would."""
     torch.manual_seed(0)
@@ -185,7 +257,7 @@ def test_closed_form_gradients_equal_autograd(name):
     spec = yaml.safe_load(MODELS[name].read_text())
     model = build(name, fake_facts(20, 15, len(ratings), float(ratings.mean())),
                   **({"init_std": 0.3} if "init_std" in spec else {})).double()
-    if not callable(getattr(model, "gradients", None)):  # without closed-form gradients: autograd, if by gradient
+    if not model.has_closed_form_gradients():  # without closed-form gradients: autograd, if by gradient
         assert model.automatic_optimization is (model.hparams.solver == "gradient")
         return
     assert not model.automatic_optimization

@@ -1,0 +1,127 @@
+"""Interactions: the training data a model receives through the contract (``RatingModel.setup_interactions``).
+
+User and item indices, ratings, and compressed-row (CSR) views by user and by item, computed once on first
+use. A model that needs a user's history (SVD++'s N(u)), an item's ratings (AutoRec's codes) or the whole
+matrix (EASE) reads it from here; whatever it derives for scoring it keeps in its own saved state, so a loaded
+model scores without the data.
+
+:class:`Seen` is the user → items table of the test protocol (each user's training and validation items):
+built once by the datamodule and shared by the ranking evaluation, ``seen.npz`` and the Recommender.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class CSR:
+    """Rows as compressed sparse rows: row r's entries are ``indices[indptr[r]:indptr[r + 1]]`` (sorted), with
+    ``values`` (the ratings) in the same order."""
+
+    indptr: torch.Tensor  # (n_rows + 1,) int64
+    indices: torch.Tensor  # (nnz,) int64, column ids sorted within each row
+    values: torch.Tensor  # (nnz,) ratings
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.indptr[1:] - self.indptr[:-1]
+
+    def row(self, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = int(self.indptr[r]), int(self.indptr[r + 1])
+        return self.indices[lo:hi], self.values[lo:hi]
+
+    def row_of_entry(self) -> torch.Tensor:
+        """(nnz,) the row of every entry."""
+        return torch.repeat_interleave(torch.arange(len(self.indptr) - 1, device=self.indptr.device), self.counts)
+
+
+def csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n_rows: int) -> CSR:
+    """(rows, cols, values) triples as a :class:`CSR` by row, columns sorted within each row."""
+    rows, cols = rows.long(), cols.long()
+    order = torch.argsort(rows * (int(cols.max()) + 1 if len(cols) else 1) + cols)
+    indptr = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
+    torch.cumsum(torch.bincount(rows, minlength=n_rows), 0, out=indptr[1:])
+    return CSR(indptr, cols[order], values[order])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Interactions:
+    """One split's (user, item, rating) triples over ``num_users`` × ``num_items`` (indices, not original ids)."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    ratings: torch.Tensor
+    num_users: int
+    num_items: int
+
+    def __post_init__(self) -> None:
+        n = len(self.users)
+        if len(self.items) != n or len(self.ratings) != n:
+            raise ValueError(f"interactions: {n} users, {len(self.items)} items, {len(self.ratings)} ratings; "
+                             "give one of each per interaction")
+        for name, idx, size in (("user", self.users, self.num_users), ("item", self.items, self.num_items)):
+            if n and (int(idx.min()) < 0 or int(idx.max()) >= size):
+                raise ValueError(f"interactions: {name} indices must lie in [0, {size}), got "
+                                 f"[{int(idx.min())}, {int(idx.max())}]")
+
+    def __len__(self) -> int:
+        return len(self.ratings)
+
+    def triples(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.users, self.items, self.ratings
+
+    @functools.cached_property
+    def by_user(self) -> CSR:
+        """Each user's items and ratings (N(u) with its ratings)."""
+        return csr(self.users, self.items, self.ratings, self.num_users)
+
+    @functools.cached_property
+    def by_item(self) -> CSR:
+        """Each item's users and ratings."""
+        return csr(self.items, self.users, self.ratings, self.num_items)
+
+    def to(self, device) -> Interactions:
+        return Interactions(self.users.to(device), self.items.to(device), self.ratings.to(device), self.num_users,
+                            self.num_items)
+
+
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """Each user's training and validation items as CSR arrays ``(indptr, items)``, items sorted per user: what
+    ranking leaves out of a user's candidates."""
+
+    indptr: np.ndarray
+    items: np.ndarray
+
+    @classmethod
+    def of(cls, users: np.ndarray, items: np.ndarray, num_users: int) -> Seen:
+        order = np.lexsort((items, users))
+        indptr = np.zeros(num_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(users, minlength=num_users), out=indptr[1:])
+        return cls(indptr, np.asarray(items)[order].astype(np.int32))
+
+    def mask(self, rows: torch.Tensor, num_items: int) -> torch.Tensor:
+        """(len(rows), num_items) True where the row's user has seen the item."""
+        r = rows.cpu().numpy()
+        starts = torch.as_tensor(self.indptr[r])
+        counts = torch.as_tensor(self.indptr[r + 1] - self.indptr[r])
+        which = torch.repeat_interleave(torch.arange(len(r)), counts)
+        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        cols = torch.as_tensor(self.items)[torch.repeat_interleave(starts, counts) + offsets].long()
+        mask = torch.zeros(len(r), num_items, dtype=torch.bool)
+        mask[which, cols] = True
+        return mask.to(rows.device)
+
+    def with_row(self, row: int, items: np.ndarray) -> Seen:
+        """A copy where user ``row`` (possibly one past the last) has seen exactly ``items``."""
+        indptr = self.indptr if row < len(self.indptr) - 1 else np.append(self.indptr, self.indptr[-1])
+        mine = np.unique(np.asarray(items)).astype(np.int32)
+        seen = np.concatenate([self.items[:indptr[row]], mine, self.items[indptr[row + 1]:]])
+        counts = np.diff(indptr)
+        counts[row] = len(mine)
+        return Seen(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), seen)
