@@ -12,7 +12,9 @@ training set. Each system predicts the same test ratings, clipped to the rating 
 
 The project's systems: each model's defaults, the data set's presets (``experiment=<data>_<model>``, where
 configs/experiment has one) and blends of those runs (``recsys blend``, fitted on the validation split; its fit
-time is the sum of its members'). ``--only TEXT`` runs the systems whose name contains TEXT and prints them.
+time is the sum of its members'). ``--only TEXT`` runs the systems whose name contains TEXT (or any of
+comma-separated texts: ``--only "recsys svdpp,SVD++"``) and prints them; with ``--update`` their rows replace (or
+join) theirs in the existing results file, the other rows kept as they were measured.
 
 Fit seconds: for the project, ``fit_seconds`` of metrics.json (the whole Lightning fit: every epoch's
 training, validation and checkpoints); for a peer, its ``fit`` call. Writes ``benchmarks/results/<data>.md``
@@ -49,6 +51,7 @@ OURS = {
     "recsys baseline ALS": ["model=baseline", "model.solver=als"],
     "recsys bpmf": ["model=bpmf"],
     "recsys autorec": ["model=autorec"],
+    "recsys svdpp": ["model=svdpp"],
 }
 #: presets (configs/experiment/<data>_<model>.yaml, found by hparams_search=optuna on val/rmse), where present
 PRESETS = ("mf", "pmf", "pmf_sigmoid", "bpmf", "autorec")
@@ -70,11 +73,16 @@ def member(name: str, model: str) -> bool:
     return name.split(" ")[1] == model
 
 
+def matches(name: str, only: str | None) -> bool:
+    """Whether ``--only`` (comma-separated texts) names the system ``name``."""
+    return not only or any(text in name for text in only.split(","))
+
+
 def selected(name: str, only: str | None) -> bool:
     """Whether ``--only`` selects a system of ours: by its name, or as a member of a selected blend."""
-    if not only or only in name:
+    if matches(name, only):
         return True
-    return any(only in blend and any(member(name, m) for m in models) for blend, models in BLENDS.items())
+    return any(matches(blend, only) and any(member(name, m) for m in models) for blend, models in BLENDS.items())
 
 
 def run_ours(overrides: list[str], data: str, seed: int, run: Path) -> tuple[float, float]:
@@ -210,22 +218,35 @@ def lenskit_threads(threads: int) -> None:
     initialize(threads=threads, backend_threads=threads)
 
 
-def peers(data: str) -> dict[str, Fit]:
-    from cornac.models import MF, PMF
-    from surprise import SVD, BaselineOnly, SVDpp
+def peers(data: str) -> dict[str, Callable[[], Fit]]:
+    """The peers by name, each built on call (its library imported only when it runs)."""
+
+    def surprise(name: str, **kw):
+        def make():
+            import surprise as lib
+
+            return surprise_model(lambda: getattr(lib, name)(**kw))
+        return make
+
+    def cornac(name: str):
+        def make():
+            import cornac.models as lib
+
+            return cornac_model(lambda: getattr(lib, name)(seed=0, verbose=False))
+        return make
 
     systems = {
-        "Surprise Baseline": surprise_model(lambda: BaselineOnly(verbose=False)),
-        "Surprise SVD (default)": surprise_model(lambda: SVD(random_state=0)),
-        "Surprise SVD (tuned: k=100, 40 ep, reg 0.05, lr 0.007)": surprise_model(
-            lambda: SVD(n_factors=100, n_epochs=40, reg_all=0.05, lr_all=0.007, random_state=0)),
-        "cornac MF (default)": cornac_model(lambda: MF(seed=0, verbose=False)),
-        "cornac PMF (default)": cornac_model(lambda: PMF(seed=0, verbose=False)),
-        "LensKit ALS BiasedMF (k=50, 10 ep)": lenskit_biased_mf(),
-        "myFM BPMF (rank 10, 300 samples)": myfm_bpmf(),
+        "Surprise Baseline": surprise("BaselineOnly", verbose=False),
+        "Surprise SVD (default)": surprise("SVD", random_state=0),
+        "Surprise SVD (tuned: k=100, 40 ep, reg 0.05, lr 0.007)": surprise(
+            "SVD", n_factors=100, n_epochs=40, reg_all=0.05, lr_all=0.007, random_state=0),
+        "cornac MF (default)": cornac("MF"),
+        "cornac PMF (default)": cornac("PMF"),
+        "LensKit ALS BiasedMF (k=50, 10 ep)": lenskit_biased_mf,
+        "myFM BPMF (rank 10, 300 samples)": myfm_bpmf,
     }
-    if data == "ml100k":  # SVD++ takes minutes per fit on ml-1m
-        systems["Surprise SVD++ (default)"] = surprise_model(lambda: SVDpp(random_state=0))
+    if data == "ml100k":  # SVD++ takes hours per fit on ml-1m (Surprise's own benchmark: 2 h 54 min)
+        systems["Surprise SVD++ (default)"] = surprise("SVDpp", random_state=0)
     return systems
 
 
@@ -244,19 +265,40 @@ def relative_times(rows: dict[str, tuple[float, float]]) -> dict[str, float]:
     return {name: fit / min(f for r, f in rows.values() if r <= rmse) for name, (rmse, fit) in rows.items()}
 
 
-def write(data: str, seeds: list[int], results: dict[str, list[tuple[float, float]]]) -> Path:
+def previous(data: str) -> dict[str, tuple[float, float, float]]:
+    """The rows of the existing results file: system -> (RMSE mean, RMSE std, fit seconds)."""
+    path = RESULTS / f"{data}.md"
+    rows = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        try:
+            mean, std = (float(x) for x in cells[1].split("±"))
+            rows[cells[0]] = (mean, std, float(cells[2]))
+        except (IndexError, ValueError):
+            continue  # the header, the rule, or prose
+    return rows
+
+
+def write(data: str, seeds: list[int], results: dict[str, list[tuple[float, float]]],
+          kept: dict[str, tuple[float, float, float]] | None = None) -> Path:
+    """The results table of ``results`` (per seed), plus ``kept`` rows (mean, std, fit) measured earlier."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     means = {n: (statistics.mean(r for r, _ in v), statistics.mean(f for _, f in v)) for n, v in results.items()}
+    stds = {n: statistics.stdev([r for r, _ in v]) if len(v) > 1 else 0.0 for n, v in results.items()}
+    for name, (mean, std, fit) in (kept or {}).items():
+        if name not in means:
+            means[name], stds[name] = (mean, fit), std
     rel = relative_times(means)
     lines = [f"# {DATA[data]}: test RMSE and fit time, split seeds {', '.join(map(str, seeds))}", "",
              f"`python benchmarks/peers.py --data {data} --split-seeds {','.join(map(str, seeds))}` "
              f"({os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}). Peers train on train + validation.", "",
              "| system | test RMSE (mean ± std) | fit s (mean) | fit time / fastest at ≤ its RMSE |",
              "|---|---|---|---|"]
-    for name in sorted(results, key=lambda n: means[n][0]):
-        rmses = [r for r, _ in results[name]]
-        std = statistics.stdev(rmses) if len(rmses) > 1 else 0.0
-        lines.append(f"| {name} | {means[name][0]:.4f} ± {std:.4f} | {means[name][1]:.2f} | {rel[name]:.1f}× |")
+    if kept:
+        lines[2] += (f" Re-measured with `--only ... --update` for {', '.join(sorted(results))}; the other rows as "
+                     "measured before.")
+    for name in sorted(means, key=lambda n: means[n][0]):
+        lines.append(f"| {name} | {means[name][0]:.4f} ± {stds[name]:.4f} | {means[name][1]:.2f} | {rel[name]:.1f}× |")
     md = RESULTS / f"{data}.md"
     md.write_text("\n".join(lines) + "\n")
     plot(data, means)
@@ -289,7 +331,10 @@ def main() -> None:
     parser.add_argument("--data", choices=sorted(DATA), default="ml100k")
     parser.add_argument("--split-seeds", default="0,1,2")
     parser.add_argument("--only", default=None,
-                        help="run only systems whose name contains this text (nothing is written)")
+                        help="run only systems whose name contains this text, or one of comma-separated texts "
+                             "(nothing is written unless --update)")
+    parser.add_argument("--update", action="store_true",
+                        help="with --only: put the systems run into the existing results file, keeping its other rows")
     args = parser.parse_args()
     seeds = [int(s) for s in args.split_seeds.split(",")]
     os.environ.setdefault("TQDM_DISABLE", "1")  # myFM's progress bar
@@ -311,18 +356,18 @@ def main() -> None:
                 rmse, fits[name] = run_ours(overrides, args.data, seed, runs[name])
                 record(seed, name, rmse, fits[name])
             for name, models in BLENDS.items():
-                if (args.only and args.only not in name) or not all(any(member(n, m) for n in runs) for m in models):
+                if not matches(name, args.only) or not all(any(member(n, m) for n in runs) for m in models):
                     continue
                 record(seed, name, *run_blend(runs, fits, models, Path(tmp) / "blend"))
-        for name, fit in peers(args.data).items():
-            if args.only and args.only not in name:
+        for name, make in peers(args.data).items():
+            if not matches(name, args.only):
                 continue
-            predict, seconds = fit(u, i, r)
+            predict, seconds = make()(u, i, r)
             pred = np.clip(predict(tu, ti), 1.0, 5.0)
             record(seed, name, float(np.sqrt(np.mean((pred - tr) ** 2))), seconds)
-    if args.only:  # a subset: printed, the results files left as they are
+    if args.only and not args.update:  # a subset: printed, the results files left as they are
         return
-    print(write(args.data, seeds, results).read_text())
+    print(write(args.data, seeds, results, previous(args.data) if args.update else {}).read_text())
 
 
 if __name__ == "__main__":

@@ -127,8 +127,7 @@ def test_readme_layout_lists_every_module():
 def _readme_defaults():
     import re
 
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("### Configuration"):readme.index("## Models")]
+    table = (ROOT / "docs" / "configuration.md").read_text()
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != 3 or not cells[0].startswith("`"):
@@ -140,7 +139,7 @@ def _readme_defaults():
             yield key, yaml.safe_load(value), [o.strip() for o in under.split(",") if o.strip()]
 
 
-def test_readme_configuration_table_gives_the_defaults_the_configs_hold(monkeypatch):
+def test_docs_configuration_table_gives_the_defaults_the_configs_hold(monkeypatch):
     from omegaconf import OmegaConf
 
     monkeypatch.delenv("RECSYS_DATA", raising=False)
@@ -151,25 +150,48 @@ def test_readme_configuration_table_gives_the_defaults_the_configs_hold(monkeypa
         cfg = configs[tuple(overrides)]
         groups = cfg.hydra.runtime.choices
         actual = groups.get(key) if "." not in key and key in groups else OmegaConf.select(cfg, key)
-        assert actual == value, f"README says {key}={value!r} under {overrides or 'the defaults'}; configs: {actual!r}"
+        assert actual == value, \
+            f"docs/configuration.md says {key}={value!r} under {overrides or 'the defaults'}; configs: {actual!r}"
         checked.add(key)
     top = yaml.safe_load((CONFIGS / "train.yaml").read_text())
     keys = {f"{k}.{sub}" if isinstance(v, dict) else k for k, v in top.items() if k not in ("defaults", "output_dir")
             for sub in (v if isinstance(v, dict) else [None])}
-    assert keys <= checked, f"README configuration table misses {sorted(keys - checked)}"
+    assert keys <= checked, f"docs/configuration.md misses {sorted(keys - checked)}"
     assert {"model.reg", "model.reg_bias", "data.batch_size", "trainer.max_epochs"} <= checked
 
 
-def test_readme_results_tables_are_the_benchmarks_files():
-    """The README's accuracy and speed tables are copied from benchmarks/results/*.md, row for row."""
-    readme = (ROOT / "README.md").read_text()
+def test_docs_results_tables_are_the_benchmarks_files_and_the_readme_quotes_their_rows():
+    """docs/results.md holds benchmarks/results/*.md row for row; the README's headline rows are rows of them."""
+    docs = (ROOT / "docs" / "results.md").read_text()
     files = sorted((ROOT / "benchmarks" / "results").glob("*.md"))
     assert {f.stem for f in files} >= {"ml100k", "ml1m", "scaling", "als_speed"}
+    measured = set()
     for path in files:
         rows = [line for line in path.read_text().splitlines() if line.startswith("|")]
         assert rows, path
-        missing = [row for row in rows if row not in readme]
-        assert not missing, f"README lacks {path.name}'s rows (copy the file's table): {missing[:2]}"
+        missing = [row for row in rows if row not in docs]
+        assert not missing, f"docs/results.md lacks {path.name}'s rows (copy the file's table): {missing[:2]}"
+        measured.update(rows)
+    readme = (ROOT / "README.md").read_text()
+    results = readme[readme.index("## Results"):readme.index("## Adding a model")]
+    quoted = [line for line in results.splitlines() if line.startswith("| ") and "±" in line]
+    assert len(quoted) >= 10, "the README shows the best rows of each data set's table"
+    stale = [row for row in quoted if row not in measured]
+    assert not stale, f"README rows that no benchmarks/results file holds: {stale[:2]}"
+
+
+def test_readme_is_short_and_lists_every_model_with_its_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    table = readme[readme.index("## Models"):readme.index("## Results")]
+    for name in MODELS:
+        assert f"| `{name}` |" in table and "docs/models.md" in table, f"README's model table misses {name}"
+    docs = ROOT / "docs"
+    for link in re.findall(r"\]\((docs/[^)#]+)", readme):
+        assert (ROOT / link).exists(), link
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    pages = {next(iter(item.values())) for item in nav}
+    assert pages == {p.name for p in docs.glob("*.md")}, "every docs page is in mkdocs.yml's nav, and only those"
 
 
 PRESETS = sorted((CONFIGS / "experiment").glob("ml*_*.yaml"))

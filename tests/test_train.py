@@ -95,6 +95,11 @@ def test_cli_writes_metrics_json_in_the_run_dir(udata, tmp_path):
     assert KEYS <= metrics.keys() and math.isfinite(metrics["test/rmse"]) and metrics["epochs"] == 3
     assert "test/rmse=" in res.stdout
     assert list((run / "checkpoints").glob("*.ckpt"))
+    # the defaults chosen by interpolation are logged and recorded: pmf's regime (full batch), no data_defaults
+    applied = json.loads((run / "run_info.json").read_text())["applied_defaults"]
+    assert applied["regime"]["file"] == "regime/pmf.yaml" and applied["data_defaults"] is None
+    assert applied["regime"]["sets"]["data.batch_size"] is None
+    assert "regime: configs/regime/pmf.yaml set data.batch_size=None" in res.stdout + res.stderr
 
 
 @pytest.mark.integration
@@ -147,3 +152,18 @@ def test_optimized_metric_is_reported_and_returned(compose_cfg, tmp_path):
 
     log = pd.read_csv(next((tmp_path / "run" / "csv").glob("version_*/metrics.csv")))
     assert saved["val/mae"] == pytest.approx(log["val/mae"].min())  # the best epoch by val/mae
+
+
+def test_applied_defaults_name_each_interpolated_file_and_the_keys_it_sets():
+    from conftest import CONFIGS
+
+    from recsys.tracking import applied_defaults
+
+    applied = applied_defaults({"regime": "pmf", "data_defaults": "ml1m_mf"}, CONFIGS)
+    assert applied["regime"] == {"file": "regime/pmf.yaml", "sets": {  # through its defaults: full_batch
+        "data.batch_size": None, "trainer.max_epochs": 800, "callbacks.early_stopping.patience": 50}}
+    assert applied["data_defaults"]["file"] == "data_defaults/ml1m_mf.yaml"
+    assert applied["data_defaults"]["sets"]["model.reg"] == 0.05
+    none = applied_defaults({"regime": "mf", "data_defaults": "ml100k_mf"}, CONFIGS)
+    assert none == {"regime": None, "data_defaults": None}  # no such files: nothing set
+    assert applied_defaults(None, None) == {}

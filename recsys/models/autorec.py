@@ -20,7 +20,8 @@ regularizing: full-batch L-BFGS (20 iterations a step), which nears the penalize
 (DENSE_PER_RATING).
 Predictions use the items' codes from the whole training set (``codes``: encoded by ``refresh()`` before every
 validation and test from the training interactions the contract hands over (``setup_interactions``), saved
-with the weights, so ``recsys.load`` needs no data). Users or items without training ratings fall back to the training mean, as the base does.
+with the weights, so ``recsys.load`` needs no data). Users or items without training ratings fall back to the
+training mean, as the base does.
 """
 
 from __future__ import annotations

@@ -14,29 +14,27 @@ loads with ``weights_only=True``) and checks the combination (e.g. ALS on a mode
 **The hooks.** A model must implement the two abstract methods; every other ability is a method declared
 here whose default is correct for any model. Nothing is looked up by attribute name.
 
-=====================================  ============================================================  ==========================
-hook                                   what it returns / does                                        default
-=====================================  ============================================================  ==========================
-``forward(users, items)``              predicted ratings of the pairs, rating scale, unclipped       (required)
-``objective(users, items, ratings)``   the minibatch training loss (autograd)                        (required)
-``setup_interactions(train)``          receives the training :class:`Interactions` before fitting    nothing to do
-                                       (every DDP rank, once per fit); derived state for scoring is
-                                       kept in buffers (``register_data_buffer``), saved with weights
-``track(users, items)``                the pairs whose predictions the run will ask (val + test)     nothing to do
-``refresh()``                          brings state derived from weights and data up to date;        nothing to do
-                                       called before every validation, test and predict epoch
-``gradients(users, items, ratings)``   the loss with its gradient written into ``.grad``             autograd on ``objective``
-``least_squares()``                    the objective in ALS's form (:class:`LeastSquares`)           None: no ALS
-``chain()``                            the Gibbs sampler's state (:class:`~recsys.solvers.gibbs.     None: no sampling
-                                       Chain`); ``record(epoch)`` is called after each sample        (``record``: nothing)
-``fallback(users, items, uk, ik)``     the prediction of a cold pair                                 the training mean μ
-``all_item_scores(users)``             (len(users), num_items) ``forward`` of every pair             ``forward`` on every pair
-``factor_tables()``                    a :class:`Bilinear` for ``similar_items``/``user_factors``    None: no factors
-``fold_in(items, ratings, row)``       fits one user's row from ratings, the items fixed             exact solve of the least-
-                                                                                                     squares form, else refused
-``add_user_row()``                     appends a user without ratings; returns its row               grows ``factor_tables()``
-``predict(users, items, uk, ik)``      clipped predictions (e.g. rounding)                           ``score`` clipped
-=====================================  ============================================================  ==========================
+- ``forward(users, items)`` (required): predicted ratings of the pairs, on the rating scale, unclipped.
+- ``objective(users, items, ratings)`` (required): the minibatch training loss (autograd).
+- ``setup_interactions(train)``: receives the training :class:`Interactions` before fitting (every DDP rank,
+  once per fit); derived state needed for scoring goes into buffers (``register_data_buffer``), saved with the
+  weights. Default: nothing.
+- ``track(users, items)``: the pairs whose predictions the run will ask (validation and test). Default: nothing.
+- ``refresh()``: brings state derived from weights and data up to date; called before every validation, test
+  and predict epoch. Default: nothing.
+- ``gradients(users, items, ratings)``: the loss with its gradient written into ``.grad`` (the gradient
+  solver's fast path). Default: autograd on ``objective``.
+- ``least_squares()``: the objective in ALS's form (:class:`LeastSquares`). Default: None (ALS refused).
+- ``chain()`` and ``record(epoch)``: the Gibbs sampler's state (:class:`~recsys.solvers.gibbs.Chain`) and the
+  call after each sample. Default: None (no sampling) and nothing.
+- ``fallback(users, items, uk, ik)``: the prediction of a cold pair. Default: the training mean μ.
+- ``all_item_scores(users)``: (len(users), num_items) ``forward`` of every pair. Default: ``forward`` on every
+  pair; override only with a faster path that gives the same scores.
+- ``factor_tables()``: a :class:`Bilinear` for ``similar_items``/``user_factors``. Default: None.
+- ``fold_in(items, ratings, row)``: fits one user's row from ratings, the items fixed. Default: the exact
+  solve of ``least_squares()``'s user step; refused without one.
+- ``add_user_row()``: appends a cold user, returns its row. Default: grows ``factor_tables()``.
+- ``predict(users, items, uk, ik)``: clipped predictions (e.g. rounding). Default: ``score`` clipped.
 
 A model that overrides ``all_item_scores`` with a faster path must give exactly ``forward``'s scores: a test
 compares the two for every model, for users with histories.

@@ -5,8 +5,9 @@ KDD): biased MF whose user factor is completed by the items the user rated (impl
 
     min  Σ_{(u,i)∈train} (r_ui − r̂_ui)² + λ (‖p_u‖² + ‖q_i‖²) + λ_y ‖y_i‖² + λ_b (b_u² + b_i²)
 
-(λ = ``reg``, λ_y = ``reg_implicit`` (null: λ), λ_b = ``reg_bias``), the penalty paid once per observed rating as in biased MF (``y_i`` with its
-item's ratings; Koren pays ‖y_j‖² for every j ∈ N(u) on each of u's ratings, which costs |N(u)| per rating).
+(λ = ``reg``, λ_y = ``reg_implicit`` (null: λ), λ_b = ``reg_bias``), the penalty paid once per observed rating
+as in biased MF (``y_i`` with its item's ratings; Koren pays ‖y_j‖² for every j ∈ N(u) on each of u's ratings,
+which costs |N(u)| per rating).
 
 N(u) is the user's training items: the model receives the training interactions through the contract
 (``setup_interactions``) and keeps the user → items table as buffers (``history_indptr``, ``history_items``),
@@ -97,7 +98,8 @@ class SVDpp(RatingModel):
     def objective(self, users, items, ratings):
         residual = self.link.target(ratings) - self._score(users, items)
         factors, biases = self.net.row_penalty(users, items)
-        penalty = self.reg * factors + self.reg_implicit * self.implicit(items).square().sum(-1) + self.reg_bias * biases
+        implicit = self.implicit(items).square().sum(-1)
+        penalty = self.reg * factors + self.reg_implicit * implicit + self.reg_bias * biases
         return (residual.square() + penalty).mean()
 
     def all_item_scores(self, users):

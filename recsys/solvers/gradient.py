@@ -83,8 +83,8 @@ class Gradient:
     """Fitting strategy: minibatch steps of the configured optimizer on ``model.objective``.
 
     Models that implement the contract's ``gradients(users, items, ratings)`` (the loss, with its gradient
-    written into the parameters' ``.grad`` in closed form) take the fast path: manual optimization, no autograd graph, one
-    all-reduce of the flattened gradients per step under DDP, no host sync. Others use Lightning's automatic
+    written into the parameters' ``.grad`` in closed form) take the fast path: manual optimization, no autograd
+    graph, one all-reduce of the flattened gradients per step under DDP, no host sync. Others use Lightning's automatic
     optimization of ``objective`` (autograd).
     """
 
