@@ -295,3 +295,50 @@ def test_autorec_dense_and_gathered_batches_agree(monkeypatch):
     for g_dense, g_gather in zip(grads_d, grads_g, strict=True):
         torch.testing.assert_close(g_dense, g_gather)
     assert loss_g > 0 and any(g.abs().sum() > 0 for g in grads_g)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fold_in_adds_a_warm_user_the_model_scores_consistently_or_is_refused(name):
+    """fold_in is the model's own (the contract's default solves its least-squares form): a new user becomes the
+    last row, warm, scored alike by forward and score_all_items; a model that cannot fold in says so."""
+    users, items, ratings = structured_ratings(name, n=150)
+    model = _randomized(name, users, items, ratings)
+    mine = users == 0
+    new_items, new_ratings = items[mine], ratings[mine].double()
+    try:
+        with torch.no_grad():
+            row = model.fold_in(new_items, new_ratings)
+    except NotImplementedError as err:
+        assert type(model).__name__ in str(err)
+        return
+    assert row == 20 and bool(model.user_seen[row])
+    rows = torch.tensor([0, row])
+    pairs = model.score(rows.repeat_interleave(15), torch.arange(15).repeat(2)).view(2, 15)
+    torch.testing.assert_close(model.score_all_items(rows), pairs, atol=1e-9, rtol=1e-9)
+    # the fit is the exact minimizer (tests/test_recommender.py and the svdpp test below check it): a second
+    # fold-in of the same ratings into the same row changes nothing
+    with torch.no_grad():
+        before = model.score_all_items(rows[1:]).clone()
+        assert model.fold_in(new_items, new_ratings, row) == row
+    torch.testing.assert_close(model.score_all_items(rows[1:]), before, atol=1e-6, rtol=1e-6)
+
+
+def test_svdpp_fold_in_solves_the_users_ridge_equations_exactly():
+    """[p_u, b_u] minimize Σ(r − r̂)² + n(λ‖p_u‖² + λ_b b_u²) with the user's N(u) = the items given."""
+    users, items, ratings = structured_ratings("svdpp", n=150)
+    model = _randomized("svdpp", users, items, ratings)
+    mine = users == 4
+    new_items, new_ratings = items[mine], ratings[mine].double()
+    with torch.no_grad():
+        row = model.fold_in(new_items, new_ratings)
+    p = model.net.user.weight[row].detach().clone().requires_grad_()
+    b = model.net.user_bias.weight[row, 0].detach().clone().requires_grad_()
+    with torch.no_grad():
+        implicit = model.user_vectors(torch.tensor([row]))[0] - model.net.user.weight[row]
+    q, bi = model.net.item.weight[new_items].detach(), model.net.item_bias.weight[new_items, 0].detach()
+    pred = model.link.rating(q @ (p + implicit) + b + bi)
+    n = len(new_ratings)
+    loss = (new_ratings - pred).square().sum() + n * (model.reg * p.square().sum() + model.reg_bias * b.square())
+    grads = torch.autograd.grad(loss, (p, b))
+    assert all(float(g.abs().max()) < 1e-8 for g in grads)
+    assert implicit.abs().max() > 0.01  # N(u) is the items given
