@@ -17,26 +17,33 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.integration  # W&B starts its service process
 @pytest.mark.xdist_group("wandb")  # one W&B run at a time: its service process is shared
 def test_wandb_offline_run_holds_config_summary_and_learning_curve(compose_cfg, tmp_path, monkeypatch):
-    """What W&B documents an offline run holds (files/config.yaml, files/wandb-summary.json, files/media), which
-    ``wandb sync`` uploads; not its internal record format."""
-    import yaml
+    """What W&B documents: the run's ``config`` and ``summary`` (read from the run as it finishes) and the offline
+    run directory that ``wandb sync`` uploads (its ``run-*.wandb`` file and ``files/media``); never W&B's internal
+    record format, which changes between releases."""
+    import wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    seen, finish = {}, wandb.finish
+
+    def finishing(*args, **kwargs):  # the run's public config and summary, as it ends
+        if wandb.run is not None:
+            seen["config"] = dict(wandb.run.config)
+            seen["summary"] = {k: wandb.run.summary[k] for k in wandb.run.summary.keys()}
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "finish", finishing)
     metrics = train(compose_cfg("logger=wandb", "trainer.max_epochs=3", "~callbacks.early_stopping"))
-    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    files = runs[0] / "files"
-    config = {k: v["value"] for k, v in yaml.safe_load((files / "config.yaml").read_text()).items()
-              if isinstance(v, dict) and "value" in v}
+    config, summary = seen["config"], seen["summary"]
     assert config["config"]["optimized_metric"] == "val/rmse"
     assert len(config["data"]["source_sha256"]) == 64
     assert config["data"]["split_seed"] == 0 and "commit" in config["git"]
     assert config["parameters"]["total"] > 0
-    summary = json.loads((files / "wandb-summary.json").read_text())
     assert summary["test/rmse"] == pytest.approx(metrics["test/rmse"])
     assert {"train/loss", "val/rmse", "val/mae"} <= set(summary)  # logged every epoch: the last values
-    images = list(files.glob("media/images/learning_curve*.png"))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))  # what `wandb sync` uploads
+    images = list(runs[0].glob("files/media/images/learning_curve*.png"))
     assert images and images[0].read_bytes().startswith(PNG)
 
 
