@@ -1,0 +1,71 @@
+"""Mutation check: break each model's own term in the source, run the model tests, list the tests that went red.
+
+    python benchmarks/mutations.py        # prints a markdown row per mutation (docs/results.md, "Mutation table")
+
+Each mutation replaces one exact piece of source text, runs the tests, and restores the file (also on failure or
+Ctrl-C). A mutation that no test catches is a gap in the tests: the last column is empty and the exit code is 1.
+"""
+# ruff: noqa: E501 - the mutations are source lines, quoted whole
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTATIONS = [
+    ("svdpp: implicit sum zeroed", "recsys/models/svdpp.py",
+     "return self.net.user(users) + _SparseProduct.apply(a, at, weight)[users]", "return self.net.user(users)"),
+    ("svdpp: implicit term dropped from all_item_scores only", "recsys/models/svdpp.py",
+     "score = self.user_vectors(users) @ self.net.item.weight.T", "score = self.net.user(users) @ self.net.item.weight.T"),
+    ("svdpp: item bias dropped", "recsys/models/svdpp.py",
+     "+ self.net.user_bias(users).squeeze(-1) \\\n            + self.net.item_bias(items).squeeze(-1)", "+ self.net.user_bias(users).squeeze(-1)"),
+    ("mf/baseline/bpmf (Bilinear): user bias dropped", "recsys/models/nets.py",
+     "score = score + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)", "score = score + self.item_bias(items).squeeze(-1)"),
+    ("mf: item bias dropped from all_items only", "recsys/models/nets.py",
+     "score = score + self.user_bias(users) + self.item_bias.weight.T", "score = score + self.user_bias(users)"),
+    ("pmf: centring by μ dropped", "recsys/models/pmf.py",
+     "self.link = Centered(self.data.global_mean if center else 0.0)", "self.link = Centered(0.0)"),
+    ("pmf_sigmoid: logistic link skipped", "recsys/models/nets.py",
+     "return torch.sigmoid(self.offset + score)", "return self.offset + score"),
+    ("autorec: hidden layer's nonlinearity skipped (dense path)", "recsys/models/autorec.py",
+     "return torch.sigmoid(torch.addmm(self.encoder_bias, dense, weight))", "return torch.addmm(self.encoder_bias, dense, weight)"),
+    ("autorec: hidden layer's nonlinearity skipped (gathered path)", "recsys/models/autorec.py",
+     "return torch.sigmoid(self._add_inputs(z, rows, users, ratings) + self.encoder_bias)", "return self._add_inputs(z, rows, users, ratings) + self.encoder_bias"),
+    ("bpmf: Gibbs draw frozen at the conditional mean", "recsys/solvers/gibbs.py",
+     "            y += z[g.rows].unsqueeze(-1)", "            pass"),
+    ("bpmf: running mean frozen at the first kept sample", "recsys/models/bpmf.py",
+     "mean.lerp_(now, weight)", "mean.lerp_(now, 1.0 if int(self.kept) == 1 else 0.0)"),
+    ("autorec: hidden layer skipped (prediction from the output bias alone)", "recsys/models/autorec.py",
+     "return (self.decoder(users) * self.codes[items]).sum(1) + self.decoder_bias(users).squeeze(1)",
+     "return self.decoder_bias(users).squeeze(1)"),
+    ("svdpp: |N(u)|^-1/2 normalization dropped", "recsys/models/svdpp.py",
+     "values = torch.repeat_interleave(counts.clamp_min(1).to(self.implicit.weight.dtype).rsqrt(), counts)",
+     "values = torch.repeat_interleave(torch.ones_like(counts, dtype=self.implicit.weight.dtype), counts)"),
+    ("bpmf: a side's draws not applied (rows keep the prior draw)", "recsys/solvers/gibbs.py",
+     "        x[g.rows] = draw\n", "        pass\n"),
+]
+TESTS = ["tests/models", "tests/test_recommender.py", "tests/test_als.py", "tests/test_evaluation.py"]
+
+
+def main() -> int:
+    rows = []
+    for label, rel, old, new in MUTATIONS:
+        path = ROOT / rel
+        src = path.read_text()
+        if old not in src:
+            raise SystemExit(f"{rel} no longer holds the text of mutation {label!r}: update benchmarks/mutations.py")
+        path.write_text(src.replace(old, new))
+        try:
+            res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", *TESTS],
+                                 cwd=ROOT, capture_output=True, text=True)
+            failed = sorted(set(re.findall(r"^FAILED (\S+)", res.stdout, re.M)))
+        finally:
+            path.write_text(src)
+        rows.append((label, failed))
+        print(f"| {label} | {len(failed)} | {'; '.join(f.split('::')[-1] for f in failed[:4])} |", flush=True)
+    return 0 if all(failed for _, failed in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
