@@ -262,8 +262,10 @@ class Recommender:
             if user is None:
                 ids = self.users.ids
                 user = int(ids.max()) + 1 if ids.dtype.kind in "iu" else f"new-{len(ids)}"
-            new = np.asarray(_normalize([user], self.users), dtype=self.users.ids.dtype)
-            self.users = IdMap(np.concatenate([self.users.ids, new]))
+            ids = self.users.ids
+            # integer ids stay integers; string ids widen as needed (a fixed-width dtype would truncate the new id)
+            new = np.asarray(_normalize([user], self.users), dtype=ids.dtype if ids.dtype.kind in "iu" else str)
+            self.users = IdMap(np.concatenate([ids, new]))
             if row != len(self.users) - 1:
                 raise RuntimeError(f"{type(self.model).__name__}.fold_in gave row {row} for a new user; new users "
                                    "are appended as the last row (add_user_row)")

@@ -177,3 +177,19 @@ def test_api_errors_name_the_problem(run):
     baseline = recsys.load(run("model=baseline", "resume=never"))
     with pytest.raises(ValueError, match="Baseline has no item factors to compare"):
         baseline.similar_items(1)
+
+
+def test_fold_in_gives_string_id_data_sets_a_whole_new_id():
+    """A new user of a data set with string ids gets its full id (fixed-width id arrays once cut it to 'new-')."""
+    from conftest import fake_facts
+
+    from recsys.data.datasets import IdMap
+    from recsys.models.mf import BiasedMF
+    from recsys.recommender import Recommender
+
+    model = BiasedMF(data=fake_facts(3, 4), dim=2)
+    rec = Recommender(model, IdMap(np.array(["ann", "bob", "cy"])), IdMap(np.array(["a", "b", "c", "d"])))
+    new = rec.fold_in({"a": 5.0, "c": 1.0})
+    assert new == "new-3" and rec.users.to_index(["new-3"]).tolist() == [3]
+    assert rec.fold_in({"b": 4.0}, user="a-much-longer-id") == "a-much-longer-id"
+    assert rec.predict("a-much-longer-id", "b").shape == (1,)
