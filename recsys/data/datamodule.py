@@ -28,6 +28,8 @@ from recsys.data.sources import fetch
 from recsys.data.splits import STRATEGIES, check_ratios, split_indices
 from recsys.validation import AtLeast, Fraction, OneOf, Positive, Size
 
+FEEDBACK = ("explicit", "implicit")  # data.feedback: train on ratings, or on positive interactions
+
 # Batches are produced in the main process by slicing tensors; worker processes would only add IPC.
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*IterableDataset` has `__len__` defined.*")
@@ -138,6 +140,10 @@ class RatingsDataModule(L.LightningDataModule):
     (or 0) takes the whole training set each step (full-batch gradient). ``batch_by=item`` (``user``): each training
     batch holds every training rating of its items (users), about ``batch_size`` ratings (:class:`GroupBatches`).
     ``val_ratio`` and ``test_ratio`` are fractions of all ratings; validation is carved from train.
+    ``feedback=implicit``: a model trains on positive interactions: every training rating, or those
+    ``>= positive_min`` where it is set (the ratings are kept, for models that weight by them); validation, test,
+    seen items and the test protocol are those of ``explicit``, so ranking and rating models meet the same users
+    and items.
     ``name``, ``path``, ``root``, the scale, ``format``, ``columns``, ``sep``, ``duplicates``,
     ``num_ratings``, ``generator`` and ``cache`` are the reading settings: kept flat for the command
     line (``data.path=...``), gathered into one :class:`~recsys.data.datasets.Source` handed to the reader.
@@ -153,11 +159,15 @@ class RatingsDataModule(L.LightningDataModule):
                  leave_last_n: Size = 1, folds: Annotated[int, AtLeast(2)] | None = None,
                  fold: Annotated[int, AtLeast(0)] = 0,
                  batch_size: Size | None = 4096, eval_batch_size: Size = 65536, shuffle_seed: int = 0,
-                 batch_by: Annotated[str, OneOf("rating", "item", "user")] = "rating"):
+                 batch_by: Annotated[str, OneOf("rating", "item", "user")] = "rating",
+                 feedback: Annotated[str, OneOf(*FEEDBACK)] = "explicit", positive_min: float | None = None):
         # every setting checked before any work: types and ranges from this signature (recsys.validation)
         settings = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         validation.check_arguments(RatingsDataModule.__init__, settings, "data.")
         check_ratios(0.0 if folds else test_ratio, val_ratio)
+        if positive_min is not None and feedback != "implicit":
+            raise ValueError(f"data.positive_min={positive_min} selects positives of implicit feedback: set "
+                             "data.feedback=implicit too, or leave data.positive_min null")
         super().__init__()
         if rating_min >= rating_max:
             raise ValueError(f"data.rating_min={rating_min}, data.rating_max={rating_max}: need min < max")
@@ -195,6 +205,9 @@ class RatingsDataModule(L.LightningDataModule):
             raise ValueError(f"{self.source_file}: {len(data)} ratings split by data.split={hp.split} into {sizes}: "
                              f"the {' and '.join(empty)} set is empty; use more ratings or larger ratios")
         del data, cols
+        if hp.feedback == "implicit" and len(self.fit_set[0]) == 0:
+            raise ValueError(f"{self.source_file}: data.positive_min={hp.positive_min} leaves no positive training "
+                             f"interaction (ratings lie in [{hp.rating_min}, {hp.rating_max}]); lower it or set null")
         self._seen = None
         self._ready = True
 
@@ -215,6 +228,7 @@ class RatingsDataModule(L.LightningDataModule):
                 "rating_scale": [hp.rating_min, hp.rating_max, hp.rating_step],
                 "split": hp.split, "split_seed": hp.split_seed, "test_ratio": hp.test_ratio,
                 "val_ratio": hp.val_ratio, "leave_last_n": hp.leave_last_n, "folds": hp.folds, "fold": hp.fold,
+                "feedback": hp.feedback, "positive_min": hp.positive_min, "num_fit": len(self.fit_set[0]),
                 "num_users": self.num_users, "num_items": self.num_items,
                 "num_train": len(self.train_set[0]), "num_val": len(self.val_set[0]),
                 "num_test": len(self.test_set[0])}
@@ -236,9 +250,19 @@ class RatingsDataModule(L.LightningDataModule):
                                  torch.cat([self.train_set[1], self.val_set[1]]).numpy(), self.num_users)
         return self._seen
 
+    @property
+    def fit_set(self) -> tuple[torch.Tensor, ...]:
+        """What models train on: the training ratings, or under ``feedback=implicit`` its positives."""
+        hp = self.hparams
+        if hp.feedback == "implicit" and hp.positive_min is not None:
+            keep = self.train_set[2] >= hp.positive_min
+            return tuple(t[keep] for t in self.train_set)
+        return self.train_set
+
     def interactions(self, split: str = "train") -> Interactions:
-        """One split's ratings as :class:`Interactions`: what a model receives through the contract."""
-        sets = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        """One split's ratings as :class:`Interactions`: what a model receives through the contract (``train``:
+        the training set a model fits, positives only under ``feedback=implicit`` with ``positive_min``)."""
+        sets = {"train": self.fit_set, "val": self.val_set, "test": self.test_set}
         if split not in sets:
             raise ValueError(f"split={split!r}: one of {sorted(sets)}")
         return Interactions(*sets[split], self.num_users, self.num_items)
@@ -260,8 +284,9 @@ class RatingsDataModule(L.LightningDataModule):
         batch, world = self.hparams.batch_size, self.trainer.world_size if self.trainer is not None else 1
         if batch and batch % world:
             raise ValueError(f"data.batch_size={batch} is global and must divide by the world size {world}")
-        # batch_by=item|user: whole items (I-AutoRec) or whole users (SVD++) per batch
-        return self._loader(self.train_set, batch or len(self.train_set[0]), True, self.hparams.batch_by)
+        # batch_by=item|user: whole items (I-AutoRec) or whole users per batch
+        fit = self.fit_set
+        return self._loader(fit, batch or len(fit[0]), True, self.hparams.batch_by)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size, False)

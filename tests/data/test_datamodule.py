@@ -106,3 +106,37 @@ def test_item_batches_hold_whole_items_and_every_rating_once(world):
                     assert int((b[1] == i).sum()) == int((items == i).sum())
         orders.append(torch.cat([b[1] for b in per_rank[0]]))
     assert not torch.equal(orders[0], orders[1])  # items reshuffled each epoch
+
+
+def test_implicit_feedback_trains_on_positives_and_keeps_the_splits_and_seen_items(udata):
+    """data.feedback=implicit: models receive the positives (ratings kept); the split, the seen items and the
+    evaluation sets are those of explicit feedback, so ranking and rating models meet the same users and items."""
+    explicit = RatingsDataModule(path=str(udata))
+    explicit.setup()
+    every = RatingsDataModule(path=str(udata), feedback="implicit")
+    every.setup()
+    liked = RatingsDataModule(path=str(udata), feedback="implicit", positive_min=4.0, batch_size=64)
+    liked.setup()
+    for dm in (every, liked):
+        for a, b in zip((dm.val_set, dm.test_set), (explicit.val_set, explicit.test_set)):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+        assert np.array_equal(dm.seen().indptr, explicit.seen().indptr)
+        assert np.array_equal(dm.seen().items, explicit.seen().items)
+    assert torch.equal(every.interactions("train").ratings, explicit.train_set[2])  # null: every rating
+    train = liked.interactions("train")
+    keep = explicit.train_set[2] >= 4.0
+    assert 0 < len(train) == int(keep.sum()) < len(explicit.train_set[2])
+    assert torch.equal(train.users, explicit.train_set[0][keep]) and bool((train.ratings >= 4.0).all())
+    batches = list(liked.train_dataloader())
+    assert sum(len(b[2]) for b in batches) == len(train) and all(bool((b[2] >= 4.0).all()) for b in batches)
+    assert liked.describe()["num_fit"] == len(train) and liked.describe()["feedback"] == "implicit"
+
+
+def test_positive_min_needs_implicit_feedback_and_some_positives(udata):
+    with pytest.raises(ValueError, match="data.positive_min=4.0 selects positives of implicit feedback"):
+        RatingsDataModule(path=str(udata), positive_min=4.0)
+    with pytest.raises(ValueError, match="data.feedback='both': must be one of"):
+        RatingsDataModule(path=str(udata), feedback="both")
+    dm = RatingsDataModule(path=str(udata), feedback="implicit", positive_min=6.0)
+    with pytest.raises(ValueError, match="data.positive_min=6.0 leaves no positive training interaction"):
+        dm.setup()
