@@ -49,7 +49,7 @@ def ranking_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ..
 
 
 def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, seen: Seen,
-                   popularity: torch.Tensor, num_items: int, ks: tuple[int, ...], device=None, rank: int = 0,
+                   popularity: torch.Tensor | None, num_items: int, ks: tuple[int, ...], device=None, rank: int = 0,
                    world: int = 1) -> dict[str, torch.Tensor]:
     """Sums of the ranking metrics (model's and popularity's) over this rank's share of the users.
 
@@ -66,15 +66,17 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
         relevant[pos[inside], items[inside]] = True
         rows, relevant = rows.to(device), relevant.to(device)
         excluded = seen.mask(rows, num_items)
-        for suffix, scores in (("", score_all_items(rows)),
-                               ("_popularity", popularity.to(device, torch.float32).expand(len(rows), -1))):
+        systems = [("", score_all_items(rows))]
+        if popularity is not None:  # the same users ranked by training counts
+            systems.append(("_popularity", popularity.to(device, torch.float32).expand(len(rows), -1)))
+        for suffix, scores in systems:
             for name, value in ranking_sums(scores.masked_fill(excluded, float("-inf")), relevant, ks).items():
                 totals[name + suffix] = totals.get(name + suffix, 0) + value
     return totals
 
 
-def ranking_means(totals: dict, ks: tuple[int, ...], reduce=lambda t: t) -> dict[str, float]:
-    """``test/<metric>@k[_popularity]`` means from :func:`ranking_totals` (``reduce`` sums over DDP ranks)."""
+def ranking_means(totals: dict, ks: tuple[int, ...], reduce=lambda t: t, stage: str = "test") -> dict[str, float]:
+    """``<stage>/<metric>@k[_popularity]`` means from :func:`ranking_totals` (``reduce`` sums over DDP ranks)."""
     out = {}
     for suffix, names in (("", METRICS), ("_popularity", ("ndcg", "recall"))):
         count = reduce(torch.as_tensor(totals.get("users" + suffix, 0.0), dtype=torch.float64))
@@ -82,20 +84,21 @@ def ranking_means(totals: dict, ks: tuple[int, ...], reduce=lambda t: t) -> dict
             for metric in names:
                 total = reduce(torch.as_tensor(totals.get(f"{metric}@{k}{suffix}", 0.0), dtype=torch.float64))
                 if count > 0:
-                    out[f"test/{metric}@{k}{suffix}"] = float(total / count)
+                    out[f"{stage}/{metric}@{k}{suffix}"] = float(total / count)
     return out
 
 
-def ranking_metrics(score_all_items, test: tuple[torch.Tensor, ...], seen: Seen, popularity: torch.Tensor,
+def ranking_metrics(score_all_items, test: tuple[torch.Tensor, ...], seen: Seen, popularity: torch.Tensor | None,
                     num_items: int, ks: tuple[int, ...] = (10,), relevance_threshold: float = 4.0, device=None,
-                    rank: int = 0, world: int = 1, reduce=lambda t: t) -> dict[str, float]:
-    """``test/<metric>@k`` of a model and of popularity on test triples ``(users, items, ratings)`` (indices):
-    the one evaluation path of a run's test (:class:`RankingMetrics`) and of ``recsys evaluate``."""
+                    rank: int = 0, world: int = 1, reduce=lambda t: t, stage: str = "test") -> dict[str, float]:
+    """``<stage>/<metric>@k`` of a model (and of popularity, where given) on triples ``(users, items, ratings)``
+    (indices): the one evaluation path of a run's validation (:class:`RankingValidation`), its test
+    (:class:`RankingMetrics`) and ``recsys evaluate``."""
     users, items, ratings = test
     liked = ratings >= relevance_threshold
     totals = ranking_totals(score_all_items, users[liked], items[liked], seen, popularity, num_items, tuple(ks),
                             device, rank, world)
-    return ranking_means(totals, tuple(ks), reduce)
+    return ranking_means(totals, tuple(ks), reduce, stage)
 
 
 class RankingMetrics(L.Callback):
@@ -113,5 +116,27 @@ class RankingMetrics(L.Callback):
         means = ranking_metrics(pl_module.score_all_items, self.test, self.seen, self.popularity,
                                 len(pl_module.item_seen), self.ks, self.threshold, device, trainer.global_rank,
                                 trainer.world_size, reduce)
+        for key, value in means.items():
+            pl_module.log(key, value, sync_dist=False)
+
+
+class RankingValidation(L.Callback):
+    """Logs ``val/<metric>@k`` at the end of every validation epoch: the test protocol on the validation split,
+    each user's training items left out of the candidates. Added by training.py when ``optimized_metric`` is a
+    ranking metric, so checkpoints, early stopping and sweeps can select by it."""
+
+    def __init__(self, val: tuple[torch.Tensor, ...], seen: Seen, ks: tuple[int, ...] = (10,),
+                 relevance_threshold: float = 4.0):
+        self.val, self.seen, self.ks, self.threshold = val, seen, tuple(ks), relevance_threshold
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        device = pl_module.device
+        reduce = lambda t: trainer.strategy.reduce(t.to(device), reduce_op="sum")  # noqa: E731
+        means = ranking_metrics(pl_module.score_all_items, self.val, self.seen, None, len(pl_module.item_seen),
+                                self.ks, self.threshold, device, trainer.global_rank, trainer.world_size, reduce,
+                                stage="val")
         for key, value in means.items():
             pl_module.log(key, value, sync_dist=False)

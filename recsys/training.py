@@ -38,14 +38,15 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
-def _best_validation(metric: str, history: tracking.History, ckpt) -> dict:
+def _best_validation(metric: str, history: tracking.History, ckpt, mode: str = "min") -> dict:
     """The validation metrics of the epoch that was best by ``metric`` (``optimized_metric``).
 
     ``metric`` gets the checkpoint callback's best score where there is one; the epoch's other ``val/*``
     metrics come from the history, so ``val/rmse`` is always reported beside it.
     """
     rows = [r for r in history.rows if metric in r]
-    best = dict(min(rows, key=lambda r: r[metric])) if rows else {}
+    pick = max if mode == "max" else min
+    best = dict(pick(rows, key=lambda r: r[metric])) if rows else {}
     best = {k: v for k, v in best.items() if k.startswith("val/")}
     if ckpt is not None and ckpt.best_model_score is not None:
         best[metric] = float(ckpt.best_model_score)
@@ -56,6 +57,7 @@ def _best_validation(metric: str, history: tracking.History, ckpt) -> dict:
 RUN_SETTINGS = {
     "seed": int,
     "optimized_metric": str,
+    "optimized_mode": Annotated[str, OneOf("min", "max")],
     "resume": Annotated[str, OneOf(*rundir.RESUME)],
     "test_ckpt": Annotated[str, OneOf("best", "last")],
     "progress": Annotated[str, OneOf(*tracking.PROGRESS)],
@@ -65,6 +67,11 @@ RUN_SETTINGS = {
     "eval.k": Size | list,
     "eval.relevance_threshold": float,
 }
+
+
+def is_ranking_metric(name: str) -> bool:
+    """Ranking metrics (``val/ndcg@10``, ``val/recall@20``) are better higher; errors (``val/rmse``) lower."""
+    return "@" in name
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -79,6 +86,13 @@ def check_settings(cfg: DictConfig) -> None:
     if not (isinstance(cls, type) and issubclass(cls, RatingModel)):
         raise ValueError(f"model._target_={cfg.model._target_!r} is not a recsys.models.RatingModel")
     cls.check_settings(model)
+    metric, mode = str(cfg.optimized_metric), str(cfg.get("optimized_mode", "min"))
+    better = "max" if is_ranking_metric(metric) else "min"
+    if mode != better:
+        raise ValueError(f"optimized_metric={metric} with optimized_mode={mode}: {metric} is better when "
+                         f"{'higher' if better == 'max' else 'lower'}; set optimized_mode={better}")
+    if is_ranking_metric(metric) and not metric.startswith("val/"):
+        raise ValueError(f"optimized_metric={metric}: select by a validation metric (val/ndcg@10, val/rmse, ...)")
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(f"trainer.accelerator={accelerator}: no GPU was found (torch.cuda.is_available() is False); "
@@ -126,6 +140,10 @@ def train(cfg: DictConfig) -> dict:
         # the contract's data channel: the training interactions, and the pairs the run will ask about
         model.setup_interactions(datamodule.interactions("train"))
         model.track(*(torch.cat([datamodule.val_set[k], datamodule.test_set[k]]) for k in (0, 1)))
+        if is_ranking_metric(cfg.optimized_metric):  # ranking on validation each epoch: what selects the model
+            k = int(str(cfg.optimized_metric).rsplit("@", 1)[1])
+            trainer.callbacks.append(evaluation.RankingValidation(datamodule.val_set, datamodule.seen("train"), (k,),
+                                                                  cfg.eval.relevance_threshold))
         phase = "fit"
         _fit(cfg, trainer, datamodule, model, loggers, out, resume_from)
         phase = "test"
@@ -189,7 +207,7 @@ def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, log
     epochs = trainer.current_epoch
     n_train = len(datamodule.train_set[0])
     metrics = {k: float(v) for k, v in results.items()}
-    metrics.update(_best_validation(cfg.optimized_metric, history, ckpt))
+    metrics.update(_best_validation(cfg.optimized_metric, history, ckpt, cfg.get("optimized_mode", "min")))
     metrics.update({
         "epochs": int(epochs),
         "fit_seconds": fit_seconds,

@@ -63,3 +63,36 @@ def test_runs_report_ranking_metrics_beside_popularity(compose_cfg, tmp_path):
     assert saved["test/recall@10"] >= saved["test/recall@5"] and metrics["test/ndcg@10"] == saved["test/ndcg@10"]
     off = train(compose_cfg("trainer.max_epochs=2", "~callbacks.early_stopping", "eval.ranking=false", "resume=never"))
     assert not [k for k in off if "@" in k]
+
+
+def test_a_ranking_metric_selects_the_model_on_validation(compose_cfg, tmp_path):
+    """optimized_metric=val/ndcg@10: every epoch ranks the validation split (training items left out) with the test
+    evaluator; the best checkpoint is the epoch with the HIGHEST val/ndcg@10, and metrics.json reports its value."""
+    import pandas as pd
+    import torch
+
+    from recsys.data import RatingsDataModule
+    from recsys.evaluation import ranking_metrics
+    from recsys.models.base import load_checkpoint
+
+    cfg = compose_cfg("trainer.max_epochs=6", "~callbacks.early_stopping", "optimized_metric=val/ndcg@10",
+                      "optimized_mode=max", "model.optimizer.lr=0.05")
+    metrics = train(cfg)
+    curve = pd.read_csv(next((tmp_path / "run" / "csv").glob("version_*/metrics.csv")))
+    per_epoch = curve["val/ndcg@10"].dropna()
+    assert len(per_epoch) == 6 and per_epoch.nunique() > 1
+    assert metrics["val/ndcg@10"] == pytest.approx(per_epoch.max())  # the best is the largest
+    best, _ = load_checkpoint(metrics["test_checkpoint"])
+    dm = RatingsDataModule(**{k: v for k, v in cfg.data.items() if not k.startswith("_")})
+    dm.setup()
+    with torch.no_grad():
+        again = ranking_metrics(best.score_all_items, dm.val_set, dm.seen("train"), None, dm.num_items, (10,),
+                                stage="val")
+    assert again["val/ndcg@10"] == pytest.approx(per_epoch.max(), abs=1e-6)
+
+
+def test_a_ranking_metric_with_the_wrong_direction_is_refused(compose_cfg):
+    with pytest.raises(ValueError, match="val/ndcg@10 is better when higher; set optimized_mode=max"):
+        train(compose_cfg("optimized_metric=val/ndcg@10"))
+    with pytest.raises(ValueError, match="val/rmse is better when lower; set optimized_mode=min"):
+        train(compose_cfg("optimized_mode=max"))

@@ -208,7 +208,7 @@ class RatingsDataModule(L.LightningDataModule):
         if hp.feedback == "implicit" and len(self.fit_set[0]) == 0:
             raise ValueError(f"{self.source_file}: data.positive_min={hp.positive_min} leaves no positive training "
                              f"interaction (ratings lie in [{hp.rating_min}, {hp.rating_max}]); lower it or set null")
-        self._seen = None
+        self._seen = {}
         self._ready = True
 
     # -- facts the models need (handed to the model once) ------------------------------------------
@@ -242,13 +242,17 @@ class RatingsDataModule(L.LightningDataModule):
                          user_counts=torch.bincount(users, minlength=self.num_users),
                          item_counts=torch.bincount(items, minlength=self.num_items))
 
-    def seen(self) -> Seen:
-        """Each user's training and validation items (what ranking leaves out), built once per setup and shared
-        by the ranking evaluation, ``seen.npz`` and the Recommender."""
-        if self._seen is None:
-            self._seen = Seen.of(torch.cat([self.train_set[0], self.val_set[0]]).numpy(),
-                                 torch.cat([self.train_set[1], self.val_set[1]]).numpy(), self.num_users)
-        return self._seen
+    def seen(self, through: str = "val") -> Seen:
+        """Each user's training and validation items (what the test ranking leaves out; ``through="train"``: the
+        training items, what validation ranking leaves out), built once per setup and shared by the ranking
+        evaluation, ``seen.npz`` and the Recommender."""
+        if through not in ("train", "val"):
+            raise ValueError(f"through={through!r}: 'train' or 'val'")
+        if through not in self._seen:
+            sets = [self.train_set] if through == "train" else [self.train_set, self.val_set]
+            self._seen[through] = Seen.of(torch.cat([s[0] for s in sets]).numpy(),
+                                          torch.cat([s[1] for s in sets]).numpy(), self.num_users)
+        return self._seen[through]
 
     @property
     def fit_set(self) -> tuple[torch.Tensor, ...]:
