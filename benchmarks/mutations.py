@@ -1,6 +1,7 @@
 """Mutation check: break each model's own term in the source, run the model tests, list the tests that went red.
 
     python benchmarks/mutations.py        # prints a markdown row per mutation (docs/results.md, "Mutation table")
+    python benchmarks/mutations.py ease   # only the mutations whose label contains "ease"
 
 Each mutation replaces one exact piece of source text, runs the tests, and restores the file (also on failure or
 Ctrl-C). A mutation that no test catches is a gap in the tests: the last column is empty and the exit code is 1.
@@ -42,6 +43,10 @@ MUTATIONS = [
     ("svdpp: |N(u)|^-1/2 normalization dropped", "recsys/models/svdpp.py",
      "values = torch.repeat_interleave(counts.clamp_min(1).to(self.implicit.weight.dtype).rsqrt(), counts)",
      "values = torch.repeat_interleave(torch.ones_like(counts, dtype=self.implicit.weight.dtype), counts)"),
+    ("ease: λ dropped from the Gram matrix", "recsys/models/ease.py",
+     "gram.diagonal().add_(float(self.reg))", "gram.diagonal().add_(1e-3)"),
+    ("ease: diagonal constraint dropped (B = I − P·diag(1/diag P) kept with its diagonal)", "recsys/models/ease.py",
+     "        b.diagonal().zero_()\n", "        pass\n"),
     ("bpmf: a side's draws not applied (rows keep the prior draw)", "recsys/solvers/gibbs.py",
      "        x[g.rows] = draw\n", "        pass\n"),
 ]
@@ -49,8 +54,11 @@ TESTS = ["tests/models", "tests/test_recommender.py", "tests/test_als.py", "test
 
 
 def main() -> int:
+    only = sys.argv[1] if len(sys.argv) > 1 else ""  # e.g. python benchmarks/mutations.py ease
     rows = []
     for label, rel, old, new in MUTATIONS:
+        if only not in label:
+            continue
         path = ROOT / rel
         src = path.read_text()
         if old not in src:

@@ -49,7 +49,8 @@ class History(L.Callback):
         self.rows: list[dict] = []
         self._final = False
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # at the end, not the epoch's end: metrics logged by other callbacks' epoch-end hooks (val/ndcg@10) are in
         if trainer.sanity_checking:
             return
         row = {"epoch": trainer.current_epoch}

@@ -225,7 +225,7 @@ def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, log
             lg.experiment.summary.update(metrics)
             if curve is not None:
                 lg.log_image(key="learning_curve", images=[str(curve)])
-        print(f"test/rmse={metrics['test/rmse']:.4f} test/mae={metrics['test/mae']:.4f} "
-              f"val/rmse={metrics.get('val/rmse', float('nan')):.4f} epochs={epochs} fit_seconds={fit_seconds:.1f} "
-              f"-> {out / 'metrics.json'}")
+        shown = ["test/rmse", "test/mae", *(k for k in metrics if k.startswith("test/ndcg@")), cfg.optimized_metric]
+        figures = " ".join(f"{k}={metrics[k]:.4f}" for k in dict.fromkeys(shown) if k in metrics)
+        print(f"{figures} epochs={epochs} fit_seconds={fit_seconds:.1f} -> {out / 'metrics.json'}")
     return metrics

@@ -34,7 +34,8 @@ def test_model_config_keys_are_the_class_parameters_with_its_defaults(name):
     # the YAML shows the class's defaults; they may not drift apart
     assert {k: spec[k] for k in params} == params
     sampled = cls.chain is not RatingModel.chain  # a Bayesian model declares its chain: its config samples it
-    assert spec["solver"] == ("gibbs" if sampled else "gradient")
+    closed = cls.fit_closed_form is not RatingModel.fit_closed_form  # one solve: its config says so
+    assert spec["solver"] == ("gibbs" if sampled else "closed_form" if closed else "gradient")
     assert {k: v for k, v in spec["optimizer"].items() if k != "_partial_"} == cls.default_optimizer
     assert spec["optimizer"]["_partial_"] is True
     assert not MODELS[name].read_text().startswith("# @package"), "a model config is not a global package"

@@ -25,6 +25,8 @@ here whose default is correct for any model. Nothing is looked up by attribute n
 - ``gradients(users, items, ratings)``: the loss with its gradient written into ``.grad`` (the gradient
   solver's fast path). Default: autograd on ``objective``.
 - ``least_squares()``: the objective in ALS's form (:class:`LeastSquares`). Default: None (ALS refused).
+- ``fit_closed_form()``: fits the model in one solve from its interactions (``model.solver=closed_form``).
+  Default: none (that solver refused).
 - ``chain()`` and ``record(epoch)``: the Gibbs sampler's state (:class:`~recsys.solvers.gibbs.Chain`) and the
   call after each sample. Default: None (no sampling) and nothing.
 - ``fallback(users, items, uk, ik)``: the prediction of a cold pair. Default: the training mean μ.
@@ -208,6 +210,14 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
     def least_squares(self) -> LeastSquares | None:
         """The model's objective in ALS's form, if it has one (bilinear models); None otherwise."""
         return None
+
+    def fit_closed_form(self) -> None:
+        """Fit the model in closed form from the interactions it received (``model.solver=closed_form``: EASE).
+        Not overridden: the model has no closed-form fit."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form fit")
+
+    def has_closed_form(self) -> bool:
+        return type(self).fit_closed_form is not RatingModel.fit_closed_form
 
     def chain(self) -> Chain | None:
         """The Markov chain's state a Gibbs sampler advances (Bayesian models); None otherwise."""

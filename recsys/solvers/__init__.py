@@ -1,4 +1,4 @@
-"""Fitting strategies, apart from the models they fit: ``model.solver=gradient|als|gibbs``.
+"""Fitting strategies, apart from the models they fit: ``model.solver=gradient|als|gibbs|closed_form``.
 
 A strategy is a small object with ``full_batch``, ``automatic(model)``, ``check(model)``,
 ``configure_optimizers(model)`` and ``training_step(model, batch, batch_idx)``; the Lightning system
@@ -7,9 +7,10 @@ whose ``least_squares()`` returns a :class:`~recsys.solvers.als.LeastSquares`.
 """
 
 from recsys.solvers.als import ALS, LeastSquares
+from recsys.solvers.closed_form import ClosedForm
 from recsys.solvers.gibbs import Gibbs
 from recsys.solvers.gradient import Gradient
 
-SOLVERS = {"gradient": Gradient, "als": ALS, "gibbs": Gibbs}
+SOLVERS = {"gradient": Gradient, "als": ALS, "gibbs": Gibbs, "closed_form": ClosedForm}
 
-__all__ = ["ALS", "SOLVERS", "Gibbs", "Gradient", "LeastSquares"]
+__all__ = ["ALS", "SOLVERS", "ClosedForm", "Gibbs", "Gradient", "LeastSquares"]

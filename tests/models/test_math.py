@@ -130,3 +130,35 @@ def test_autorec_decodes_the_sigmoid_code_of_each_items_rating_vector():
     u, i = _pairs()
     by_hand = (model.decoder.weight[u] * h[i]).sum(1) + model.decoder_bias.weight[u, 0]  # W h_i + b
     torch.testing.assert_close(model(u, i), by_hand)
+
+
+def test_ease_solves_its_constrained_ridge_in_closed_form_and_scores_x_times_b():
+    """B minimizes ‖X − XB‖² + λ‖B‖² with diag(B) = 0: its stationarity condition is (XᵀX + λI)(I − B) diagonal."""
+    from recsys.data.interactions import Interactions
+    from recsys.models.ease import EASE
+
+    g = torch.Generator().manual_seed(3)
+    cells = torch.randperm(8 * 6, generator=g)[:26]
+    users, items = cells // 6, cells % 6
+    model = EASE(data=fake_facts(8, 6, 26), solver="closed_form", reg=2.5).double()
+    model.setup_interactions(Interactions(users, items, torch.ones(26), 8, 6))
+    model.fit_closed_form()
+    x = torch.zeros(8, 6, dtype=torch.float64)
+    x[users, items] = 1.0
+    b = model.weights.double()
+    assert torch.equal(b.diagonal(), torch.zeros(6, dtype=torch.float64))
+    kkt = (x.T @ x + 2.5 * torch.eye(6, dtype=torch.float64)) @ (torch.eye(6, dtype=torch.float64) - b)
+    off = kkt - torch.diag(kkt.diagonal())
+    assert off.abs().max() < 1e-4 and (kkt.diagonal() > 0).all()
+    torch.testing.assert_close(model.score_all_items(torch.arange(8)), (x @ b).to(model.weights.dtype))
+
+
+def test_ease_refuses_an_item_count_whose_matrices_do_not_fit(monkeypatch):
+    from recsys.models import ease
+
+    monkeypatch.setattr(ease, "available_bytes", lambda device: 10 * 2**30)  # 10 GiB free
+    with pytest.raises(MemoryError, match=r"model=ease needs 13.7 GiB on cpu for 35000 items .* and 10.0 GiB is free: "
+                                          r"use a factor model"):
+        ease.EASE(data=fake_facts(10, 35000, 100), solver="closed_form")
+    with pytest.raises(ValueError, match="model=ease is fitted in closed form: model.solver=closed_form"):
+        ease.EASE(data=fake_facts(10, 5, 100))

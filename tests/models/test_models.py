@@ -26,6 +26,8 @@ MODELS = model_configs()
 REGULARIZERS = ("reg", "reg_bias", "lambda_u", "lambda_v")
 #: models fitted by sampling their posterior (model.solver=gibbs): no gradient or ALS fit, no fixed regularizer
 SAMPLED = {name for name, path in MODELS.items() if yaml.safe_load(path.read_text()).get("solver") == "gibbs"}
+#: models fitted in one solve (model.solver=closed_form): ranking models of implicit feedback
+CLOSED = {name for name, path in MODELS.items() if yaml.safe_load(path.read_text()).get("solver") == "closed_form"}
 
 
 def build(name: str, facts, **overrides):
@@ -61,6 +63,20 @@ def structured_ratings(name: str, n_users=20, n_items=15, n=200, seed=0):
     return users, items, ratings
 
 
+def grouped_interactions(seed=0):
+    """Implicit feedback with two groups: users 0-9 interact with items 0-6, users 10-19 with items 7-14, each
+    with one item of its group held out: (users, items, held-out (user, item) pairs)."""
+    g = torch.Generator().manual_seed(seed)
+    users, items, held = [], [], []
+    for u in range(20):
+        group = torch.arange(7) if u < 10 else torch.arange(7, 15)
+        group = group[torch.randperm(len(group), generator=g)]
+        held.append((u, int(group[0])))
+        users += [u] * (len(group) - 2)
+        items += group[1:-1].tolist()  # one more left out: not every user rated everything else
+    return torch.tensor(users), torch.tensor(items), held
+
+
 def interactions(users, items, ratings, n_users=20, n_items=15) -> Interactions:
     return Interactions(users, items, ratings, n_users, n_items)
 
@@ -82,6 +98,18 @@ def test_model_fits_a_target_of_its_own_terms_by_gradient(name):
     torch.manual_seed(0)
     users, items, ratings = structured_ratings(name)
     train = interactions(users, items, ratings)
+    if name in CLOSED:  # refuses gradient training; its closed form ranks each user's group of items first
+        with pytest.raises(ValueError, match="closed form: model.solver=closed_form"):
+            tiny(name, ratings, solver="gradient")
+        g_users, g_items, held_out = grouped_interactions()
+        model = tiny(name, ratings, prior=1.0)  # a ridge of the data's scale: co-occurrence, not the identity
+        model.setup_interactions(interactions(g_users, g_items, torch.ones(len(g_users))))
+        model.fit_closed_form()
+        scores = model.score_all_items(torch.arange(20))
+        in_group = (torch.arange(20).unsqueeze(1) < 10) == (torch.arange(15).unsqueeze(0) < 7)
+        for u, i in held_out:  # an unseen item of the user's own group beats every item of the other group
+            assert scores[u, i] > scores[u][~in_group[u]].max()
+        return
     if name in SAMPLED:  # refuses gradient training, and its chain's running mean fits the set instead
         with pytest.raises(ValueError, match="model.solver=gibbs"):
             tiny(name, ratings, solver="gradient")
@@ -115,8 +143,8 @@ def test_model_fits_a_target_of_its_own_terms_by_gradient(name):
 def test_model_fits_a_target_of_its_own_terms_by_als_or_refuses_it(name):
     torch.manual_seed(0)
     users, items, ratings = structured_ratings(name)
-    if name in SAMPLED:
-        with pytest.raises(ValueError, match="model.solver=gibbs"):
+    if name in SAMPLED or name in CLOSED:
+        with pytest.raises(ValueError, match="model.solver=gibbs|model.solver=closed_form"):
             tiny(name, ratings, solver="als")
         return
     model = tiny(name, ratings)
@@ -145,6 +173,8 @@ def _randomized(name: str, users, items, ratings, n_users=20, n_items=15):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.3).add_(0.05)
+    if model.has_closed_form():  # its state is its fit
+        model.fit_closed_form()
     model.refresh()
     return model
 
@@ -230,6 +260,7 @@ def test_model_saves_primitives_and_loads_from_a_lightning_checkpoint(name, udat
     dm = RatingsDataModule(path=str(udata), batch_size=512)
     dm.setup()
     model = build(name, dm.facts())
+    model.setup_interactions(dm.interactions("train"))  # the contract's data channel, as train.py hands it over
     json.dumps(dict(model.hparams))  # primitives only: weights_only loading needs nothing else
     spec = yaml.safe_load(MODELS[name].read_text())
     assert model.hparams.data == dm.facts().as_dict()

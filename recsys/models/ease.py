@@ -1,0 +1,142 @@
+"""EASE (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW): an item-item model fitted in
+closed form. With X the users × items 0/1 matrix of training interactions,
+
+    min_B ‖X − XB‖²_F + λ‖B‖²_F   subject to diag(B) = 0
+
+has the solution P = (XᵀX + λI)⁻¹, B = I − P·diag(1/diag P) (so B_ij = −P_ij / P_jj, B_jj = 0), and user u's
+score of item i is X_u·B_:i = Σ_{j∈N(u)} B_ji.
+
+The model receives the training interactions through the contract (``setup_interactions``; with
+``data.feedback=implicit``, configs/regime/ease.yaml, every positive is a 1), keeps each user's items as buffers
+(``history_*``) and B as a buffer, so a loaded model scores without the data. ``model.solver=closed_form`` fits
+it once: the Gram matrix by one sparse product, then one float32 Cholesky factorization and inverse on the
+training device. Memory is O(n_items²): the model refuses, naming the size, where B and the solve's two work
+matrices will not fit. EASE's scores are not ratings: its RMSE and MAE are reported but mean nothing; it is
+selected and judged by ranking (``val/ndcg@10``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from recsys.data.interactions import Interactions
+from recsys.models.base import RatingModel
+from recsys.solvers.closed_form import ClosedForm
+from recsys.validation import NonNegative
+
+#: float32 matrices of n_items² the fit holds at once: the Gram matrix (factored in place), its inverse and B
+WORK_MATRICES = 3
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory on ``device``: the GPU's free memory, or the host's available memory (Linux)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_fits(n_items: int, device: torch.device) -> None:
+    need, free = WORK_MATRICES * 4 * n_items ** 2, available_bytes(device)
+    if need > free:
+        raise MemoryError(f"model=ease needs {need / 2**30:.1f} GiB on {device} for {n_items} items "
+                          f"({WORK_MATRICES} float32 matrices of n_items²) and {free / 2**30:.1f} GiB is free: use a "
+                          "factor model for this many items (model=mf, model=svdpp), or a data set with fewer items")
+
+
+class EASE(RatingModel):
+    default_optimizer = {"_target_": "torch.optim.SGD", "lr": 1.0}  # unused: B is solved in closed form
+
+    def __init__(self, reg: NonNegative = 250.0):
+        super().__init__()
+        if not isinstance(self.solver, ClosedForm):
+            raise ValueError("model=ease is fitted in closed form: model.solver=closed_form")
+        n_users, n_items = self.data.num_users, self.data.num_items
+        check_fits(n_items, torch.device("cpu"))
+        self.reg = reg
+        self.register_buffer("weights", torch.zeros(n_items, n_items))  # B, zero diagonal
+        self.register_data_buffer("history_indptr", torch.zeros(n_users + 1, dtype=torch.long))
+        self.register_data_buffer("history_items", torch.zeros(0, dtype=torch.long))
+        self._train: Interactions | None = None
+
+    # -- the data and the fit ------------------------------------------------------------------------------
+    def setup_interactions(self, train: Interactions) -> None:
+        by_user = train.by_user
+        device = self.history_indptr.device
+        self.history_indptr, self.history_items = by_user.indptr.to(device), by_user.indices.to(device)
+        self._train = train
+
+    @torch.no_grad()
+    def fit_closed_form(self) -> None:
+        """B = I − P·diag(1/diag P), P = (XᵀX + λI)⁻¹: one Gram product, one Cholesky factorization and inverse."""
+        if self._train is None:
+            raise RuntimeError("EASE.fit_closed_form: no training data; call setup_interactions(train) first")
+        device, n_items = self.weights.device, self.data.num_items
+        check_fits(n_items, device)
+        users, items = self._train.users.to(device), self._train.items.to(device)
+        x = torch.sparse_coo_tensor(torch.stack([users, items]), torch.ones(len(users), device=device),
+                                    (self.data.num_users, n_items)).coalesce()
+        x.values().clamp_(max=1.0)  # 0/1: a repeated pair counts once
+        gram = torch.sparse.mm(x.t().coalesce(), x).to_dense()  # XᵀX
+        gram.diagonal().add_(float(self.reg))
+        chol, info = torch.linalg.cholesky_ex(gram)
+        if int(info) != 0:
+            raise FloatingPointError(f"EASE: XᵀX + λI is not positive definite (model.reg={self.reg}); use reg > 0")
+        del gram
+        p = torch.cholesky_inverse(chol)
+        del chol
+        b = p.div_(-p.diagonal().clone().unsqueeze(0))  # −P_ij / P_jj
+        b.diagonal().zero_()
+        self.weights.copy_(b)
+
+    # -- scores ------------------------------------------------------------------------------------------------
+    def _history_rows(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), n_items) 0/1 rows of X for ``users``, from the saved histories."""
+        lo, hi = self.history_indptr[users], self.history_indptr[users + 1]
+        counts = hi - lo
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
+        cols = self.history_items[starts + torch.arange(len(rows), device=users.device)]
+        x = self.weights.new_zeros(len(users), self.data.num_items)
+        x[rows, cols] = 1.0
+        return x
+
+    def all_item_scores(self, users):
+        """X_u·B for every item: one (users × items) @ (items × items) product."""
+        return self._history_rows(users) @ self.weights
+
+    def forward(self, users, items):
+        unique, inverse = torch.unique(users, return_inverse=True)
+        scores = self.all_item_scores(unique)
+        return scores[inverse, items]
+
+    def fallback(self, users, items, user_known, item_known):
+        """Cold pairs score as the model scores them: X_u·B, 0 without a history or for an item never seen."""
+        return torch.zeros(users.shape, dtype=self.weights.dtype, device=users.device)
+
+    def objective(self, users, items, ratings):
+        """The batch's reconstruction error of its observed 1s, (1 − X_u·B_:i)² (reported; the fit is closed)."""
+        return (1.0 - self(users, items)).square().mean()
+
+    # -- fold in: a new user's row of X ------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold_in(self, items: torch.Tensor, ratings: torch.Tensor, row: int | None = None) -> int:
+        """User ``row`` (None: a new row) scores X_new·B with X_new the items given: nothing to fit."""
+        row = self.add_user_row() if row is None else row
+        mine = torch.unique(items)
+        lo, hi = int(self.history_indptr[row]), int(self.history_indptr[row + 1])
+        self.history_items = torch.cat([self.history_items[:lo], mine, self.history_items[hi:]])
+        self.history_indptr[row + 1:] += len(mine) - (hi - lo)
+        self.user_seen[row] = True
+        return row
+
+    def add_user_row(self) -> int:
+        self.history_indptr = torch.cat([self.history_indptr, self.history_indptr[-1:]])
+        self.user_seen = torch.cat([self.user_seen, self.user_seen.new_zeros(1)])
+        return len(self.user_seen) - 1
