@@ -71,6 +71,9 @@ class BlendModel(nn.Module):
     def factor_tables(self):
         return None  # a blend has no factor tables of its own
 
+    def item_similarity(self, items):
+        return None  # nor an item similarity
+
     def least_squares(self):
         return None
 

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from recsys.data.datasets import IdMap
 from recsys.data.interactions import Seen
@@ -193,13 +192,13 @@ class Recommender:
 
     @torch.no_grad()
     def similar_items(self, items, n: int = 10, strict: bool = True) -> pd.DataFrame:
-        """Nearest items by cosine similarity of item factors: ``item, similar, score, rank``."""
-        net = self._tables()
-        if net.item.embedding_dim == 0:
-            raise ValueError(f"{type(self.model).__name__} has no item factors to compare")
+        """The most similar items by the model's own item similarity (``model.item_similarity``: cosine of item
+        factors by default, EASE's item-item weights): ``item, similar, score, rank``."""
         i, _, _ = self._index(items, self.items, "item", strict)
-        factors = nn.functional.normalize(net.item.weight, dim=1)
-        sims = factors[i] @ factors.T
+        sims = self.model.item_similarity(i)
+        if sims is None:
+            raise ValueError(f"{type(self.model).__name__} has no item factors to compare")
+        sims = sims.clone()
         sims[torch.arange(len(i)), i] = float("-inf")  # the item itself
         top = torch.topk(sims, min(n, len(self.items) - 1), dim=1)
         original = _normalize(items, self.items)

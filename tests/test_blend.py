@@ -55,7 +55,7 @@ def test_blend_of_runs_beats_or_matches_its_members_and_loads_like_a_model(runs,
     expected = np.clip(metrics["intercept"] + sum(w * p for w, p in zip(metrics["weights"], member_preds)), 1, 5)
     assert np.allclose(rec.predict(user, items), expected, atol=1e-6)
     assert len(rec.recommend([user], n=3)) == 3
-    with pytest.raises(ValueError, match="no factor tables"):
+    with pytest.raises(ValueError, match="BlendModel has no item factors to compare"):
         rec.similar_items(items[0])
 
 

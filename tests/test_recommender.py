@@ -193,3 +193,28 @@ def test_fold_in_gives_string_id_data_sets_a_whole_new_id():
     assert new == "new-3" and rec.users.to_index(["new-3"]).tolist() == [3]
     assert rec.fold_in({"b": 4.0}, user="a-much-longer-id") == "a-much-longer-id"
     assert rec.predict("a-much-longer-id", "b").shape == (1,)
+
+
+def test_ease_recommends_from_its_saved_histories_and_answers_similar_items_by_b(run, udata):
+    """A loaded EASE run: recommend is X_u·B with the saved histories (no data), similar_items reads B's rows,
+    fold_in is X_new·B."""
+    rec = recsys.load(run("model=ease", "trainer.max_epochs=1"))
+    dm = _split(udata)
+    b = rec.model.weights
+    x = torch.zeros(dm.num_users, dm.num_items)
+    x[dm.train_set[0], dm.train_set[1]] = 1.0  # implicit feedback: every training rating a positive
+    top = rec.recommend([1, 2], n=3)
+    for user, rows in top.groupby("user"):
+        u = int(dm.user_map.to_index([user])[0])
+        scores = (x[u] @ b).masked_fill(torch.as_tensor(rec.seen.mask(torch.tensor([u]), dm.num_items)[0]), -1e9)
+        best = torch.topk(scores, 3).indices
+        assert rows["item"].tolist() == dm.item_map.to_ids(best.numpy()).tolist()
+    sim = rec.similar_items([1], n=3)
+    i = int(dm.item_map.to_index([1])[0])
+    weights = b[i].clone()
+    weights[i] = float("-inf")
+    assert sim["similar"].tolist() == dm.item_map.to_ids(torch.topk(weights, 3).indices.numpy()).tolist()
+    liked = {int(it): 5.0 for it in dm.item_map.to_ids(dm.train_set[1][dm.train_set[0] == 0].numpy())}
+    new = rec.fold_in(liked)  # a new user with user 0's training items scores as user 0 does: X_new·B = X_0·B
+    row = int(rec.users.to_index([new])[0])
+    torch.testing.assert_close(rec.model.score_all_items(torch.tensor([row])), (x[0] @ b).unsqueeze(0))

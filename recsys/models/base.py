@@ -33,6 +33,8 @@ here whose default is correct for any model. Nothing is looked up by attribute n
 - ``all_item_scores(users)``: (len(users), num_items) ``forward`` of every pair. Default: ``forward`` on every
   pair; override only with a faster path that gives the same scores.
 - ``factor_tables()``: a :class:`Bilinear` for ``similar_items``/``user_factors``. Default: None.
+- ``item_similarity(items)``: each item's similarity to every item, for ``similar_items``. Default: cosine of
+  ``factor_tables()``'s item factors; None without them.
 - ``fold_in(items, ratings, row)``: fits one user's row from ratings, the items fixed. Default: the exact
   solve of ``least_squares()``'s user step; refused without one.
 - ``add_user_row()``: appends a cold user, returns its row. Default: grows ``factor_tables()``.
@@ -246,6 +248,15 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         """The user and item factor (and bias) tables, for ``similar_items`` and ``user_factors``; None if the
         model has none."""
         return None
+
+    def item_similarity(self, items: torch.Tensor) -> torch.Tensor | None:
+        """(len(items), num_items) similarity of each of ``items`` to every item, for ``similar_items``. Default:
+        the cosine of the factor tables' item factors; None without item factors."""
+        tables = self.factor_tables()
+        if tables is None or tables.item.embedding_dim == 0:
+            return None
+        factors = torch.nn.functional.normalize(tables.item.weight, dim=1)
+        return factors[items] @ factors.T
 
     def fold_in(self, items: torch.Tensor, ratings: torch.Tensor, row: int | None = None) -> int:
         """Fit user ``row`` (None: a new row, from :meth:`add_user_row`) from ``ratings`` of ``items`` with the

@@ -124,6 +124,10 @@ class EASE(RatingModel):
         """The batch's reconstruction error of its observed 1s, (1 − X_u·B_:i)² (reported; the fit is closed)."""
         return (1.0 - self(users, items)).square().mean()
 
+    def item_similarity(self, items):
+        """B's rows: how much having item i raises each item's score (Steck's item-item weights)."""
+        return self.weights[items]
+
     # -- fold in: a new user's row of X ------------------------------------------------------------------------
     @torch.no_grad()
     def fold_in(self, items: torch.Tensor, ratings: torch.Tensor, row: int | None = None) -> int:
