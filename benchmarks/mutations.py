@@ -47,6 +47,11 @@ MUTATIONS = [
      "gram.diagonal().add_(float(self.reg))", "gram.diagonal().add_(1e-3)"),
     ("ease: diagonal constraint dropped (B = I − P·diag(1/diag P) kept with its diagonal)", "recsys/models/ease.py",
      "        b.diagonal().zero_()\n", "        pass\n"),
+    ("ials: the shared Gram YᵀY dropped", "recsys/solvers/als.py",
+     "                gram += shared\n", "                pass\n"),
+    ("ials: confidence weights dropped (every observed entry weight 1)", "recsys/models/ials.py",
+     "solve=self.als_solve, tol=0.0, weight=self.extra_confidence, all_pairs=True)",
+     "solve=self.als_solve, tol=0.0, weight=None, all_pairs=True)"),
     ("bpmf: a side's draws not applied (rows keep the prior draw)", "recsys/solvers/gibbs.py",
      "        x[g.rows] = draw\n", "        pass\n"),
 ]

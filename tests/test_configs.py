@@ -35,7 +35,11 @@ def test_model_config_keys_are_the_class_parameters_with_its_defaults(name):
     assert {k: spec[k] for k in params} == params
     sampled = cls.chain is not RatingModel.chain  # a Bayesian model declares its chain: its config samples it
     closed = cls.fit_closed_form is not RatingModel.fit_closed_form  # one solve: its config says so
-    assert spec["solver"] == ("gibbs" if sampled else "closed_form" if closed else "gradient")
+    if sampled or closed:
+        assert spec["solver"] == ("gibbs" if sampled else "closed_form")
+    else:  # gradient, or als for a model that is fitted only by it (ials)
+        assert spec["solver"] in ("gradient", "als")
+        cls(data=fake_facts(), solver=spec["solver"])
     assert {k: v for k, v in spec["optimizer"].items() if k != "_partial_"} == cls.default_optimizer
     assert spec["optimizer"]["_partial_"] is True
     assert not MODELS[name].read_text().startswith("# @package"), "a model config is not a global package"

@@ -79,6 +79,12 @@ class LeastSquares:
     names: tuple[str, ...] = ()
     solve: str = "cg"
     tol: float = 1e-4
+    #: implicit feedback (Hu, Koren & Volinsky 2008): the squared error runs over ALL pairs, weight 1 and target 0
+    #: where unobserved, weight 1 + ``weight(r)`` and target ``target(r)`` / (1 + ``weight(r)``) where observed
+    #: (``target`` returns c·p, the confidence times the preference). Each row's Gram matrix is then FᵀF (once
+    #: per half-sweep) plus Σ_obs weight·f fᵀ, its right-hand side Σ_obs target·f: the Gram trick.
+    weight: Callable[[torch.Tensor], torch.Tensor] | None = None
+    all_pairs: bool = False
 
     def __post_init__(self) -> None:
         if self.scaling not in REG_SCALINGS:
@@ -232,9 +238,14 @@ class RowSystems:
             ext = feats.new_empty(len(g.rows), width + 1, width + 1)
             for blk in g.blocks:
                 block = feats[blk.cols]  # (rows, L, k + 1) gathered features, pads all zero
-                t = problem.target(blk.ratings.to(dtype))
+                r = blk.ratings.to(dtype)
+                t = problem.target(r)
                 if bias is not None:
                     t = t - bias[blk.cols]
+                if problem.weight is not None:  # Σ w f fᵀ and Σ t f from features scaled by √w, targets by 1/√w
+                    root = problem.weight(r).clamp_min(0).sqrt()
+                    block[..., :width] *= root.unsqueeze(-1)
+                    t = torch.where(root > 0, t / root.clamp_min(torch.finfo(dtype).tiny), 0.0)
                 block[..., width] = t if blk.pad is None else t.masked_fill(blk.pad, 0.0)
                 torch.bmm(block.mT, block, out=ext[blk.start:blk.start + len(blk.cols)])
             yield g, ext[:, :width, :width], ext[:, :width, width], ext[:, width, width]
@@ -246,7 +257,13 @@ class RowSystems:
         x = problem.weights(side)[self.lo:self.hi].clone()
         ridge = problem.ridge_of(side, x.shape[1], x)
         objective = x.new_zeros(())
+        shared = None
+        if problem.all_pairs:  # FᵀF over every column of the fixed side, once per half-sweep
+            feats = problem.features(side)[0][:-1].to(x.dtype)  # without the padding row
+            shared = feats.T @ feats
         for g, gram, rhs, tt in self.normal_equations(problem, side, x.dtype):
+            if shared is not None:
+                gram += shared
             scale = g.counts.to(x.dtype) if problem.scaling == "frequency" else torch.ones_like(tt)
             gram.diagonal(dim1=1, dim2=2).add_(scale.unsqueeze(1) * ridge)  # A = G + c_r diag(λ)
             sol = cholesky_solve(gram, rhs) if (solve or problem.solve) == "cholesky" else \

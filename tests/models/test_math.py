@@ -162,3 +162,27 @@ def test_ease_refuses_an_item_count_whose_matrices_do_not_fit(monkeypatch):
         ease.EASE(data=fake_facts(10, 35000, 100), solver="closed_form")
     with pytest.raises(ValueError, match="model=ease is fitted in closed form: model.solver=closed_form"):
         ease.EASE(data=fake_facts(10, 5, 100))
+
+
+def test_ials_user_step_solves_the_all_pairs_confidence_weighted_ridge():
+    """One exact user half-sweep gives x_u = (YᵀY + Σ_{i∈N(u)} (c_ui − 1) y_i y_iᵀ + λI)⁻¹ Σ_{i∈N(u)} c_ui y_i,
+    c = 1 + α·r: the minimizer of Σ_{all i} c_ui (p_ui − x_uᵀy_i)² + λ‖x_u‖², written out densely."""
+    from recsys.models.ials import IALS
+    from recsys.solvers.als import half_sweep
+
+    g = torch.Generator().manual_seed(5)
+    cells = torch.randperm(7 * 9, generator=g)[:25]
+    users, items = cells // 9, cells % 9
+    ratings = torch.randint(1, 6, (25,), generator=g).double()
+    model = _randomize(IALS(data=fake_facts(7, 9, 25), solver="als", dim=3, reg=0.7, alpha=2.0)).double()
+    half_sweep(model.least_squares(), "user", users, items, ratings, solve="cholesky")
+    y = model.net.item.weight.detach()
+    for u in users.unique().tolist():
+        c = torch.ones(9, dtype=torch.float64)
+        p = torch.zeros(9, dtype=torch.float64)
+        mine = users == u
+        c[items[mine]] = 1 + 2.0 * ratings[mine]
+        p[items[mine]] = 1.0
+        a = y.T @ (c.unsqueeze(1) * y) + 0.7 * torch.eye(3, dtype=torch.float64)
+        expected = torch.linalg.solve(a, y.T @ (c * p))
+        torch.testing.assert_close(model.net.user.weight[u].detach(), expected)
