@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MUTATIONS = [
     ("svdpp: implicit sum zeroed", "recsys/models/svdpp.py",
-     "return self.net.user(users) + _SparseProduct.apply(a, at, weight)[users]", "return self.net.user(users)"),
+     "return self.net.user(users) + _SparseProduct.apply(a, at, self.implicit.weight)[users]", "return self.net.user(users)"),
     ("svdpp: implicit term dropped from all_item_scores only", "recsys/models/svdpp.py",
      "score = self.user_vectors(users) @ self.net.item.weight.T", "score = self.net.user(users) @ self.net.item.weight.T"),
     ("svdpp: item bias dropped", "recsys/models/svdpp.py",

@@ -31,13 +31,15 @@ class CSR:
     def counts(self) -> torch.Tensor:
         return self.indptr[1:] - self.indptr[:-1]
 
-    def row(self, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = int(self.indptr[r]), int(self.indptr[r + 1])
-        return self.indices[lo:hi], self.values[lo:hi]
 
-    def row_of_entry(self) -> torch.Tensor:
-        """(nnz,) the row of every entry."""
-        return torch.repeat_interleave(torch.arange(len(self.indptr) - 1, device=self.indptr.device), self.counts)
+def csr_entries(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position in ``rows``, column) of every entry of the CSR rows ``rows``: one gather, no loop over rows."""
+    lo = indptr[rows]
+    counts = indptr[rows + 1] - lo
+    total = int(counts.sum())
+    which = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts, output_size=total)
+    starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts, output_size=total)
+    return which, indices[starts + torch.arange(total, device=rows.device)]
 
 
 def csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n_rows: int) -> CSR:
@@ -85,10 +87,6 @@ class Interactions:
         """Each item's users and ratings."""
         return csr(self.items, self.users, self.ratings, self.num_items)
 
-    def to(self, device) -> Interactions:
-        return Interactions(self.users.to(device), self.items.to(device), self.ratings.to(device), self.num_users,
-                            self.num_items)
-
 
 @dataclasses.dataclass(frozen=True)
 class Seen:
@@ -100,20 +98,13 @@ class Seen:
 
     @classmethod
     def of(cls, users: np.ndarray, items: np.ndarray, num_users: int) -> Seen:
-        order = np.lexsort((items, users))
-        indptr = np.zeros(num_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(users, minlength=num_users), out=indptr[1:])
-        return cls(indptr, np.asarray(items)[order].astype(np.int32))
+        table = csr(torch.as_tensor(users), torch.as_tensor(items), torch.empty(len(users)), num_users)
+        return cls(table.indptr.numpy(), table.indices.numpy().astype(np.int32))
 
     def mask(self, rows: torch.Tensor, num_items: int) -> torch.Tensor:
         """(len(rows), num_items) True where the row's user has seen the item."""
-        r = rows.cpu().numpy()
-        starts = torch.as_tensor(self.indptr[r])
-        counts = torch.as_tensor(self.indptr[r + 1] - self.indptr[r])
-        which = torch.repeat_interleave(torch.arange(len(r)), counts)
-        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        cols = torch.as_tensor(self.items)[torch.repeat_interleave(starts, counts) + offsets].long()
-        mask = torch.zeros(len(r), num_items, dtype=torch.bool)
+        which, cols = csr_entries(torch.as_tensor(self.indptr), torch.as_tensor(self.items).long(), rows.cpu())
+        mask = torch.zeros(len(rows), num_items, dtype=torch.bool)
         mask[which, cols] = True
         return mask.to(rows.device)
 

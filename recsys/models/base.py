@@ -64,7 +64,7 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric
 from recsys import validation
 from recsys.data.facts import DataFacts
 from recsys.data.interactions import Interactions
-from recsys.models.nets import Bilinear
+from recsys.models.nets import Bilinear, take_saved_sizes
 from recsys.solvers import SOLVERS
 from recsys.solvers.als import LeastSquares, half_sweep
 from recsys.solvers.gibbs import Chain
@@ -288,10 +288,7 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         self._data_buffers.add(name)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in self._data_buffers:
-            saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=getattr(self, name).device))
+        take_saved_sizes(self, self._data_buffers, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- shared -------------------------------------------------------------------------------------

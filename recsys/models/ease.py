@@ -7,12 +7,12 @@ has the solution P = (XᵀX + λI)⁻¹, B = I − P·diag(1/diag P) (so B_ij = 
 score of item i is X_u·B_:i = Σ_{j∈N(u)} B_ji.
 
 The model receives the training interactions through the contract (``setup_interactions``; with
-``data.feedback=implicit``, configs/regime/ease.yaml, every positive is a 1), keeps each user's items as buffers
-(``history_*``) and B as a buffer, so a loaded model scores without the data. ``model.solver=closed_form`` fits
-it once: the Gram matrix by one sparse product, then one float32 Cholesky factorization and inverse on the
-training device. Memory is O(n_items²): the model refuses, naming the size, where B and the solve's two work
-matrices will not fit. EASE's scores are not ratings: its RMSE and MAE are reported but mean nothing; it is
-selected and judged by ranking (``val/ndcg@10``).
+``data.feedback=implicit``, configs/regime/ease.yaml, every positive is a 1), keeps each user's items
+(``history``, a :class:`Histories`) and B as buffers, so a loaded model scores without the data.
+``model.solver=closed_form`` fits it once: the Gram matrix by one sparse product, then one float32 Cholesky
+factorization and inverse on the training device. Memory is O(n_items²): the model refuses, naming the size,
+where B and the solve's two work matrices will not fit. EASE's scores are not ratings: its RMSE and MAE are
+reported but mean nothing; it is selected and judged by ranking (``val/ndcg@10``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 
 from recsys.data.interactions import Interactions
 from recsys.models.base import RatingModel
+from recsys.models.nets import Histories
 from recsys.solvers.closed_form import ClosedForm
 from recsys.validation import NonNegative
 
@@ -61,15 +62,12 @@ class EASE(RatingModel):
         check_fits(n_items, torch.device("cpu"))
         self.reg = reg
         self.register_buffer("weights", torch.zeros(n_items, n_items))  # B, zero diagonal
-        self.register_data_buffer("history_indptr", torch.zeros(n_users + 1, dtype=torch.long))
-        self.register_data_buffer("history_items", torch.zeros(0, dtype=torch.long))
+        self.history = Histories(n_users)  # each user's row of X, saved with B
         self._train: Interactions | None = None
 
     # -- the data and the fit ------------------------------------------------------------------------------
     def setup_interactions(self, train: Interactions) -> None:
-        by_user = train.by_user
-        device = self.history_indptr.device
-        self.history_indptr, self.history_items = by_user.indptr.to(device), by_user.indices.to(device)
+        self.history.set(train.by_user)
         self._train = train
 
     @torch.no_grad()
@@ -96,20 +94,9 @@ class EASE(RatingModel):
         self.weights.copy_(b)
 
     # -- scores ------------------------------------------------------------------------------------------------
-    def _history_rows(self, users: torch.Tensor) -> torch.Tensor:
-        """(len(users), n_items) 0/1 rows of X for ``users``, from the saved histories."""
-        lo, hi = self.history_indptr[users], self.history_indptr[users + 1]
-        counts = hi - lo
-        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
-        starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
-        cols = self.history_items[starts + torch.arange(len(rows), device=users.device)]
-        x = self.weights.new_zeros(len(users), self.data.num_items)
-        x[rows, cols] = 1.0
-        return x
-
     def all_item_scores(self, users):
         """X_u·B for every item: one (users × items) @ (items × items) product."""
-        return self._history_rows(users) @ self.weights
+        return self.history.dense(users, self.data.num_items, self.weights.dtype) @ self.weights
 
     def forward(self, users, items):
         unique, inverse = torch.unique(users, return_inverse=True)
@@ -133,14 +120,11 @@ class EASE(RatingModel):
     def fold_in(self, items: torch.Tensor, ratings: torch.Tensor, row: int | None = None) -> int:
         """User ``row`` (None: a new row) scores X_new·B with X_new the items given: nothing to fit."""
         row = self.add_user_row() if row is None else row
-        mine = torch.unique(items)
-        lo, hi = int(self.history_indptr[row]), int(self.history_indptr[row + 1])
-        self.history_items = torch.cat([self.history_items[:lo], mine, self.history_items[hi:]])
-        self.history_indptr[row + 1:] += len(mine) - (hi - lo)
+        self.history.replace(row, items)
         self.user_seen[row] = True
         return row
 
     def add_user_row(self) -> int:
-        self.history_indptr = torch.cat([self.history_indptr, self.history_indptr[-1:]])
+        self.history.append_user()
         self.user_seen = torch.cat([self.user_seen, self.user_seen.new_zeros(1)])
         return len(self.user_seen) - 1

@@ -2,6 +2,7 @@
 
 - :class:`Bilinear`: s(u, i) = P_uᵀQ_i [+ b_u + b_i], the factor (and bias) tables. ``dim=0`` leaves only
   the biases (the baseline model). It exposes the tables ALS needs (:class:`recsys.solvers.als.Tables`).
+- :class:`Histories`: each user's training items as saved CSR buffers (models that score from N(u)).
 - Links map between ratings and the space where the squared error is taken:
   :class:`Centered` (t = r − μ, r̂ = μ + s) and :class:`ScaledSigmoid` (t = (r − r_min)/(r_max − r_min),
   r̂ = r_min + (r_max − r_min)·g(c + s), g the logistic function).
@@ -13,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from recsys.data.interactions import CSR, csr_entries
 
 
 class Bilinear(nn.Module):
@@ -116,6 +119,62 @@ def _grad(table: nn.Embedding) -> torch.Tensor:
     if weight.grad is None:
         weight.grad = torch.zeros_like(weight)
     return weight.grad.zero_()
+
+
+class Histories(nn.Module):
+    """Each user's training items N(u) as CSR buffers (``indptr``, ``items``), kept for scoring and saved with the
+    model (SVD++'s implicit sums, EASE's rows of X). Sized by the data: on loading they take the checkpoint's
+    sizes. ``version`` changes with every edit, so a model can cache what it derives from them."""
+
+    def __init__(self, num_users: int):
+        super().__init__()
+        self.register_buffer("indptr", torch.zeros(num_users + 1, dtype=torch.long))
+        self.register_buffer("items", torch.zeros(0, dtype=torch.long))
+        self.version = 0
+
+    def set(self, by_user: CSR) -> None:
+        """The users' items from the training interactions' CSR view by user."""
+        self.indptr, self.items = by_user.indptr.to(self.indptr.device), by_user.indices.to(self.indptr.device)
+        self.version += 1
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.indptr[1:] - self.indptr[:-1]
+
+    def dense(self, users: torch.Tensor, num_items: int, dtype: torch.dtype) -> torch.Tensor:
+        """(len(users), num_items) 0/1 rows: 1 where the user has the item."""
+        which, items = csr_entries(self.indptr, self.items, users)
+        rows = torch.zeros(len(users), num_items, dtype=dtype, device=users.device)
+        rows[which, items] = 1.0
+        return rows
+
+    @torch.no_grad()
+    def replace(self, row: int, items: torch.Tensor) -> None:
+        """User ``row``'s items become ``items`` (a fold-in)."""
+        mine = torch.unique(items).to(self.items)
+        lo, hi = int(self.indptr[row]), int(self.indptr[row + 1])
+        self.items = torch.cat([self.items[:lo], mine, self.items[hi:]])
+        self.indptr[row + 1:] += len(mine) - (hi - lo)
+        self.version += 1
+
+    def append_user(self) -> None:
+        """One more user, without items."""
+        self.indptr = torch.cat([self.indptr, self.indptr[-1:]])
+        self.version += 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        take_saved_sizes(self, ("indptr", "items"), state_dict, prefix)  # sized by the training data
+        self.version += 1
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def take_saved_sizes(module: nn.Module, names, state_dict: dict, prefix: str) -> None:
+    """Give ``module``'s buffers ``names`` the shapes a state dict holds for them (buffers sized by the data or the
+    run, not by the hyperparameters), so that loading fills them."""
+    for name in names:
+        saved = state_dict.get(prefix + name)
+        if saved is not None:
+            setattr(module, name, torch.empty(saved.shape, dtype=saved.dtype, device=getattr(module, name).device))
 
 
 class Centered(nn.Module):

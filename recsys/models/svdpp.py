@@ -10,7 +10,7 @@ as in biased MF (``y_i`` with its item's ratings; Koren pays ‖y_j‖² for eve
 which costs |N(u)| per rating).
 
 N(u) is the user's training items: the model receives the training interactions through the contract
-(``setup_interactions``) and keeps the user → items table as buffers (``history_indptr``, ``history_items``),
+(``setup_interactions``) and keeps the user → items table as buffers (``history``, a :class:`Histories`),
 saved with the weights, so ``recsys.load`` scores, recommends and ranks with the implicit term and no data.
 Each step computes every user's implicit sum as one sparse product A·Y (A = diag(|N(u)|^-½)·N, CSR) and its
 gradient as Aᵀ·dZ: O(nnz·k) per step, which on ml-100k is less than a millisecond, so plain rating batches serve
@@ -27,7 +27,7 @@ from torch import nn
 
 from recsys.data.interactions import Interactions
 from recsys.models.base import RatingModel
-from recsys.models.nets import Bilinear, Centered
+from recsys.models.nets import Bilinear, Centered, Histories
 from recsys.validation import NonNegative, Size
 
 
@@ -44,44 +44,34 @@ class SVDpp(RatingModel):
         self.link = Centered(self.data.global_mean)
         self.reg, self.reg_bias = reg, reg if reg_bias is None else reg_bias
         self.reg_implicit = reg if reg_implicit is None else reg_implicit
-        # N(u) as CSR: user u's items are history_items[history_indptr[u]:history_indptr[u + 1]]
-        self.register_data_buffer("history_indptr", torch.zeros(n_users + 1, dtype=torch.long))
-        self.register_data_buffer("history_items", torch.zeros(0, dtype=torch.long))
-        self._sparse: tuple[torch.Tensor, torch.Tensor] | None = None  # A and Aᵀ (see _history_matrix)
+        self.history = Histories(n_users)  # N(u), saved with the weights
+        self._sparse: tuple | None = None  # ((history version, device, dtype), A, Aᵀ): see _history_matrix
 
     # -- N(u) --------------------------------------------------------------------------------------------
     def setup_interactions(self, train: Interactions) -> None:
-        by_user = train.by_user
-        device = self.history_indptr.device
-        self.history_indptr = by_user.indptr.to(device)
-        self.history_items = by_user.indices.to(device)
-        self._sparse = None
+        self.history.set(train.by_user)
 
     def _history_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, Aᵀ) with A = diag(|N(u)|^-½) N, N the users × items 0/1 history: sparse CSR, built from the buffers
-        on first use (after setup, loading or a fold-in)."""
-        device = self.history_indptr.device
-        if self._sparse is None or self._sparse[0].device != device:
-            indptr, items = self.history_indptr, self.history_items
-            counts = indptr[1:] - indptr[:-1]
+        """(A, Aᵀ) with A = diag(|N(u)|^-½) N, N the users × items 0/1 history: sparse CSR, built from the histories
+        on first use and again whenever they, the device or the dtype change (setup, loading, a fold-in)."""
+        indptr, items = self.history.indptr, self.history.items
+        key = (self.history.version, indptr.device, self.implicit.weight.dtype)
+        if self._sparse is None or self._sparse[0] != key:
+            counts = self.history.counts
             values = torch.repeat_interleave(counts.clamp_min(1).to(self.implicit.weight.dtype).rsqrt(), counts)
             shape = (len(indptr) - 1, self.implicit.num_embeddings)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
                 a = torch.sparse_csr_tensor(indptr, items, values, shape, check_invariants=False)
                 at = a.to_sparse_coo().t().coalesce().to_sparse_csr()
-            self._sparse = (a, at)
-        return self._sparse
+            self._sparse = (key, a, at)
+        return self._sparse[1:]
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         """p_u + |N(u)|^-½ Σ_{j∈N(u)} y_j for each of ``users``: the implicit sums of every user by one sparse
         product A·Y (O(nnz·k), less than a millisecond on ml-100k), its gradient Aᵀ·dZ."""
         a, at = self._history_matrix()
-        weight = self.implicit.weight
-        if a.dtype != weight.dtype:
-            self._sparse = None
-            a, at = self._history_matrix()
-        return self.net.user(users) + _SparseProduct.apply(a, at, weight)[users]
+        return self.net.user(users) + _SparseProduct.apply(a, at, self.implicit.weight)[users]
 
     def _score(self, users, items) -> torch.Tensor:
         return (self.user_vectors(users) * self.net.item(items)).sum(-1) + self.net.user_bias(users).squeeze(-1) \
@@ -110,7 +100,7 @@ class SVDpp(RatingModel):
     def factor_tables(self) -> Bilinear:
         """Tables that serve the scores: each user's completed factor p_u + |N(u)|^-½ Σ y_j, the item factors and
         both biases (a copy: editing it changes nothing)."""
-        n_users, (n_items, dim) = len(self.history_indptr) - 1, self.net.item.weight.shape
+        n_users, (n_items, dim) = len(self.history.indptr) - 1, self.net.item.weight.shape
         tables = Bilinear(n_users, n_items, dim, bias=True, init_std=0.0).to(self.device)
         with torch.no_grad():
             tables.user.weight.copy_(self.user_vectors(torch.arange(n_users, device=self.device)))
@@ -126,11 +116,7 @@ class SVDpp(RatingModel):
         training) with targets r − μ − b_i − q_iᵀ|N(u)|^-½ Σ y_j."""
         if row is None:
             row = self.add_user_row()
-        mine = torch.unique(items)
-        lo, hi = int(self.history_indptr[row]), int(self.history_indptr[row + 1])
-        self.history_items = torch.cat([self.history_items[:lo], mine, self.history_items[hi:]])
-        self.history_indptr[row + 1:] += len(mine) - (hi - lo)
-        self._sparse = None
+        self.history.replace(row, items)
         self.net.user.weight[row] = 0.0
         implicit = self.user_vectors(torch.tensor([row], device=items.device))[0]  # p_u = 0: the implicit part
         q = self.net.item.weight[items]
@@ -146,14 +132,9 @@ class SVDpp(RatingModel):
 
     def add_user_row(self) -> int:
         self.net.add_user()
-        self.history_indptr = torch.cat([self.history_indptr, self.history_indptr[-1:]])
-        self._sparse = None
+        self.history.append_user()
         self.user_seen = torch.cat([self.user_seen, self.user_seen.new_zeros(1)])
         return len(self.user_seen) - 1
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._sparse = None  # rebuilt from the loaded history
-        super()._load_from_state_dict(*args, **kwargs)
 
 
 class _SparseProduct(torch.autograd.Function):
