@@ -54,8 +54,14 @@ MUTATIONS = [
      "solve=self.als_solve, tol=0.0, weight=None, all_pairs=True)"),
     ("bpmf: a side's draws not applied (rows keep the prior draw)", "recsys/solvers/gibbs.py",
      "        x[g.rows] = draw\n", "        pass\n"),
+    ("bpr: item bias dropped from the score", "recsys/models/bpr.py",
+     "return self.net(users, items) + self.item_bias(items).squeeze(-1)", "return self.net(users, items)"),
+    ("bpr: the negative items' gradient dropped", "recsys/models/bpr.py",
+     "        item_grad.index_add_(0, flat_neg, grad_j)\n", "        pass\n"),
+    ("bpr: negatives sampled among all items (the user's positives not excluded)", "recsys/data/interactions.py",
+     "return (r + before).clamp_(max=self.num_items - 1)", "return r.clamp_(max=self.num_items - 1)"),
 ]
-TESTS = ["tests/models", "tests/test_recommender.py", "tests/test_als.py", "tests/test_evaluation.py"]
+TESTS = ["tests/models", "tests/data/test_datamodule.py", "tests/test_recommender.py", "tests/test_als.py", "tests/test_evaluation.py"]
 
 
 def main() -> int:

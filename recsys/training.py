@@ -139,6 +139,7 @@ def train(cfg: DictConfig) -> dict:
         model = instantiate(cfg.model, data=facts)
         # the contract's data channel: the training interactions, and the pairs the run will ask about
         model.setup_interactions(datamodule.interactions("train"))
+        datamodule.sample_negatives(model.negatives_per_positive())  # pairwise models: negatives in the batches
         model.track(*(torch.cat([datamodule.val_set[k], datamodule.test_set[k]]) for k in (0, 1)))
         if is_ranking_metric(cfg.optimized_metric):  # ranking on validation each epoch: what selects the model
             k = int(str(cfg.optimized_metric).rsplit("@", 1)[1])

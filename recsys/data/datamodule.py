@@ -88,15 +88,20 @@ class RatingBatches(IterableDataset):
     """Yields ``(users, items, ratings)`` batches by slicing; see the module docstring for DDP.
 
     ``batch_size`` is the global batch when shuffling (cut into ``world_size`` pieces) and the
-    per-rank batch when evaluating.
+    per-rank batch when evaluating. ``negatives(users, generator)`` (training only) draws each rating's sampled
+    negative items once per epoch, with the epoch's generator after the shuffle: batches are then
+    ``(users, items, ratings, negatives)``, and a rank's slice of them is the slice an uninterrupted
+    single-process run would draw (keyed by the seed and the epoch; ranks draw disjoint work).
     """
 
     def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool,
                  seed: int = 0, rank: int = 0, world_size: int = 1,
-                 epoch_fn: Callable[[], int] | None = None):
+                 epoch_fn: Callable[[], int] | None = None,
+                 negatives: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None):
         self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch_fn = epoch_fn
+        self.negatives = negatives
         self._epochs = 0
 
     def _bounds(self, n: int, step: int) -> list[int]:
@@ -115,15 +120,20 @@ class RatingBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         n = len(self.tensors[0])
-        if self.shuffle and self.batch_size >= n:  # one batch: its order changes nothing, skip the gather
-            self._epochs += 1
-            yield tuple(t.tensor_split(self.world_size)[self.rank] for t in self.tensors)
-        elif self.shuffle:
+        if self.shuffle:
             epoch = self.epoch_fn() if self.epoch_fn else self._epochs
             self._epochs += 1
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.shuffle and self.batch_size >= n:  # one batch: its order changes nothing, skip the gather
+            tensors = self.tensors
+            if self.negatives is not None:
+                tensors = (*tensors, self.negatives(tensors[0], gen))
+            yield tuple(t.tensor_split(self.world_size)[self.rank] for t in tensors)
+        elif self.shuffle:
             perm = torch.randperm(n, generator=gen).to(self.tensors[0].device)
             shuffled = tuple(t[perm] for t in self.tensors)  # one gather per epoch; batches are views of it
+            if self.negatives is not None:  # one draw per epoch, after the shuffle, from the epoch's generator
+                shuffled = (*shuffled, self.negatives(shuffled[0], gen))
             bounds = self._bounds(n, self.batch_size)
             for lo, hi in zip(bounds[:-1], bounds[1:]):
                 yield tuple(t[lo:hi].tensor_split(self.world_size)[self.rank] for t in shuffled)
@@ -209,6 +219,7 @@ class RatingsDataModule(L.LightningDataModule):
             raise ValueError(f"{self.source_file}: data.positive_min={hp.positive_min} leaves no positive training "
                              f"interaction (ratings lie in [{hp.rating_min}, {hp.rating_max}]); lower it or set null")
         self._seen = {}
+        self._negatives = 0
         self._ready = True
 
     # -- facts the models need (handed to the model once) ------------------------------------------
@@ -271,8 +282,17 @@ class RatingsDataModule(L.LightningDataModule):
             raise ValueError(f"split={split!r}: one of {sorted(sets)}")
         return Interactions(*sets[split], self.num_users, self.num_items)
 
+    def sample_negatives(self, per_positive: int) -> None:
+        """Training batches carry ``per_positive`` negative items per rating, drawn uniformly among the items its
+        user has not interacted with (in the training interactions), anew each epoch (pairwise models such as
+        BPR ask for them: ``RatingModel.negatives_per_positive``). 0: none."""
+        if per_positive and self.hparams.batch_by != "rating":
+            raise ValueError(f"data.batch_by={self.hparams.batch_by}: sampled negatives come with batches of "
+                             "ratings; use data.batch_by=rating")
+        self._negatives = int(per_positive)
+
     # -- loaders --------------------------------------------------------------------------------
-    def _loader(self, tensors, batch_size: int, shuffle: bool, by: str = "rating") -> DataLoader:
+    def _loader(self, tensors, batch_size: int, shuffle: bool, by: str = "rating", negatives=None) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if trainer is not None and trainer.strategy.root_device.type == "cuda":
@@ -281,7 +301,7 @@ class RatingsDataModule(L.LightningDataModule):
         epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
         seed = self.hparams.shuffle_seed
         ds = GroupBatches(tensors, batch_size, seed, rank, world, epoch_fn, by) if by != "rating" else \
-            RatingBatches(tensors, batch_size, shuffle, seed, rank, world, epoch_fn)
+            RatingBatches(tensors, batch_size, shuffle, seed, rank, world, epoch_fn, negatives)
         return DataLoader(ds, batch_size=None, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:
@@ -289,8 +309,11 @@ class RatingsDataModule(L.LightningDataModule):
         if batch and batch % world:
             raise ValueError(f"data.batch_size={batch} is global and must divide by the world size {world}")
         # batch_by=item|user: whole items (I-AutoRec) or whole users per batch
-        fit = self.fit_set
-        return self._loader(fit, batch or len(fit[0]), True, self.hparams.batch_by)
+        fit, negatives = self.fit_set, None
+        if self._negatives:
+            train, k = self.interactions("train"), self._negatives
+            negatives = lambda users, gen: train.sample_negatives(users, k, gen)  # noqa: E731
+        return self._loader(fit, batch or len(fit[0]), True, self.hparams.batch_by, negatives)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size, False)

@@ -87,6 +87,32 @@ class Interactions:
         """Each item's users and ratings."""
         return csr(self.items, self.users, self.ratings, self.num_items)
 
+    @functools.cached_property
+    def _complement(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What maps a rank r among a user's non-interacted items to the item: each user's distinct items s_0 <
+        s_1 < ... as keys user·(n_items + 1) + s_k − k (non-decreasing), the rows' starts and their counts."""
+        keys = torch.unique(self.users.long() * self.num_items + self.items.long())  # sorted, distinct pairs
+        users, items = keys // self.num_items, keys % self.num_items
+        counts = torch.bincount(users, minlength=self.num_users)
+        starts = torch.cumsum(counts, 0) - counts
+        k = torch.arange(len(keys)) - starts[users]
+        return users * (self.num_items + 1) + items - k, starts, counts
+
+    def sample_negatives(self, users: torch.Tensor, per_user: int, generator: torch.Generator) -> torch.Tensor:
+        """(len(users), per_user) items drawn uniformly among the items each user has not interacted with (BPR's
+        negatives), exactly and without rejection: a uniform rank r among the user's m non-interacted items maps
+        to the item r + #{k : s_k − k ≤ r} (s_k the user's items in order), one binary search per draw. A user who
+        has interacted with every item gets item 0. Deterministic given the generator's state: a run keyed by
+        (seed, epoch) draws the same negatives resumed or not, on any rank."""
+        keys, starts, counts = self._complement
+        rows = users.cpu().long()
+        free = (self.num_items - counts[rows]).clamp_(min=1).unsqueeze(1)
+        r = (torch.rand((len(rows), per_user), generator=generator, dtype=torch.float64) * free).long()
+        r = torch.minimum(r, free - 1)
+        base = (rows * (self.num_items + 1)).unsqueeze(1)
+        before = torch.searchsorted(keys, base + r, right=True) - starts[rows].unsqueeze(1)
+        return (r + before).clamp_(max=self.num_items - 1).to(users.device)
+
 
 @dataclasses.dataclass(frozen=True)
 class Seen:

@@ -24,6 +24,9 @@ here whose default is correct for any model. Nothing is looked up by attribute n
   and predict epoch. Default: nothing.
 - ``gradients(users, items, ratings)``: the loss with its gradient written into ``.grad`` (the gradient
   solver's fast path). Default: autograd on ``objective``.
+- ``negatives_per_positive()``: how many sampled negative items each training rating comes with; the data
+  pipeline draws them uniformly among the user's non-interacted items, per (seed, epoch), and ``objective`` and
+  ``gradients`` take them as a fourth argument. Default: 0 (none).
 - ``least_squares()``: the objective in ALS's form (:class:`LeastSquares`). Default: None (ALS refused).
 - ``fit_closed_form()``: fits the model in one solve from its interactions (``model.solver=closed_form``).
   Default: none (that solver refused).
@@ -208,6 +211,12 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
 
     def has_closed_form_gradients(self) -> bool:
         return type(self).gradients is not RatingModel.gradients
+
+    def negatives_per_positive(self) -> int:
+        """Sampled negative items the model's ``objective``/``gradients`` take per training rating (pairwise
+        objectives: BPR). The data pipeline draws them and the batches become ``(users, items, ratings,
+        negatives)``. Default: 0, batches of ratings only."""
+        return 0
 
     def least_squares(self) -> LeastSquares | None:
         """The model's objective in ALS's form, if it has one (bilinear models); None otherwise."""

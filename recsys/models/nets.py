@@ -93,12 +93,12 @@ class Bilinear(nn.Module):
             score = score + bu + bi
         loss, d_score = loss_of_score(score)
         d = d_score.unsqueeze(1)
-        _grad(self.user).index_add_(0, users, torch.addcmul(p * (2 * reg * c), q, d))
-        _grad(self.item).index_add_(0, items, torch.addcmul(q * (2 * reg * c), p, d))
+        grad_buffer(self.user).index_add_(0, users, torch.addcmul(p * (2 * reg * c), q, d))
+        grad_buffer(self.item).index_add_(0, items, torch.addcmul(q * (2 * reg * c), p, d))
         loss = loss + reg * c * (_sq(p) + _sq(q))
         if self.user_bias is not None:
-            _grad(self.user_bias).index_add_(0, users, (d_score + bu * (2 * reg_bias * c)).unsqueeze(1))
-            _grad(self.item_bias).index_add_(0, items, (d_score + bi * (2 * reg_bias * c)).unsqueeze(1))
+            grad_buffer(self.user_bias).index_add_(0, users, (d_score + bu * (2 * reg_bias * c)).unsqueeze(1))
+            grad_buffer(self.item_bias).index_add_(0, items, (d_score + bi * (2 * reg_bias * c)).unsqueeze(1))
             loss = loss + reg_bias * c * (_sq(bu) + _sq(bi))
         return loss
 
@@ -113,7 +113,7 @@ def _sq(x: torch.Tensor) -> torch.Tensor:
     return torch.dot(flat, flat)
 
 
-def _grad(table: nn.Embedding) -> torch.Tensor:
+def grad_buffer(table: nn.Embedding) -> torch.Tensor:
     """The table's dense gradient buffer, zeroed: allocated once, reused every step."""
     weight = table.weight
     if weight.grad is None:

@@ -140,3 +140,41 @@ def test_positive_min_needs_implicit_feedback_and_some_positives(udata):
     dm = RatingsDataModule(path=str(udata), feedback="implicit", positive_min=6.0)
     with pytest.raises(ValueError, match="data.positive_min=6.0 leaves no positive training interaction"):
         dm.setup()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_sampled_negatives_are_unseen_items_keyed_by_seed_and_epoch_and_ranks_draw_disjoint_work(world):
+    """BPR's sampler: every negative is an item its user has not interacted with; a rank's batches are its slice of
+    what one process draws; the same (seed, epoch) draws the same negatives (a resumed run), another epoch others."""
+    from recsys.data.interactions import Interactions
+
+    g = torch.Generator().manual_seed(0)
+    n_users, n_items = 30, 12
+    cells = torch.randperm(n_users * n_items, generator=g)[:200]
+    users, items = cells // n_items, cells % n_items
+    train = Interactions(users, items, torch.ones(200), n_users, n_items)
+    positives = set(zip(users.tolist(), items.tolist()))
+
+    def draw(rank, world_size, epoch):
+        ds = RatingBatches((users, items, torch.ones(200)), 64, True, seed=4, rank=rank, world_size=world_size,
+                           epoch_fn=lambda: epoch, negatives=lambda u, gen: train.sample_negatives(u, 3, gen))
+        return list(iter(ds))
+
+    single = draw(0, 1, epoch=2)
+    assert all(len(b) == 4 and b[3].shape == (len(b[0]), 3) for b in single)
+    u_all, neg_all = torch.cat([b[0] for b in single]), torch.cat([b[3] for b in single])
+    assert not any((u, j) in positives for u, j in zip(u_all.repeat_interleave(3).tolist(), neg_all.reshape(-1).tolist()))
+    assert len(set(neg_all.reshape(-1).tolist())) > n_items // 2  # spread over the catalogue, not a few items
+    ranks = [draw(r, world, epoch=2) for r in range(world)]
+    for step, whole in enumerate(single):  # the ranks' pieces of each step are the single process's step
+        for col in (0, 1, 3):
+            assert torch.equal(torch.cat([ranks[r][step][col] for r in range(world)]), whole[col])
+    assert all(torch.equal(a[3], b[3]) for a, b in zip(single, draw(0, 1, epoch=2)))  # resumed: the same draw
+    assert not torch.equal(torch.cat([b[3] for b in draw(0, 1, epoch=3)]), neg_all)  # a new draw each epoch
+
+
+def test_negatives_need_rating_batches(udata):
+    dm = RatingsDataModule(path=str(udata), batch_by="item")
+    dm.setup()
+    with pytest.raises(ValueError, match="data.batch_by=item: sampled negatives come with batches of ratings"):
+        dm.sample_negatives(1)

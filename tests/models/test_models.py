@@ -111,6 +111,16 @@ def test_model_fits_a_target_of_its_own_terms_by_gradient(name):
         model.setup_interactions(interactions(g_users, g_items, torch.ones(len(g_users))))
         if model.has_closed_form():
             model.fit_closed_form()
+        elif model.negatives_per_positive():  # pairwise: gradient steps on positives with sampled negatives
+            train_g, gen = interactions(g_users, g_items, torch.ones(len(g_users))), torch.Generator().manual_seed(0)
+            model = tiny(name, ratings, prior=0.05, optimizer={"lr": 0.01}).double()
+            model.setup_interactions(train_g)
+            opt = model.configure_optimizers()
+            for _ in range(300):
+                neg = train_g.sample_negatives(g_users, model.negatives_per_positive(), gen)
+                opt.zero_grad()
+                model.gradients(g_users, g_items, torch.ones(len(g_users)), neg)
+                opt.step()
         else:
             for _ in range(20):
                 for side in ("user", "item"):
@@ -155,6 +165,10 @@ def test_model_fits_a_target_of_its_own_terms_by_als_or_refuses_it(name):
     users, items, ratings = structured_ratings(name)
     if name in SAMPLED or name in CLOSED:
         with pytest.raises(ValueError, match="model.solver=gibbs|model.solver=closed_form"):
+            tiny(name, ratings, solver="als")
+        return
+    if name in RANKING and tiny(name, ratings).least_squares() is None:  # not bilinear in ALS's form: refused
+        with pytest.raises(ValueError, match="is not bilinear"):
             tiny(name, ratings, solver="als")
         return
     if name in RANKING:  # its ALS fit on implicit feedback is the test above's; here: the form ALS solves
@@ -275,6 +289,7 @@ def test_model_saves_primitives_and_loads_from_a_lightning_checkpoint(name, udat
     dm.setup()
     model = build(name, dm.facts())
     model.setup_interactions(dm.interactions("train"))  # the contract's data channel, as train.py hands it over
+    dm.sample_negatives(model.negatives_per_positive())
     json.dumps(dict(model.hparams))  # primitives only: weights_only loading needs nothing else
     spec = yaml.safe_load(MODELS[name].read_text())
     assert model.hparams.data == dm.facts().as_dict()
@@ -309,9 +324,12 @@ def test_closed_form_gradients_equal_autograd(name):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))  # biases away from their zero start
-    loss = model.objective(users, items, ratings.double())
+    extra = ()
+    if model.negatives_per_positive():  # pairwise: the sampled negatives the data pipeline would add
+        extra = (torch.randint(15, (len(users), model.negatives_per_positive() + 2)),)  # repeats add up too
+    loss = model.objective(users, items, ratings.double(), *extra)
     expected = torch.autograd.grad(loss, list(model.parameters()))
-    fast = model.gradients(users, items, ratings.double())
+    fast = model.gradients(users, items, ratings.double(), *extra)
     assert fast.item() == pytest.approx(loss.item(), rel=1e-10)
     for (pname, p), g in zip(model.named_parameters(), expected):
         assert torch.allclose(p.grad, g, atol=1e-12, rtol=1e-9), pname
