@@ -163,7 +163,8 @@ def test_sampled_negatives_are_unseen_items_keyed_by_seed_and_epoch_and_ranks_dr
     single = draw(0, 1, epoch=2)
     assert all(len(b) == 4 and b[3].shape == (len(b[0]), 3) for b in single)
     u_all, neg_all = torch.cat([b[0] for b in single]), torch.cat([b[3] for b in single])
-    assert not any((u, j) in positives for u, j in zip(u_all.repeat_interleave(3).tolist(), neg_all.reshape(-1).tolist()))
+    pairs = zip(u_all.repeat_interleave(3).tolist(), neg_all.reshape(-1).tolist())
+    assert not any(pair in positives for pair in pairs)
     assert len(set(neg_all.reshape(-1).tolist())) > n_items // 2  # spread over the catalogue, not a few items
     ranks = [draw(r, world, epoch=2) for r in range(world)]
     for step, whole in enumerate(single):  # the ranks' pieces of each step are the single process's step
