@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +62,7 @@ RUN_SETTINGS = {
     "optimized_mode": Annotated[str, OneOf("min", "max")],
     "resume": Annotated[str, OneOf(*rundir.RESUME)],
     "test_ckpt": Annotated[str, OneOf("best", "last")],
+    "refit": bool,
     "progress": Annotated[str, OneOf(*tracking.PROGRESS)],
     "trainer.max_epochs": Annotated[int, OneOf(-1)] | Size,
     "callbacks.early_stopping.patience": Annotated[int, AtLeast(0)],
@@ -145,14 +148,28 @@ def train(cfg: DictConfig) -> dict:
             k = int(str(cfg.optimized_metric).rsplit("@", 1)[1])
             trainer.callbacks.append(evaluation.RankingValidation(datamodule.val_set, datamodule.seen("train"), (k,),
                                                                   cfg.eval.relevance_threshold))
+        refit = bool(cfg.get("refit", False))
+        chosen = _read_choice(out) if refit else None  # a resumed refit: the first fit and its choice are done
+        if refit:
+            datamodule.with_validation_in_train()  # refuses a split without validation before any fitting
         phase = "fit"
-        _fit(cfg, trainer, datamodule, model, loggers, out, resume_from)
+        if chosen is None:
+            _fit(cfg, trainer, datamodule, model, loggers, out, resume_from)
+        if refit:
+            if chosen is None:
+                chosen = _choice(cfg, trainer, history, clock, out)
+            phase = "refit"
+            trainer, datamodule, model, clock = _refit(cfg, datamodule, chosen, out)
+            facts = datamodule.facts()
         phase = "test"
         if cfg.eval.ranking:  # handed the test set, seen items and popularity: logged with the test metrics
             ks = (cfg.eval.k,) if isinstance(cfg.eval.k, int) else tuple(cfg.eval.k)
             trainer.callbacks.append(evaluation.RankingMetrics(datamodule.test_set, seen, facts.item_counts, ks,
                                                                cfg.eval.relevance_threshold))
-        metrics = _test_and_report(cfg, trainer, datamodule, model, loggers, history, clock, out)
+        if refit:
+            metrics = _test_and_report_refit(cfg, trainer, datamodule, model, loggers, chosen, clock, out)
+        else:
+            metrics = _test_and_report(cfg, trainer, datamodule, model, loggers, history, clock, out)
         failed = False
         return metrics
     except rundir.RunDirectoryError:
@@ -218,15 +235,111 @@ def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, log
         "world_size": trainer.world_size,
         "test_checkpoint": str(ckpt.best_model_path) if use_best else str(_last_checkpoint(out)),
     })
+    _write_report(cfg, trainer, loggers, metrics, history.rows, out, epochs)
+    return metrics
+
+
+def _write_report(cfg: DictConfig, trainer: L.Trainer, loggers: list, metrics: dict, rows: list, out: Path,
+                  epochs: int) -> None:
+    """metrics.json, the learning curve, the W&B summary and the one line printed at the end (rank 0)."""
+    if not trainer.is_global_zero:
+        return
+    atomic_write_json(out / "metrics.json", metrics)
+    curve = tracking.save_learning_curve(rows, out / "learning_curve.png",
+                                         title=f"{cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name}")
+    for lg in tracking.wandb_loggers(loggers):
+        lg.experiment.summary.update(metrics)
+        if curve is not None:
+            lg.log_image(key="learning_curve", images=[str(curve)])
+    shown = ["test/rmse", "test/mae", *(k for k in metrics if k.startswith("test/ndcg@")), cfg.optimized_metric]
+    figures = " ".join(f"{k}={metrics[k]:.4f}" for k in dict.fromkeys(shown) if k in metrics)
+    refit = f" refit_epochs={metrics['refit_epochs']}" if metrics.get("refit") else ""
+    print(f"{figures} epochs={epochs}{refit} fit_seconds={metrics['fit_seconds']:.1f} -> {out / 'metrics.json'}")
+
+
+# -- refit on train+val (refit=true) -------------------------------------------------------------------------------
+CHOICE_FILE = "refit_choice.json"
+
+
+def _read_choice(out: Path) -> dict | None:
+    """The first fit's choice, written once it finished: a resumed refit run does not fit it again."""
+    path = out / CHOICE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _choice(cfg: DictConfig, trainer: L.Trainer, history: tracking.History, clock: tracking.RunClock,
+            out: Path) -> dict:
+    """What validation chose: the epoch count (gradient and ALS epochs, Gibbs samples, 1 for a closed form), the
+    chosen epoch's validation metrics and the first fit's seconds; saved to refit_choice.json."""
+    ckpt = trainer.checkpoint_callback
+    validation = _best_validation(cfg.optimized_metric, history, ckpt, cfg.get("optimized_mode", "min"))
+    rows = [r for r in history.rows if cfg.optimized_metric in r]
+    if cfg.get("test_ckpt", "best") == "last" or not rows:
+        epochs = max(int(trainer.current_epoch), 1)  # the last weights: every epoch trained
+    else:
+        pick = max if cfg.get("optimized_mode", "min") == "max" else min
+        epochs = int(pick(rows, key=lambda r: r[cfg.optimized_metric])["epoch"]) + 1
+    choice = {"epochs": epochs, "validation": validation, "first_fit_epochs": int(trainer.current_epoch),
+              "history": history.rows,
+              "first_fit_seconds": clock.seconds, "first_fit_checkpoint": str(ckpt.best_model_path if ckpt else "")}
     if trainer.is_global_zero:
-        atomic_write_json(out / "metrics.json", metrics)
-        curve = tracking.save_learning_curve(history.rows, out / "learning_curve.png",
-                                             title=f"{cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name}")
-        for lg in tracking.wandb_loggers(loggers):
-            lg.experiment.summary.update(metrics)
-            if curve is not None:
-                lg.log_image(key="learning_curve", images=[str(curve)])
-        shown = ["test/rmse", "test/mae", *(k for k in metrics if k.startswith("test/ndcg@")), cfg.optimized_metric]
-        figures = " ".join(f"{k}={metrics[k]:.4f}" for k in dict.fromkeys(shown) if k in metrics)
-        print(f"{figures} epochs={epochs} fit_seconds={fit_seconds:.1f} -> {out / 'metrics.json'}")
+        atomic_write_json(out / CHOICE_FILE, choice)
+    log.info("refit: validation chose %d epoch(s) (%s=%.4f); fitting again on train+val", epochs,
+             cfg.optimized_metric, validation.get(cfg.optimized_metric, float("nan")))
+    return choice
+
+
+def _refit(cfg: DictConfig, datamodule, chosen: dict, out: Path):
+    """The same model and settings fitted again on train+val for the chosen epoch count, no validation; its last
+    weights go to checkpoints/refit.ckpt (saved every epoch: a killed refit resumes from it)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    full = datamodule.with_validation_in_train()
+    facts = full.facts()
+    if rank_zero_only.rank == 0:  # seen items are unchanged; popularity now counts train+val
+        save_seen(out, full.seen(), facts.item_counts.numpy())
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = instantiate(cfg.model, data=facts)
+    model.setup_interactions(full.interactions("train"))
+    model.track(*(full.test_set[k] for k in (0, 1)))
+    full.sample_negatives(model.negatives_per_positive())
+    clock = tracking.RunClock()
+    last = ModelCheckpoint(dirpath=out / "checkpoints", filename="refit", monitor=None, save_top_k=1,
+                           enable_version_counter=False)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[clock, last], max_epochs=int(chosen["epochs"]),
+                          min_epochs=None, limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
+                          enable_model_summary=False)
+    ckpt = out / "checkpoints" / "refit.ckpt"
+    with warnings.catch_warnings():  # the run's checkpoints share the directory, as they should
+        warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+        trainer.fit(model, datamodule=full, ckpt_path=ckpt if ckpt.exists() else None)
+    return trainer, full, model, clock
+
+
+def _test_and_report_refit(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, chosen: dict,
+                           clock: tracking.RunClock, out: Path) -> dict:
+    """metrics.json of a refit run: ``test/*`` of the refit model, the validation choice beside them, seconds of
+    both fits; ``test_checkpoint`` names checkpoints/refit.ckpt, which ``recsys.load`` serves."""
+    results = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    refit_seconds = clock.seconds
+    n_train = len(datamodule.train_set[0])
+    metrics = {k: float(v) for k, v in results.items()}
+    metrics.update(chosen["validation"])
+    metrics.update({
+        "refit": True,
+        "epochs": int(chosen["first_fit_epochs"]),
+        "refit_epochs": int(chosen["epochs"]),
+        "fit_seconds": chosen["first_fit_seconds"] + refit_seconds,
+        "first_fit_seconds": chosen["first_fit_seconds"],
+        "refit_seconds": refit_seconds,
+        "train_ratings_per_second": n_train * int(chosen["epochs"]) / refit_seconds if refit_seconds > 0 else 0.0,
+        "num_train": n_train,
+        "restarts": clock.restarts,
+        "world_size": trainer.world_size,
+        "validation_checkpoint": chosen["first_fit_checkpoint"],
+        "test_checkpoint": str(out / "checkpoints" / "refit.ckpt"),
+    })
+    for lg in loggers:  # the refit trainer logs nothing itself: its test metrics go to the run's loggers here
+        lg.log_metrics({k: v for k, v in metrics.items() if k.startswith("test/")})
+    _write_report(cfg, trainer, loggers, metrics, chosen.get("history", []), out, int(chosen["epochs"]))
     return metrics

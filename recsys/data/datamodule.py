@@ -10,6 +10,7 @@ disjoint shards (no padding, no duplicates), so metrics synced across ranks coun
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Annotated
@@ -220,6 +221,7 @@ class RatingsDataModule(L.LightningDataModule):
                              f"interaction (ratings lie in [{hp.rating_min}, {hp.rating_max}]); lower it or set null")
         self._seen = {}
         self._negatives = 0
+        self.refit = False  # True on with_validation_in_train()'s copy: validation merged into training
         self._ready = True
 
     # -- facts the models need (handed to the model once) ------------------------------------------
@@ -242,7 +244,7 @@ class RatingsDataModule(L.LightningDataModule):
                 "feedback": hp.feedback, "positive_min": hp.positive_min, "num_fit": len(self.fit_set[0]),
                 "num_users": self.num_users, "num_items": self.num_items,
                 "num_train": len(self.train_set[0]), "num_val": len(self.val_set[0]),
-                "num_test": len(self.test_set[0])}
+                "num_test": len(self.test_set[0]), "validation_in_train": self.refit}
 
     def facts(self) -> DataFacts:
         """What a model needs to know: sizes, training mean and count, rating scale, rows seen in training."""
@@ -281,6 +283,23 @@ class RatingsDataModule(L.LightningDataModule):
         if split not in sets:
             raise ValueError(f"split={split!r}: one of {sorted(sets)}")
         return Interactions(*sets[split], self.num_users, self.num_items)
+
+    def with_validation_in_train(self) -> RatingsDataModule:
+        """This data with the validation ratings moved into training and no validation split: what ``refit=true``
+        fits again on. The test split, the seen items (training + validation) and the id maps are unchanged."""
+        if not self._ready:
+            raise RuntimeError("with_validation_in_train: call setup() first")
+        if len(self.val_set[0]) == 0:
+            raise ValueError("refit=true fits again on train+val after choosing on validation, and this split has no "
+                             "validation ratings (data.val_ratio=0): set data.val_ratio > 0")
+        merged = copy.copy(self)
+        merged.train_set = tuple(torch.cat([a, b]) for a, b in zip(self.train_set, self.val_set))
+        merged.val_set = tuple(t[:0] for t in self.val_set)
+        seen = self.seen("val")
+        merged._seen = {"train": seen, "val": seen}
+        merged.refit = True
+        merged.trainer = None
+        return merged
 
     def sample_negatives(self, per_positive: int) -> None:
         """Training batches carry ``per_positive`` negative items per rating, drawn uniformly among the items its
