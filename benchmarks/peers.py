@@ -1,8 +1,9 @@
 """The project's models and the peers, side by side on the project's own splits: test RMSE and fit seconds.
 
-    pip install -e ".[bench]"      # scikit-surprise, cornac, lenskit, myfm (lenskit wants pandas 2: a separate venv)
+    pip install -e ".[bench]"      # scikit-surprise, cornac, implicit, lenskit, myfm (lenskit wants pandas 2: a venv)
     python benchmarks/peers.py --data ml100k --split-seeds 0,1,2
     python benchmarks/peers.py --data ml1m --split-seeds 0,1,2
+    python benchmarks/peers.py --task ranking --data ml100k --split-seeds 0,1,2   # top-10: benchmarks/ranking.py
 
 Every system is fit on the same ratings of each split (``data.split_seed``: 90/10 random, 5% of all
 ratings carved from train for validation). The project's runs use validation for early stopping and
@@ -327,6 +328,9 @@ def plot(data: str, means: dict[str, tuple[float, float]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=("rating", "ranking"), default="rating",
+                        help="rating: test RMSE (this file's systems); ranking: top-10 NDCG/recall "
+                             "(benchmarks/ranking.py)")
     parser.add_argument("--data", choices=sorted(DATA), default="ml100k")
     parser.add_argument("--split-seeds", default="0,1,2")
     parser.add_argument("--only", default=None,
@@ -336,6 +340,12 @@ def main() -> None:
                         help="with --only: put the systems run into the existing results file, keeping its other rows")
     args = parser.parse_args()
     seeds = [int(s) for s in args.split_seeds.split(",")]
+    if args.task == "ranking":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import ranking
+
+        lenskit_threads(os.cpu_count() or 1)
+        return ranking.main(args.data, seeds, args.only)
     os.environ.setdefault("TQDM_DISABLE", "1")  # myFM's progress bar
     lenskit_threads(os.cpu_count() or 1)
     results: dict[str, list[tuple[float, float]]] = {}

@@ -131,7 +131,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", help="data.<key>=<value>, e.g. data.path=ratings.csv")
     ev.add_argument("--k", type=int, action="append", help="ranking cut-off (repeatable; default 10)")
     ev.add_argument("--relevance-threshold", type=float, default=4.0)
-    bl = sub.add_parser("blend", help="ridge blend of runs fitted on their common validation split")
+    bl = sub.add_parser("blend", help="blend of runs fitted on their common validation split (ridge on ratings; "
+                        "for ranking runs, weights on standardized scores by the validation ranking metric)")
     bl.add_argument("runs", nargs="+")
     bl.add_argument("--out", help="the blend's run directory (default outputs/blend/<date>_<time>)")
     bl.add_argument("--ridge", type=float, default=1.0, help="penalty on the weights (the intercept is free)")
@@ -143,6 +144,17 @@ def _blend(args) -> None:
         raise ValueError(f"--ridge {args.ridge}: must be >= 0")
     result = blend_runs(args.runs, args.out, args.ridge)
     width = max(len(m["run"]) for m in result["members"])
+    if result.get("objective") == "ranking":  # weights on standardized scores, chosen by the validation metric
+        metric = next(k for k in result if k.startswith("val/"))
+        test = "test/" + metric.split("/", 1)[1]
+        print(f"{'member':<{width}}  model         weight   {metric:<12} {test}")
+        for m in result["members"]:
+            own = m.get(test)
+            print(f"{m['run']:<{width}}  {m['model']:<12} {m['weight']:>7.4f}   {m[metric]:<12.4f} "
+                  f"{'' if own is None else format(own, '.4f')}")
+        print(f"{'blend':<{width}}  {'':<12} {'':>7}   {result[metric]:<12.4f} {result[test]:.4f}")
+        print(f"-> {result['out']}")
+        return
     print(f"{'member':<{width}}  model         weight   val RMSE  test RMSE  test MAE")
     for m in result["members"]:
         print(f"{m['run']:<{width}}  {m['model']:<12} {m['weight']:>7.4f}   {m['val/rmse']:.4f}    "

@@ -66,3 +66,36 @@ def test_runs_on_different_splits_are_refused(runs):
         blend_runs([a, b])
     with pytest.raises(ValueError, match="two runs or more"):
         blend_runs([a])
+
+
+def test_ranking_runs_blend_by_their_validation_metric_weighing_refit_members_by_their_first_fits(runs, tmp_path):
+    """Ranking members (selected by val/ndcg@10) blend standardized scores with simplex weights chosen on validation:
+    the grid holds each member alone, so the blend is at least as good there as its best member; a refit member is
+    weighed by its first fit (its own val/ndcg@10) and tested with its refit model."""
+    import torch
+
+    from recsys.blend import standardized
+
+    a = runs("ease", "model=ease", "refit=true")
+    b = runs("ials", "model=ials", "model.dim=8", "refit=true")
+    out = tmp_path / "blend"
+    assert main(["blend", str(a), str(b), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    members = metrics["members"]
+    for m, run in zip(members, (a, b)):  # the first fits' validation figures: the refit models never saw val as val
+        own = json.loads((run / "metrics.json").read_text())
+        assert m["val/ndcg@10"] == pytest.approx(own["val/ndcg@10"], abs=1e-5)
+    assert metrics["val/ndcg@10"] >= max(m["val/ndcg@10"] for m in members) - 1e-9
+    assert sum(metrics["weights"]) == pytest.approx(1.0) and min(metrics["weights"]) >= 0
+    rec, parts = recsys.load(out), [recsys.load(r).model for r in (a, b)]
+    users = torch.arange(5)
+    expected = sum(w * standardized(m.score_all_items(users)) for w, m in zip(metrics["weights"], parts))
+    with torch.no_grad():
+        assert torch.allclose(rec.model.score_all_items(users), expected, atol=1e-6)
+    from recsys.cli import evaluate
+
+    again = evaluate(rec, [])
+    assert again["test/ndcg@10"] == pytest.approx(metrics["test/ndcg@10"], abs=1e-5)
+    mixed = runs("mf", "model=mf", "model.dim=8")
+    with pytest.raises(ValueError, match="blend ranking runs of one validation metric"):
+        blend_runs([a, mixed], tmp_path / "mixed")

@@ -262,3 +262,10 @@ def test_data_defaults_apply_to_their_data_set_and_model_only(path):
         assert OmegaConf.select(with_defaults, key) == value, key
         assert OmegaConf.select(dropped, key) == OmegaConf.select(other, key) != value, key
         assert OmegaConf.select(composed(f"data={data}", f"model={model}", f"{key}=7"), key) == 7, key
+
+
+def test_every_preset_says_whether_it_refits():
+    """Presets state refit: true (fit again on train+val once validation chose) or false, never by omission."""
+    for path in sorted((CONFIGS / "experiment").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        assert isinstance(spec.get("refit"), bool), f"{path.name} does not say refit: true|false"

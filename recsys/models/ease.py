@@ -1,5 +1,6 @@
 """EASE (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW): an item-item model fitted in
-closed form. With X the users × items 0/1 matrix of training interactions,
+closed form. With X the users × items 0/1 matrix of training interactions (``values=rating``: their ratings instead
+of 1s, a variant of ours that ranks ratings ≥ 4 better where ratings are given: λ then scales with r²),
 
     min_B ‖X − XB‖²_F + λ‖B‖²_F   subject to diag(B) = 0
 
@@ -18,6 +19,7 @@ reported but mean nothing; it is selected and judged by ranking (``val/ndcg@10``
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 import torch
 
@@ -25,7 +27,7 @@ from recsys.data.interactions import Interactions
 from recsys.models.base import RatingModel
 from recsys.models.nets import Histories
 from recsys.solvers.closed_form import ClosedForm
-from recsys.validation import NonNegative
+from recsys.validation import NonNegative, OneOf
 
 #: float32 matrices of n_items² the fit holds at once: the Gram matrix (factored in place), its inverse and B
 WORK_MATRICES = 3
@@ -54,13 +56,13 @@ def check_fits(n_items: int, device: torch.device) -> None:
 class EASE(RatingModel):
     default_optimizer = {"_target_": "torch.optim.SGD", "lr": 1.0}  # unused: B is solved in closed form
 
-    def __init__(self, reg: NonNegative = 250.0):
+    def __init__(self, reg: NonNegative = 250.0, values: Annotated[str, OneOf("binary", "rating")] = "binary"):
         super().__init__()
         if not isinstance(self.solver, ClosedForm):
             raise ValueError("model=ease is fitted in closed form: model.solver=closed_form")
         n_users, n_items = self.data.num_users, self.data.num_items
         check_fits(n_items, torch.device("cpu"))
-        self.reg = reg
+        self.reg, self.values = reg, values
         self.register_buffer("weights", torch.zeros(n_items, n_items))  # B, zero diagonal
         self.history = Histories(n_users)  # each user's row of X, saved with B
         self._train: Interactions | None = None
@@ -78,9 +80,11 @@ class EASE(RatingModel):
         device, n_items = self.weights.device, self.data.num_items
         check_fits(n_items, device)
         users, items = self._train.users.to(device), self._train.items.to(device)
-        x = torch.sparse_coo_tensor(torch.stack([users, items]), torch.ones(len(users), device=device),
-                                    (self.data.num_users, n_items)).coalesce()
-        x.values().clamp_(max=1.0)  # 0/1: a repeated pair counts once
+        entries = self._train.ratings.to(device=device, dtype=torch.float32) if self.values == "rating" else \
+            torch.ones(len(users), device=device)
+        x = torch.sparse_coo_tensor(torch.stack([users, items]), entries, (self.data.num_users, n_items)).coalesce()
+        if self.values == "binary":
+            x.values().clamp_(max=1.0)  # 0/1: a repeated pair counts once
         gram = torch.sparse.mm(x.t().coalesce(), x).to_dense()  # XᵀX
         gram.diagonal().add_(float(self.reg))
         chol, info = torch.linalg.cholesky_ex(gram)
@@ -96,7 +100,8 @@ class EASE(RatingModel):
     # -- scores ------------------------------------------------------------------------------------------------
     def all_item_scores(self, users):
         """X_u·B for every item: one (users × items) @ (items × items) product."""
-        return self.history.dense(users, self.data.num_items, self.weights.dtype) @ self.weights
+        x = self.history.dense(users, self.data.num_items, self.weights.dtype, ratings=self.values == "rating")
+        return x @ self.weights
 
     def forward(self, users, items):
         unique, inverse = torch.unique(users, return_inverse=True)
@@ -120,7 +125,7 @@ class EASE(RatingModel):
     def fold_in(self, items: torch.Tensor, ratings: torch.Tensor, row: int | None = None) -> int:
         """User ``row`` (None: a new row) scores X_new·B with X_new the items given: nothing to fit."""
         row = self.add_user_row() if row is None else row
-        self.history.replace(row, items)
+        self.history.replace(row, items, ratings)
         self.user_seen[row] = True
         return row
 

@@ -122,38 +122,51 @@ def grad_buffer(table: nn.Embedding) -> torch.Tensor:
 
 
 class Histories(nn.Module):
-    """Each user's training items N(u) as CSR buffers (``indptr``, ``items``), kept for scoring and saved with the
-    model (SVD++'s implicit sums, EASE's rows of X). Sized by the data: on loading they take the checkpoint's
-    sizes. ``version`` changes with every edit, so a model can cache what it derives from them."""
+    """Each user's training items N(u) and their ratings as CSR buffers (``indptr``, ``items``, ``values``), kept
+    for scoring and saved with the model (SVD++'s implicit sums, EASE's rows of X). Sized by the data: on loading
+    they take the checkpoint's sizes. ``version`` changes with every edit, so a model can cache what it derives
+    from them."""
 
     def __init__(self, num_users: int):
         super().__init__()
         self.register_buffer("indptr", torch.zeros(num_users + 1, dtype=torch.long))
         self.register_buffer("items", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("values", torch.zeros(0))
         self.version = 0
 
     def set(self, by_user: CSR) -> None:
-        """The users' items from the training interactions' CSR view by user."""
-        self.indptr, self.items = by_user.indptr.to(self.indptr.device), by_user.indices.to(self.indptr.device)
+        """The users' items and ratings from the training interactions' CSR view by user."""
+        device = self.indptr.device
+        self.indptr, self.items = by_user.indptr.to(device), by_user.indices.to(device)
+        self.values = by_user.values.to(device=device, dtype=self.values.dtype)
         self.version += 1
 
     @property
     def counts(self) -> torch.Tensor:
         return self.indptr[1:] - self.indptr[:-1]
 
-    def dense(self, users: torch.Tensor, num_items: int, dtype: torch.dtype) -> torch.Tensor:
-        """(len(users), num_items) 0/1 rows: 1 where the user has the item."""
+    def dense(self, users: torch.Tensor, num_items: int, dtype: torch.dtype, ratings: bool = False) -> torch.Tensor:
+        """(len(users), num_items) rows: 1 where the user has the item (``ratings=True``: its rating), else 0."""
         which, items = csr_entries(self.indptr, self.items, users)
         rows = torch.zeros(len(users), num_items, dtype=dtype, device=users.device)
-        rows[which, items] = 1.0
+        if ratings:
+            _, positions = csr_entries(self.indptr, torch.arange(len(self.items), device=self.items.device), users)
+            rows[which, items] = self.values[positions].to(dtype)
+        else:
+            rows[which, items] = 1.0
         return rows
 
     @torch.no_grad()
-    def replace(self, row: int, items: torch.Tensor) -> None:
-        """User ``row``'s items become ``items`` (a fold-in)."""
-        mine = torch.unique(items).to(self.items)
+    def replace(self, row: int, items: torch.Tensor, ratings: torch.Tensor | None = None) -> None:
+        """User ``row``'s items (and their ratings; 1 where not given) become ``items`` (a fold-in)."""
+        items = items.to(self.items)
+        ratings = torch.ones(len(items)) if ratings is None else ratings
+        mine, first = torch.unique(items, return_inverse=True)
+        values = torch.zeros(len(mine), dtype=self.values.dtype, device=self.values.device)
+        values[first] = ratings.to(values)  # a repeated item keeps its last rating
         lo, hi = int(self.indptr[row]), int(self.indptr[row + 1])
         self.items = torch.cat([self.items[:lo], mine, self.items[hi:]])
+        self.values = torch.cat([self.values[:lo], values, self.values[hi:]])
         self.indptr[row + 1:] += len(mine) - (hi - lo)
         self.version += 1
 
@@ -163,7 +176,7 @@ class Histories(nn.Module):
         self.version += 1
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        take_saved_sizes(self, ("indptr", "items"), state_dict, prefix)  # sized by the training data
+        take_saved_sizes(self, ("indptr", "items", "values"), state_dict, prefix)  # sized by the training data
         self.version += 1
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -132,25 +132,32 @@ def test_autorec_decodes_the_sigmoid_code_of_each_items_rating_vector():
     torch.testing.assert_close(model(u, i), by_hand)
 
 
-def test_ease_solves_its_constrained_ridge_in_closed_form_and_scores_x_times_b():
-    """B minimizes ‖X − XB‖² + λ‖B‖² with diag(B) = 0: its stationarity condition is (XᵀX + λI)(I − B) diagonal."""
+@pytest.mark.parametrize("values", ["binary", "rating"])
+def test_ease_solves_its_constrained_ridge_in_closed_form_and_scores_x_times_b(values):
+    """B minimizes ‖X − XB‖² + λ‖B‖² with diag(B) = 0: its stationarity condition is (XᵀX + λI)(I − B) diagonal.
+    X holds 1 per interaction, or its rating with ``values=rating``."""
     from recsys.data.interactions import Interactions
     from recsys.models.ease import EASE
 
     g = torch.Generator().manual_seed(3)
     cells = torch.randperm(8 * 6, generator=g)[:26]
     users, items = cells // 6, cells % 6
-    model = EASE(data=fake_facts(8, 6, 26), solver="closed_form", reg=2.5).double()
-    model.setup_interactions(Interactions(users, items, torch.ones(26), 8, 6))
+    ratings = torch.randint(1, 6, (26,), generator=g).float()
+    model = EASE(data=fake_facts(8, 6, 26), solver="closed_form", reg=2.5, values=values).double()
+    model.setup_interactions(Interactions(users, items, ratings, 8, 6))
     model.fit_closed_form()
     x = torch.zeros(8, 6, dtype=torch.float64)
-    x[users, items] = 1.0
+    x[users, items] = 1.0 if values == "binary" else ratings.double()
     b = model.weights.double()
     assert torch.equal(b.diagonal(), torch.zeros(6, dtype=torch.float64))
     kkt = (x.T @ x + 2.5 * torch.eye(6, dtype=torch.float64)) @ (torch.eye(6, dtype=torch.float64) - b)
     off = kkt - torch.diag(kkt.diagonal())
-    assert off.abs().max() < 1e-4 and (kkt.diagonal() > 0).all()
+    assert off.abs().max() < 1e-3 and (kkt.diagonal() > 0).all()
     torch.testing.assert_close(model.score_all_items(torch.arange(8)), (x @ b).to(model.weights.dtype))
+    row = model.fold_in(torch.tensor([1, 4]), torch.tensor([5.0, 2.0]))  # X_new·B, X_new as the model's X
+    x_new = torch.zeros(6, dtype=torch.float64)
+    x_new[torch.tensor([1, 4])] = 1.0 if values == "binary" else torch.tensor([5.0, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(model.score_all_items(torch.tensor([row]))[0], (x_new @ b).to(model.weights.dtype))
 
 
 def test_ease_refuses_an_item_count_whose_matrices_do_not_fit(monkeypatch):
