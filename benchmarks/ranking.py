@@ -222,7 +222,7 @@ def peers(data: str) -> dict[str, tuple[Callable, list[dict]]]:
                                             regularization=[0.001, 0.01])),
         "cornac BPR": (cornac_bpr, grid(k=[64], max_iter=[200], learning_rate=[0.001, 0.01],
                                         lambda_reg=[0.001, 0.01])),
-        "LensKit ImplicitMF": (lenskit_implicit_mf, grid(features=[50, 100], reg=[0.1, 1.0], weight=[10.0, 40.0])),
+        "LensKit ImplicitMF": (lenskit_implicit_mf, grid(features=[50, 100], reg=[0.1, 10.0], weight=[1.0, 5.0, 40.0])),
     }
 
 

@@ -76,30 +76,37 @@ class BPR(RatingModel):
     def gradients(self, users, items, ratings, negatives=None):
         """:meth:`objective` and its gradient in closed form: with d = x_ui − x_uj and g = −σ(−d)/n per pair,
         ∂/∂p_u = g(q_i − q_j) + 2λp_u/n, ∂/∂q_i = g·p_u + 2λq_i/n, ∂/∂q_j = −g·p_u + 2λq_j/n, ∂/∂b_i = g + 2λ_b b_i/n,
-        ∂/∂b_j = −g + 2λ_b b_j/n (n = the batch's pairs), scattered with ``index_add_``."""
+        ∂/∂b_j = −g + 2λ_b b_j/n (n = the batch's pairs). The items' factor gradient is one sparse product Sᵀ·P over
+        the batch's (item, row) entries (no (pairs × d) outer products), the ridge term once per item from its count
+        in the batch."""
         neg = self._negatives(negatives)
-        k = neg.shape[1]
-        c = 1.0 / max(len(users) * k, 1)
+        n_rows, k = neg.shape
+        c = 1.0 / max(n_rows * k, 1)
         w_u, w_i, w_b = self.net.user.weight, self.net.item.weight, self.item_bias.weight[:, 0]
         p, q_i, b_i = w_u[users], w_i[items], w_b[items]
         flat_neg = neg.reshape(-1)
-        q_j, b_j = w_i[flat_neg].view(*neg.shape, -1), w_b[flat_neg].view(neg.shape)
-        diff = (p * q_i).sum(-1, keepdim=True) + b_i.unsqueeze(1) - (p.unsqueeze(1) * q_j).sum(-1) - b_j
+        q_j, b_j = w_i[flat_neg].view(n_rows, k, -1), w_b[flat_neg].view(n_rows, k)
+        diff = (p * q_i).sum(-1, keepdim=True) + b_i.unsqueeze(1) - torch.bmm(q_j, p.unsqueeze(2)).squeeze(2) - b_j
         loss = nn.functional.softplus(-diff).sum()
-        g = torch.sigmoid(-diff).mul_(-c)  # (B, k): d loss / d diff
-        g_sum = g.sum(1, keepdim=True)
+        g = torch.sigmoid(-diff).mul_(-c)  # (rows, k): d loss / d diff
+        g_sum = g.sum(1)
         two_reg, two_reg_b = 2 * self.reg * c, 2 * self.reg_bias * c
-        grad_u = g_sum * q_i - (g.unsqueeze(-1) * q_j).sum(1) + (two_reg * k) * p
-        grad_i = g_sum * p + (two_reg * k) * q_i
-        grad_j = (-g.unsqueeze(-1) * p.unsqueeze(1) + two_reg * q_j).reshape(-1, p.shape[1])
+        grad_u = torch.addcmul(p * (two_reg * k), g_sum.unsqueeze(1), q_i)
+        grad_u -= torch.bmm(g.unsqueeze(1), q_j).squeeze(1)
         grad_buffer(self.net.user).index_add_(0, users, grad_u)
+        rows = torch.arange(n_rows, device=users.device)
+        entries = torch.stack([torch.cat([items, flat_neg]), torch.cat([rows, rows.repeat_interleave(k)])])
+        s = torch.sparse_coo_tensor(entries, torch.cat([g_sum, -g.reshape(-1)]), (len(w_b), n_rows),
+                                    check_invariants=False)
+        counts = torch.bincount(items, minlength=len(w_b)) * k + torch.bincount(flat_neg, minlength=len(w_b))
         item_grad = grad_buffer(self.net.item)
-        item_grad.index_add_(0, items, grad_i)
-        item_grad.index_add_(0, flat_neg, grad_j)
+        torch.mul(w_i, (two_reg * counts.to(w_i.dtype)).unsqueeze(1), out=item_grad)
+        item_grad += torch.sparse.mm(s, p)
         bias_grad = grad_buffer(self.item_bias)[:, 0]
-        bias_grad.index_add_(0, items, g_sum.squeeze(1) + (two_reg_b * k) * b_i)
+        bias_grad.index_add_(0, items, g_sum + (two_reg_b * k) * b_i)
         bias_grad.index_add_(0, flat_neg, (-g + two_reg_b * b_j).reshape(-1))
-        loss = loss + self.reg * (k * (p.square().sum() + q_i.square().sum()) + q_j.square().sum()) \
+        neg_counts = torch.bincount(flat_neg, minlength=len(w_b)).to(w_i.dtype)
+        loss = loss + self.reg * (k * (p.square().sum() + q_i.square().sum()) + neg_counts @ w_i.square().sum(1)) \
             + self.reg_bias * (k * b_i.square().sum() + b_j.square().sum())
         return loss * c
 
