@@ -32,7 +32,7 @@ from recsys.validation import NonNegative, OneOf, Positive, Size
 class IALS(RatingModel):
     default_optimizer = {"_target_": "torch.optim.SGD", "lr": 1.0}  # unused: the factors are solved
 
-    def __init__(self, dim: Size = 64, reg: Positive = 10.0, alpha: NonNegative = 1.0,
+    def __init__(self, dim: Size = 64, reg: Positive = 40.0, alpha: NonNegative = 1.0,
                  confidence: Annotated[str, OneOf("linear", "log")] = "linear", epsilon: Positive = 1.0,
                  reg_scaling: RegScaling = "row", init_std: NonNegative = 0.01, als_solve: Solve = "cg"):
         super().__init__()
