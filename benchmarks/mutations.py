@@ -57,7 +57,9 @@ MUTATIONS = [
     ("bpr: item bias dropped from the score", "recsys/models/bpr.py",
      "return self.net(users, items) + self.item_bias(items).squeeze(-1)", "return self.net(users, items)"),
     ("bpr: the negative items' gradient dropped", "recsys/models/bpr.py",
-     "        item_grad.index_add_(0, flat_neg, grad_j)\n", "        pass\n"),
+     "torch.cat([g_sum, -g.reshape(-1)])", "torch.cat([g_sum, 0 * g.reshape(-1)])"),
+    ("ials: the observed entries' correction dropped from the matrix-free CG", "recsys/solvers/als.py",
+     "return v @ gram + diag_ridge * v + weighted @ feats", "return v @ gram + diag_ridge * v"),
     ("bpr: negatives sampled among all items (the user's positives not excluded)", "recsys/data/interactions.py",
      "return (r + before).clamp_(max=self.num_items - 1)", "return r.clamp_(max=self.num_items - 1)"),
 ]

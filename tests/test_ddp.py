@@ -135,3 +135,22 @@ def test_one_metrics_json_and_one_set_of_checkpoints(request, which):
     assert list(run.parent.rglob("metrics.json")) == [run / "metrics.json"]
     ckpts = sorted(p.relative_to(run).as_posix() for p in run.parent.rglob("*.ckpt"))
     assert ckpts == sorted(["checkpoints/last.ckpt", Path(metrics["test_checkpoint"]).relative_to(run).as_posix()])
+
+
+RANKING = {
+    # implicit ALS, matrix-free CG, rows sharded: the same factors as one process
+    "ials": (("model=ials", "model.dim=8", "trainer.max_epochs=3"), 1e-5),
+    # BPR, each rank its slice of every step's sampled negatives, refit on train+val under DDP too
+    "bpr_refit": (("model=bpr", "model.dim=8", "trainer.max_epochs=3", "data.batch_size=1024", "refit=true"), 0.01),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RANKING))
+def test_ranking_models_and_refit_with_two_processes_match_one(tmp_path_factory, data_file, name):
+    overrides, tolerance = RANKING[name]
+    (_, m1), (_, m2) = (_run(tmp_path_factory, data_file, f"{name}1", *overrides, "trainer=cpu"),
+                        _run(tmp_path_factory, data_file, f"{name}2", *overrides, *DDP))
+    assert (m1["world_size"], m2["world_size"]) == (1, 2)
+    assert m1["epochs"] == m2["epochs"] and m1.get("refit_epochs") == m2.get("refit_epochs")
+    assert abs(m1["test/ndcg@10"] - m2["test/ndcg@10"]) < tolerance, (m1["test/ndcg@10"], m2["test/ndcg@10"])
+    assert m1["test/ndcg@10"] > m1["test/ndcg@10_popularity"] - 0.05  # it learned something in 3 epochs
