@@ -176,6 +176,9 @@ class Histories(nn.Module):
         self.version += 1
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "items" in state_dict and prefix + "values" not in state_dict:
+            # saved before histories kept ratings: every entry a 1, which is how those models scored them
+            state_dict[prefix + "values"] = torch.ones(state_dict[prefix + "items"].shape)
         take_saved_sizes(self, ("indptr", "items", "values"), state_dict, prefix)  # sized by the training data
         self.version += 1
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -107,3 +107,15 @@ def test_every_optional_hook_has_a_default_that_is_correct_for_any_model():
         model.fold_in(torch.tensor([0]), torch.tensor([4.0]))
     with pytest.raises(NotImplementedError, match="Scaled has no factor tables"):
         model.add_user_row()
+
+
+def test_user_histories_saved_before_they_kept_ratings_load_with_ones():
+    """EASE and SVD++ checkpoints written before Histories kept ratings still load, every entry a 1 (binary X)."""
+    from recsys.models.nets import Histories
+
+    old = {"indptr": torch.tensor([0, 1, 1, 3]), "items": torch.tensor([2, 0, 1])}
+    loaded = Histories(1)
+    loaded.load_state_dict(old)
+    assert torch.equal(loaded.items, old["items"]) and torch.equal(loaded.values, torch.ones(3))
+    dense = loaded.dense(torch.tensor([0, 2]), 3, torch.float32, ratings=True)
+    assert torch.equal(dense, torch.tensor([[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]))
