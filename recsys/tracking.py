@@ -107,7 +107,7 @@ def resolve_progress(mode: str, terminal: bool | None = None) -> str:
 
 
 class EpochLines(L.Callback):
-    """One line per epoch (epoch, train/loss, val/rmse, seconds) instead of progress-bar redraws."""
+    """One line per epoch (epoch, train/loss, val/rmse, val/ndcg@k where ranked, seconds) instead of redraws."""
 
     def __init__(self) -> None:
         self._start = time.perf_counter()
@@ -120,7 +120,8 @@ class EpochLines(L.Callback):
             return
         m = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
-        parts += [f"{k} {float(m[k]):.4f}" for k in ("train/loss", "val/rmse") if k in m]
+        shown = ("train/loss", "val/rmse", *sorted(k for k in m if k.startswith("val/ndcg@")))  # ranking validation
+        parts += [f"{k} {float(m[k]):.4f}" for k in shown if k in m]
         log.info("%s  %.2f s", "  ".join(parts), time.perf_counter() - self._start)
 
 

@@ -341,5 +341,5 @@ def _test_and_report_refit(cfg: DictConfig, trainer: L.Trainer, datamodule, mode
     })
     for lg in loggers:  # the refit trainer logs nothing itself: its test metrics go to the run's loggers here
         lg.log_metrics({k: v for k, v in metrics.items() if k.startswith("test/")})
-    _write_report(cfg, trainer, loggers, metrics, chosen.get("history", []), out, int(chosen["epochs"]))
+    _write_report(cfg, trainer, loggers, metrics, chosen.get("history", []), out, metrics["epochs"])
     return metrics
