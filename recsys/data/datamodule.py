@@ -155,7 +155,7 @@ class RatingsDataModule(L.LightningDataModule):
     ``>= positive_min`` where it is set (the ratings are kept, for models that weight by them); validation, test,
     seen items and the test protocol are those of ``explicit``, so ranking and rating models meet the same users
     and items.
-    ``name``, ``path``, ``root``, the scale, ``format``, ``columns``, ``sep``, ``duplicates``,
+    ``name``, ``path``, ``root``, the scale, ``format``, ``columns``, ``sep``, ``encoding``, ``quote``, ``duplicates``,
     ``num_ratings``, ``generator`` and ``cache`` are the reading settings: kept flat for the command
     line (``data.path=...``), gathered into one :class:`~recsys.data.datasets.Source` handed to the reader.
     """
@@ -171,7 +171,8 @@ class RatingsDataModule(L.LightningDataModule):
                  fold: Annotated[int, AtLeast(0)] = 0,
                  batch_size: Size | None = 4096, eval_batch_size: Size = 65536, shuffle_seed: int = 0,
                  batch_by: Annotated[str, OneOf("rating", "item", "user")] = "rating",
-                 feedback: Annotated[str, OneOf(*FEEDBACK)] = "explicit", positive_min: float | None = None):
+                 feedback: Annotated[str, OneOf(*FEEDBACK)] = "explicit", positive_min: float | None = None,
+                 encoding: str = "utf-8", quote: str | None = '"'):
         # every setting checked before any work: types and ranges from this signature (recsys.validation)
         settings = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         validation.check_arguments(RatingsDataModule.__init__, settings, "data.")
@@ -186,7 +187,7 @@ class RatingsDataModule(L.LightningDataModule):
         rating_min, rating_max, rating_step = float(rating_min), float(rating_max), float(rating_step)
         # the reading settings as one block (checked here, before any work); handed to the reader in setup
         self.source = Source(name, root, path, (rating_min, rating_max), format, columns, sep, duplicates,
-                             num_ratings, generator, cache)
+                             num_ratings, generator, cache, encoding, quote)
         columns, generator = self.source.columns, self.source.generator  # plain dicts in hparams and checkpoints
         self.save_hyperparameters()
         self._ready = False
@@ -203,6 +204,7 @@ class RatingsDataModule(L.LightningDataModule):
         data = prepare(self.source)
         self.source_file, self.source_sha256, self.duplicates_dropped = data.source, data.source_sha256, \
             data.duplicates_dropped
+        self.encoding = data.encoding  # what the text was read with (data.encoding=auto: what it detected)
         self.user_map, self.item_map = IdMap(data.user_ids), IdMap(data.item_ids)
         cols = (torch.from_numpy(data.users.astype(np.int64)), torch.from_numpy(data.items.astype(np.int64)),
                 torch.from_numpy(data.ratings))
@@ -237,7 +239,7 @@ class RatingsDataModule(L.LightningDataModule):
         """What a run should record about its data: name, source file and checksum, split settings."""
         hp = self.hparams
         return {"name": hp.name, "source": str(self.source_file), "source_sha256": self.source_sha256,
-                "duplicates_dropped": self.duplicates_dropped,
+                "duplicates_dropped": self.duplicates_dropped, "encoding": self.encoding,
                 "rating_scale": [hp.rating_min, hp.rating_max, hp.rating_step],
                 "split": hp.split, "split_seed": hp.split_seed, "test_ratio": hp.test_ratio,
                 "val_ratio": hp.val_ratio, "leave_last_n": hp.leave_last_n, "folds": hp.folds, "fold": hp.fold,

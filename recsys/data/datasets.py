@@ -45,7 +45,7 @@ from recsys.io import atomic_file, file_lock
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DUPLICATES = ("last", "error")
 
 
@@ -94,6 +94,7 @@ class Ratings:
     source: str
     source_sha256: str
     duplicates_dropped: int = 0
+    encoding: str | None = None  # the text encoding the file was read with (what data.encoding=auto chose)
 
     def __len__(self) -> int:
         return len(self.ratings)
@@ -114,7 +115,7 @@ class Ratings:
             if arrays[key].dtype == object:
                 arrays[key] = arrays[key].astype(str)
         meta = {"source": self.source, "source_sha256": self.source_sha256,
-                "duplicates_dropped": self.duplicates_dropped, "version": CACHE_VERSION}
+                "duplicates_dropped": self.duplicates_dropped, "encoding": self.encoding, "version": CACHE_VERSION}
         with atomic_file(path) as out:  # a killed run leaves no half-written cache
             np.savez(out, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -178,7 +179,7 @@ def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = 
         log.warning("%s: dropped %d duplicate (user, item) ratings, keeping the latest of each pair "
                     "(data.duplicates=error refuses them)", source, dropped)
     return Ratings(users, items, ratings, times, user_map.ids, item_map.ids,
-                   source, sha256, dropped)
+                   source, sha256, dropped, df.attrs.get("encoding"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,8 +187,9 @@ class Source:
     """Where one data set's ratings come from and how to read them: the block handed to the reader.
 
     ``name`` is a known data set (downloaded and verified on first use) or ``synthetic``; ``path`` reads a
-    local file instead (see :func:`recsys.data.readers.read_ratings` for ``format``, ``columns`` and
-    ``sep``). ``scale`` is the declared (min, max) rating; ``duplicates`` the policy for repeated pairs;
+    local file instead (see :func:`recsys.data.readers.read_ratings` for ``format``, ``columns``, ``sep``,
+    ``encoding`` and ``quote``). ``scale`` is the declared (min, max) rating; ``duplicates`` the policy for
+    repeated pairs;
     ``num_ratings``/``generator`` configure ``synthetic``; ``cache`` turns the parse cache on or off.
     """
 
@@ -202,6 +204,8 @@ class Source:
     num_ratings: int | None = None
     generator: Mapping | None = None
     cache: bool = True
+    encoding: str = "utf-8"
+    quote: str | None = '"'
 
     def __post_init__(self) -> None:
         # plain containers (Hydra passes DictConfigs); roles left null are found by the reader
@@ -220,7 +224,8 @@ class Source:
     def settings(self) -> dict:
         """What, besides the source file's content, decides the parsed result (the cache key)."""
         return {"format": self.format, "columns": self.columns, "sep": self.sep, "duplicates": self.duplicates,
-                "scale": list(self.scale) if self.scale is not None else None, "version": CACHE_VERSION}
+                "scale": list(self.scale) if self.scale is not None else None, "version": CACHE_VERSION,
+                "encoding": self.encoding, "quote": self.quote}
 
     def file(self) -> Path:
         """The local file holding the ratings: ``path`` if given, else the verified cached download."""
@@ -255,7 +260,8 @@ def prepare(*args, **kwargs) -> Ratings:
         digest, source = file_digests(file, src.root)["sha256"], str(file)
 
         def parse() -> pd.DataFrame:
-            return read_ratings(file, src.scale, format=src.format, columns=src.columns, sep=src.sep)
+            return read_ratings(file, src.scale, format=src.format, columns=src.columns, sep=src.sep,
+                                encoding=src.encoding, quote=src.quote)
 
     if not src.cache:
         return index_ratings(parse(), source, digest, src.duplicates)

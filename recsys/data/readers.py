@@ -15,6 +15,8 @@ in a file without a header, by position 0, 1, 2, 3.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import io
 import re
 import zipfile
@@ -25,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 COLUMNS = ["user", "item", "rating", "timestamp"]
+QUOTES = {"none": None, "double": '"', "single": "'"}  # data.quote as typed on a command line
 REQUIRED = ("user", "item", "rating")
 FORMATS = ("movielens", "csv", "tsv", "parquet", "inter")
 ALIASES = {  # usual column names for each role, compared case-insensitively
@@ -120,6 +123,40 @@ def resolve_columns(names: list, columns: Mapping | None, source: str, positiona
     return found
 
 
+BOM = b"\xef\xbb\xbf"
+ENCODING_HINT = "data.encoding=latin-1 or data.encoding=cp1252 (or data.encoding=auto to detect it)"
+
+
+def resolve_encoding(data: bytes | Path, encoding: str, source: str) -> str:
+    """The text encoding to read with: ``encoding`` as given, or for ``auto`` the one a well-kept detector
+    (charset-normalizer) finds; a UTF-8 byte-order mark means ``utf-8`` whatever was declared for UTF-8."""
+    if encoding != "auto":
+        try:
+            return codecs.lookup(encoding).name
+        except LookupError:
+            raise ValueError(f"data.encoding={encoding!r} is not a text encoding Python knows (e.g. utf-8, "
+                             "latin-1, cp1252, or auto)") from None
+    from charset_normalizer import from_bytes, from_path
+
+    best = (from_path(data) if isinstance(data, Path) else from_bytes(data)).best()
+    if best is None:
+        raise RatingsFormatError(f"{source}: data.encoding=auto found no text encoding that decodes the file "
+                                 "(is it text?)")
+    return codecs.lookup(best.encoding).name
+
+
+def check_decodes(data: bytes | Path, encoding: str, source: str) -> None:
+    """Raise naming the file, the line, the byte and the setting to change where ``data`` does not decode."""
+    raw = data.read_bytes() if isinstance(data, Path) else data
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise RatingsFormatError(f"{source}, line {line}: byte 0x{raw[err.start]:02x} (column {column}) is not "
+                                 f"{encoding} text; set {ENCODING_HINT}") from None
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -128,11 +165,19 @@ def _is_number(text: str) -> bool:
         return False
 
 
+def split_fields(line: str, sep: str, quote: str | None) -> list[str]:
+    """One line's fields by the reader's rules: ``sep`` between fields, ``quote`` around a field that may hold
+    the separator (a doubled quote inside is a quote), surrounding quotes removed."""
+    if quote is None or len(sep) != 1:
+        return line.split(sep)
+    return next(csv.reader([line], delimiter=sep, quotechar=quote), [])
+
+
 def _sniff(first_line: str, sep: str | None, columns: Mapping | None) -> tuple[str, bool]:
     """Separator and whether the first line is a header."""
     if sep is None:
         sep = next((s for s in ("::", "\t", ",", ";", "|") if s in first_line), " ")
-    fields = first_line.split(sep)
+    fields = split_fields(first_line, sep, '"')
     named = any(isinstance(v, str) for v in (columns or {}).values())
     if named:
         return sep, True
@@ -143,9 +188,14 @@ def _sniff(first_line: str, sep: str | None, columns: Mapping | None) -> tuple[s
 
 def read_delimited(data: bytes | Path, source: str, sep: str | None = None, columns: Mapping | None = None,
                    header: bool | None = None, scale: tuple[float, float] | None = None,
-                   strip_types: bool = False) -> pd.DataFrame:
+                   strip_types: bool = False, encoding: str = "utf-8", quote: str | None = '"') -> pd.DataFrame:
     """Delimited text (in memory, or a file pyarrow reads itself): separator and header sniffed from the
     first line unless given. ``strip_types`` drops RecBole's ``:type`` suffix from header names.
+
+    One set of rules for every text file, whichever parser reads it: fields separated by ``sep``; a field may be
+    quoted with ``quote`` (default ``"``; None: no quoting), and then hold the separator; numbers and ids may
+    both be quoted; LF, CRLF or CR line ends; blank lines skipped; a UTF-8 byte-order mark ignored. Bytes are
+    decoded with ``encoding`` (``auto``: detected; the choice is in ``df.attrs["encoding"]``).
     """
     if isinstance(data, Path):
         with open(data, "rb") as f:
@@ -156,13 +206,16 @@ def read_delimited(data: bytes | Path, source: str, sep: str | None = None, colu
         head = data[:1 << 16]
         if len(data) == 0 or data.isspace():
             raise RatingsFormatError(f"{source}: file is empty")
-    first_line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    encoding = resolve_encoding(data, encoding, source)
+    if head.startswith(BOM) and encoding in ("utf-8", "utf-8-sig"):
+        encoding = "utf-8-sig"  # the mark is not part of the first column's name
+    first_line = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0].decode(encoding, errors="replace")
     sep, sniffed_header = _sniff(first_line, sep, columns)
     header = sniffed_header if header is None else header
     if len(sep) > 1:  # the fast parsers take one-character separators: swap in a tab (vectorized)
         data = data.read_bytes() if isinstance(data, Path) else data
         data, first_line, sep = data.replace(sep.encode(), b"\t"), first_line.replace(sep, "\t"), "\t"
-    fields = first_line.split(sep)
+    fields = split_fields(first_line, sep, quote)
     names = [f.strip().strip('"') for f in fields] if header else list(range(len(fields)))
     names = [n.split(":")[0] for n in names] if strip_types else names
     roles = resolve_columns(names, columns, source, positional=not header)
@@ -175,8 +228,9 @@ def read_delimited(data: bytes | Path, source: str, sep: str | None = None, colu
 
         table = pacsv.read_csv(
             data if isinstance(data, Path) else io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=labels, skip_rows=1 if header else 0),
-            parse_options=pacsv.ParseOptions(delimiter=sep, quote_char='"' if sep == "," else False),
+            read_options=pacsv.ReadOptions(column_names=labels, skip_rows=1 if header else 0,
+                                           encoding="utf8" if encoding in ("utf-8", "utf-8-sig") else encoding),
+            parse_options=pacsv.ParseOptions(delimiter=sep, quote_char=quote or False, ignore_empty_lines=True),
             convert_options=pacsv.ConvertOptions(
                 include_columns=list(keep), strings_can_be_null=True,
                 # ids as text first: a number-looking id must never pass through float (see exact_ids)
@@ -189,10 +243,13 @@ def read_delimited(data: bytes | Path, source: str, sep: str | None = None, colu
         df = table.to_pandas(self_destruct=True, split_blocks=True)  # frees arrow buffers as it goes
         del table
     except Exception as err:  # noqa: BLE001 - find the line with pandas' C parser, else report pyarrow's
-        _read_slowly(data, source, sep, header, roles, first_row, scale)
+        check_decodes(data, encoding, source)
+        _read_slowly(data, source, sep, header, roles, first_row, scale, encoding, quote)
         raise RatingsFormatError(f"{source}: {err}") from None
     df = df.rename(columns=keep)[[c for c in COLUMNS if c in keep.values()]]
-    return validate(df, source, first_row, scale)
+    df = validate(df, source, first_row, scale)
+    df.attrs["encoding"] = encoding
+    return df
 
 
 INTEGER = r"^-?(0|[1-9][0-9]*)$"  # no sign, zero padding or exponent games: "007" and "7" stay two ids
@@ -217,11 +274,13 @@ def exact_ids(column):
 
 
 def _read_slowly(data: bytes | Path, source: str, sep: str, header: bool, roles: dict[str, int], first_row: int,
-                 scale: tuple[float, float] | None) -> None:
-    """pandas' C parser, for line numbers in errors; raises on the first bad line it finds."""
+                 scale: tuple[float, float] | None, encoding: str = "utf-8", quote: str | None = '"') -> None:
+    """pandas' C parser with the same rules, for line numbers in errors; raises on the first bad line it finds."""
     try:
         df = pd.read_csv(data if isinstance(data, Path) else io.BytesIO(data), sep=sep, header=None,
-                         skiprows=1 if header else 0, index_col=False, engine="c", dtype=str, keep_default_na=False)
+                         skiprows=1 if header else 0, index_col=False, engine="c", dtype=str, keep_default_na=False,
+                         encoding=encoding, quotechar=quote or '"', skip_blank_lines=True,
+                         quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE)
     except pd.errors.ParserError as err:
         msg = str(err)
         found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", msg)
@@ -287,7 +346,7 @@ def guess_format(path: Path) -> str:
 
 def read_ratings(path: str | Path, scale: tuple[float, float] | None = (1, 5), format: str | None = None,
                  columns: Mapping | None = None, sep: str | None = None,
-                 member: str | None = None) -> pd.DataFrame:
+                 member: str | None = None, encoding: str = "utf-8", quote: str | None = '"') -> pd.DataFrame:
     """Read any supported ratings file; see the module docstring.
 
     ``format`` is one of :data:`FORMATS` (default: from the file name); ``sep`` overrides the sniffed
@@ -311,12 +370,13 @@ def read_ratings(path: str | Path, scale: tuple[float, float] | None = (1, 5), f
     else:
         data, source = path, str(path)
         layout = LAYOUTS.get(path.name)
+    text = {"encoding": encoding, "quote": QUOTES.get(quote, quote) if isinstance(quote, str) else quote}
     if format == "inter":
-        return read_delimited(data, source, sep or "\t", columns, True, scale, strip_types=True)
+        return read_delimited(data, source, sep or "\t", columns, True, scale, strip_types=True, **text)
     header = None  # sniffed
     if format == "tsv":
         sep = sep or "\t"
     elif format == "movielens" and layout is not None and sep is None and columns is None:
         sep, header = layout  # a known MovieLens file: its own separator and header
-    return read_delimited(data, source, sep, columns, header, scale)
+    return read_delimited(data, source, sep, columns, header, scale, **text)
 
