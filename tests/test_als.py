@@ -336,7 +336,8 @@ def test_closed_form_gradient_steps_on_two_processes_equal_one(tmp_path):
         assert torch.allclose(two[key], value, atol=1e-5, rtol=0), key
 
 
-def test_implicit_feedbacks_matrix_free_cg_takes_the_materialized_cg_steps():
+@pytest.mark.parametrize("w0", [1.0, 0.3])
+def test_implicit_feedbacks_matrix_free_cg_takes_the_materialized_cg_steps(w0):
     """model=ials's default solve: conjugate gradient without Gram matrices (products at the observed entries only)
     takes the steps the materialized Jacobi-preconditioned CG takes on A_u = YᵀY + Σ_{i∈N(u)} (c − 1) y yᵀ + λI."""
     from conftest import fake_facts
@@ -348,7 +349,7 @@ def test_implicit_feedbacks_matrix_free_cg_takes_the_materialized_cg_steps():
     cells = torch.randperm(9 * 11, generator=g)[:40]
     users, items = cells // 11, cells % 11
     ratings = torch.randint(1, 6, (40,), generator=g).double()
-    model = IALS(data=fake_facts(9, 11, 40), solver="als", dim=4, reg=0.3, alpha=0.7).double()
+    model = IALS(data=fake_facts(9, 11, 40), solver="als", dim=4, reg=0.3, alpha=0.7, unobserved_weight=w0).double()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
@@ -358,7 +359,7 @@ def test_implicit_feedbacks_matrix_free_cg_takes_the_materialized_cg_steps():
         mine = users == u
         c = 1 + 0.7 * ratings[mine]
         f = y[items[mine]]
-        grams.append(y.T @ y + f.T @ ((c - 1).unsqueeze(1) * f) + 0.3 * torch.eye(4, dtype=torch.float64))
+        grams.append(w0 * y.T @ y + f.T @ ((c - w0).unsqueeze(1) * f) + 0.3 * torch.eye(4, dtype=torch.float64))
         rhs.append(f.T @ c)
     expected = conjugate_gradient(torch.stack(grams), torch.stack(rhs), x0, CG_STEPS)
     active = torch.bincount(users, minlength=9) > 0

@@ -4,9 +4,10 @@ factors fitted to every user-item pair, observed interactions with more confiden
     min  Σ_{u,i} c_ui (p_ui − x_uᵀy_i)² + λ (Σ_u ‖x_u‖² + Σ_i ‖y_i‖²),
 
 p_ui = 1 where u interacted with i (0 elsewhere), c_ui = 1 + α·r_ui there (``confidence=linear``) or
-1 + α·log(1 + r_ui/ε) (``log``), 1 elsewhere. Setting the gradient to zero gives, per user,
+1 + α·log(1 + r_ui/ε) (``log``), w₀ elsewhere (``unobserved_weight``, 1 in Hu et al.; Rendle et al. 2021 weigh
+the unobserved pairs down). Setting the gradient to zero gives, per user,
 
-    (YᵀY + Σ_{i∈N(u)} (c_ui − 1) y_i y_iᵀ + λ_u I) x_u = Σ_{i∈N(u)} c_ui y_i,
+    (w₀YᵀY + Σ_{i∈N(u)} (c_ui − w₀) y_i y_iᵀ + λ_u I) x_u = Σ_{i∈N(u)} c_ui y_i,
 
 YᵀY shared by every row of a half-sweep (the Gram trick), the correction only over the row's observed items: the
 project's ALS solver (``model.solver=als``: bucketed gather + batched matmul, warm-started conjugate-gradient
@@ -34,26 +35,32 @@ class IALS(RatingModel):
 
     def __init__(self, dim: Size = 64, reg: Positive = 40.0, alpha: NonNegative = 1.0,
                  confidence: Annotated[str, OneOf("linear", "log")] = "linear", epsilon: Positive = 1.0,
-                 reg_scaling: RegScaling = "row", init_std: NonNegative = 0.01, als_solve: Solve = "cg"):
+                 reg_scaling: RegScaling = "row", init_std: NonNegative = 0.01, als_solve: Solve = "cg",
+                 unobserved_weight: Positive = 1.0):
         super().__init__()
         if type(self.solver) is not ALS:
             raise ValueError("model=ials is fitted by alternating least squares: model.solver=als")
         self.net = Bilinear(self.data.num_users, self.data.num_items, dim, bias=False, init_std=init_std)
         self.reg, self.alpha, self.epsilon = reg, alpha, epsilon
         self.confidence, self.reg_scaling, self.als_solve = confidence, reg_scaling, als_solve
+        if unobserved_weight > 1:
+            raise ValueError(f"model.unobserved_weight={unobserved_weight}: must lie in (0, 1] (the unobserved "
+                             "pairs' weight, at most an observed pair's)")
+        self.unobserved_weight = unobserved_weight
 
     def extra_confidence(self, ratings: torch.Tensor) -> torch.Tensor:
-        """c − 1 of observed entries: α·r, or α·log(1 + r/ε)."""
+        """c − w₀ of observed entries: α·r (or α·log(1 + r/ε)) + 1 − w₀, never negative (w₀ ≤ 1)."""
         if self.confidence == "log":
-            return self.alpha * torch.log1p(ratings / self.epsilon)
-        return self.alpha * ratings
+            return self.alpha * torch.log1p(ratings / self.epsilon) + (1.0 - self.unobserved_weight)
+        return self.alpha * ratings + (1.0 - self.unobserved_weight)
 
     def _target(self, ratings: torch.Tensor) -> torch.Tensor:
-        return 1.0 + self.extra_confidence(ratings)  # c·p with p = 1 on observed entries
+        return self.unobserved_weight + self.extra_confidence(ratings)  # c·p with p = 1 on observed entries
 
     def least_squares(self) -> LeastSquares:
         return LeastSquares(self.net, self._target, (self.reg, self.reg), self.reg_scaling, ("reg",),
-                            solve=self.als_solve, tol=0.0, weight=self.extra_confidence, all_pairs=True)
+                            solve=self.als_solve, tol=0.0, weight=self.extra_confidence, all_pairs=True,
+                            all_pairs_weight=self.unobserved_weight)
 
     def forward(self, users, items):
         return self.net(users, items)

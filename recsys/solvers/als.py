@@ -86,6 +86,9 @@ class LeastSquares:
     #: per half-sweep) plus Σ_obs weight·f fᵀ, its right-hand side Σ_obs target·f: the Gram trick.
     weight: Callable[[torch.Tensor], torch.Tensor] | None = None
     all_pairs: bool = False
+    #: the weight w₀ of the unobserved pairs (Rendle et al. 2021): the shared Gram is w₀·FᵀF, and ``weight`` then
+    #: returns an observed entry's confidence less w₀
+    all_pairs_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.scaling not in REG_SCALINGS:
@@ -268,7 +271,7 @@ class RowSystems:
         shared = None
         if problem.all_pairs:  # FᵀF over every column of the fixed side, once per half-sweep
             feats = problem.features(side)[0][:-1].to(x.dtype)  # without the padding row
-            shared = feats.T @ feats
+            shared = problem.all_pairs_weight * (feats.T @ feats)
         for g, gram, rhs, tt in self.normal_equations(problem, side, x.dtype):
             if shared is not None:
                 gram += shared
@@ -298,7 +301,7 @@ class RowSystems:
             t_csr = torch.sparse_csr_tensor(self.indptr, self.cols, t, shape, check_invariants=False)
             ones_csr = torch.sparse_csr_tensor(self.indptr, self.cols, torch.ones_like(w), shape,
                                                check_invariants=False)
-            gram = feats.T @ feats
+            gram = problem.all_pairs_weight * (feats.T @ feats)
             scale = self.counts.to(x.dtype) if problem.scaling == "frequency" else torch.ones(len(x), dtype=x.dtype,
                                                                                                device=x.device)
             diag_ridge = scale.unsqueeze(1) * ridge

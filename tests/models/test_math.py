@@ -171,9 +171,11 @@ def test_ease_refuses_an_item_count_whose_matrices_do_not_fit(monkeypatch):
         ease.EASE(data=fake_facts(10, 5, 100))
 
 
-def test_ials_user_step_solves_the_all_pairs_confidence_weighted_ridge():
-    """One exact user half-sweep gives x_u = (YᵀY + Σ_{i∈N(u)} (c_ui − 1) y_i y_iᵀ + λI)⁻¹ Σ_{i∈N(u)} c_ui y_i,
-    c = 1 + α·r: the minimizer of Σ_{all i} c_ui (p_ui − x_uᵀy_i)² + λ‖x_u‖², written out densely."""
+@pytest.mark.parametrize("w0", [1.0, 0.2])
+def test_ials_user_step_solves_the_all_pairs_confidence_weighted_ridge(w0):
+    """One exact user half-sweep gives x_u = (w₀YᵀY + Σ_{i∈N(u)} (c_ui − w₀) y_i y_iᵀ + λI)⁻¹ Σ_{i∈N(u)} c_ui y_i,
+    c = 1 + α·r: the minimizer of Σ_{all i} c_ui (p_ui − x_uᵀy_i)² + λ‖x_u‖² with weight w₀ on unobserved pairs
+    (Rendle et al. 2021; 1 in Hu et al.), written out densely."""
     from recsys.models.ials import IALS
     from recsys.solvers.als import half_sweep
 
@@ -181,11 +183,12 @@ def test_ials_user_step_solves_the_all_pairs_confidence_weighted_ridge():
     cells = torch.randperm(7 * 9, generator=g)[:25]
     users, items = cells // 9, cells % 9
     ratings = torch.randint(1, 6, (25,), generator=g).double()
-    model = _randomize(IALS(data=fake_facts(7, 9, 25), solver="als", dim=3, reg=0.7, alpha=2.0)).double()
+    model = _randomize(IALS(data=fake_facts(7, 9, 25), solver="als", dim=3, reg=0.7, alpha=2.0,
+                            unobserved_weight=w0)).double()
     half_sweep(model.least_squares(), "user", users, items, ratings, solve="cholesky")
     y = model.net.item.weight.detach()
     for u in users.unique().tolist():
-        c = torch.ones(9, dtype=torch.float64)
+        c = torch.full((9,), w0, dtype=torch.float64)
         p = torch.zeros(9, dtype=torch.float64)
         mine = users == u
         c[items[mine]] = 1 + 2.0 * ratings[mine]
@@ -215,3 +218,10 @@ def test_bpr_objective_is_the_papers_pairwise_log_likelihood_with_its_priors():
     torch.testing.assert_close(model.objective(users, items, torch.ones(4), neg).detach(), expected)
     torch.testing.assert_close(model.gradients(users, items, torch.ones(4), neg), expected)
     torch.testing.assert_close(model(users, items), (p[users] * q[items]).sum(1) + b[items])
+
+
+def test_ials_refuses_an_unobserved_weight_above_the_observed_ones():
+    from recsys.models.ials import IALS
+
+    with pytest.raises(ValueError, match=r"model.unobserved_weight=1.5: must lie in \(0, 1\]"):
+        IALS(data=fake_facts(7, 9, 25), solver="als", unobserved_weight=1.5)
