@@ -306,24 +306,10 @@ def write(data: str, seeds: list[int], results: dict[str, list[tuple[float, floa
 
 
 def plot(data: str, means: dict[str, tuple[float, float]]) -> None:
-    import matplotlib
+    from plots import accuracy_against_time
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, (rmse, fit) in means.items():
-        ours = name.startswith("recsys")
-        ax.scatter(fit, rmse, marker="o" if ours else "s", color="C0" if ours else "C1")
-        ax.annotate(name.split(" (")[0] if not ours else name, (fit, rmse), fontsize=7, xytext=(4, 2),
-                    textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("fit seconds (log scale)")
-    ax.set_ylabel("test RMSE")
-    ax.set_title(f"{DATA[data]}: accuracy against fit time (recsys: circles, peers: squares)")
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{data}.png", dpi=110)
-    plt.close(fig)
+    accuracy_against_time(means, RESULTS / f"{data}.png", "test RMSE", f"{DATA[data]}: accuracy against fit time",
+                          label=lambda name: name.split(" (")[0])
 
 
 def main() -> None:

@@ -291,23 +291,10 @@ def write(data: str, seeds: list[int], results: dict[str, list[dict]]) -> Path:
 
 
 def plot(data: str, means: dict[str, tuple[float, float]]) -> None:
-    import matplotlib
+    from plots import accuracy_against_time
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, (ndcg, fit) in means.items():
-        ours = name.startswith("recsys")
-        ax.scatter(max(fit, 1e-3), ndcg, marker="o" if ours else "s", color="C0" if ours else "C1")
-        ax.annotate(name, (max(fit, 1e-3), ndcg), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("fit seconds (log scale)")
-    ax.set_ylabel("test NDCG@10")
-    ax.set_title(f"{DATA[data]}: top-10 ranking against fit time (recsys: circles, peers: squares)")
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"ranking_{data}.png", dpi=110)
-    plt.close(fig)
+    accuracy_against_time(means, RESULTS / f"ranking_{data}.png", "test NDCG@10",
+                          f"{DATA[data]}: top-10 ranking against fit time")
 
 
 def main(data: str, seeds: list[int], only: str | None = None) -> None:

@@ -215,10 +215,10 @@ def _blend_ranking(runs: list[Path], recs: list, dm, cfg, metric: str, out) -> d
             return [torch.cat([standardized(m.score_all_items(chunk)).float() for chunk in everyone.split(4096)])
                     for m in models]
 
-    val_models = []
-    for run, rec in zip(runs, recs):  # a refit member is weighed by the model validation chose (fitted on train)
-        first = _metrics_json(run).get("validation_checkpoint")
-        val_models.append(recommender.load(first).model if _metrics_json(run).get("refit") and first else rec.model)
+    val_models, owns = [], [_metrics_json(run) for run in runs]
+    for own, rec in zip(owns, recs):  # a refit member is weighed by the model validation chose (fitted on train)
+        first = own.get("validation_checkpoint")
+        val_models.append(recommender.load(first).model if own.get("refit") and first else rec.model)
     val_z, seen_train = z_scores(val_models), dm.seen("train")
 
     def evaluate(z, weights, split, seen, stage):
@@ -235,8 +235,7 @@ def _blend_ranking(runs: list[Path], recs: list, dm, cfg, metric: str, out) -> d
     test_z = z_scores([rec.model for rec in recs])
     test = evaluate(test_z, weights, dm.test_set, dm.seen("val"), "test")
     members = []
-    for n, (run, rec) in enumerate(zip(runs, recs)):
-        own = _metrics_json(run)
+    for n, (run, rec, own) in enumerate(zip(runs, recs, owns)):
         members.append({"run": str(run), "model": type(rec.model).__name__, "weight": float(weights[n]),
                         metric: members_val[n], f"test/{name}@{k}": own.get(f"test/{name}@{k}"),
                         "fit_seconds": own.get("fit_seconds")})

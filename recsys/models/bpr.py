@@ -98,15 +98,16 @@ class BPR(RatingModel):
         entries = torch.stack([torch.cat([items, flat_neg]), torch.cat([rows, rows.repeat_interleave(k)])])
         s = torch.sparse_coo_tensor(entries, torch.cat([g_sum, -g.reshape(-1)]), (len(w_b), n_rows),
                                     check_invariants=False)
-        counts = torch.bincount(items, minlength=len(w_b)) * k + torch.bincount(flat_neg, minlength=len(w_b))
+        neg_counts = torch.bincount(flat_neg, minlength=len(w_b))
+        counts = torch.bincount(items, minlength=len(w_b)) * k + neg_counts
         item_grad = grad_buffer(self.net.item)
         torch.mul(w_i, (two_reg * counts.to(w_i.dtype)).unsqueeze(1), out=item_grad)
         item_grad += torch.sparse.mm(s, p)
         bias_grad = grad_buffer(self.item_bias)[:, 0]
         bias_grad.index_add_(0, items, g_sum + (two_reg_b * k) * b_i)
         bias_grad.index_add_(0, flat_neg, (-g + two_reg_b * b_j).reshape(-1))
-        neg_counts = torch.bincount(flat_neg, minlength=len(w_b)).to(w_i.dtype)
-        loss = loss + self.reg * (k * (p.square().sum() + q_i.square().sum()) + neg_counts @ w_i.square().sum(1)) \
+        loss = loss + self.reg * (k * (p.square().sum() + q_i.square().sum())
+                                  + neg_counts.to(w_i.dtype) @ w_i.square().sum(1)) \
             + self.reg_bias * (k * b_i.square().sum() + b_j.square().sum())
         return loss * c
 

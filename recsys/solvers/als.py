@@ -315,22 +315,8 @@ class RowSystems:
             b = t_csr @ feats
             inv_diag = 1.0 / (gram.diagonal().unsqueeze(0) + diag_ridge + w_csr @ feats.square())
         active = self.counts > 0  # rows without interactions keep their factors, as the materialized path does
+        x = torch.where(active.unsqueeze(1), preconditioned_cg(matvec, b, x, inv_diag, CG_STEPS), x)
         tiny = torch.finfo(x.dtype).tiny
-        start = x.clone()
-        res = b - matvec(x)
-        z = res * inv_diag
-        p = z.clone()
-        rz = (res * z).sum(1)
-        for _ in range(CG_STEPS):
-            ap = matvec(p)
-            alpha = rz / (p * ap).sum(1).clamp_min(tiny)
-            x.addcmul_(alpha.unsqueeze(1), p)
-            res.addcmul_(alpha.unsqueeze(1), ap, value=-1.0)
-            z = res * inv_diag
-            rz_next = (res * z).sum(1)
-            p = z + (rz_next / rz.clamp_min(tiny)).unsqueeze(1) * p
-            rz = rz_next
-        x = torch.where(active.unsqueeze(1), x, start)
         # Σ t²/w − 2xᵀb + xᵀAx for these rows, as the materialized path reports it
         tt = torch.where(w > 0, t.square() / w.clamp_min(tiny), 0.0).sum()
         objective = tt + ((x * matvec(x)).sum(1) - 2 * (x * b).sum(1))[active].sum()
@@ -356,15 +342,22 @@ def conjugate_gradient(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, steps:
     Each step minimizes every row's quadratic ½xᵀAx − bᵀx over a growing Krylov space, so it never rises;
     with k steps (k unknowns) it is exact up to rounding.
     """
+    return preconditioned_cg(lambda v: _matvec(a, v), b, x, 1.0 / a.diagonal(dim1=1, dim2=2),
+                             CG_STEPS if steps is None else steps)
+
+
+def preconditioned_cg(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x: torch.Tensor,
+                      inv_diag: torch.Tensor, steps: int) -> torch.Tensor:
+    """``steps`` of Jacobi-preconditioned conjugate gradient on every row's SPD system A_r x_r = b_r at once, from
+    ``x`` (not modified), given the rows' products ``matvec(v)`` = (A_r v_r)_r and 1/diag(A_r)."""
     x = x.clone()
-    tiny = torch.finfo(a.dtype).tiny
-    inv_diag = 1.0 / a.diagonal(dim1=1, dim2=2)
-    r = b - _matvec(a, x)
+    tiny = torch.finfo(b.dtype).tiny
+    r = b - matvec(x)
     z = r * inv_diag
     p = z.clone()
     rz = (r * z).sum(1)
-    for _ in range(CG_STEPS if steps is None else steps):
-        ap = _matvec(a, p)
+    for _ in range(steps):
+        ap = matvec(p)
         alpha = rz / (p * ap).sum(1).clamp_min(tiny)
         x.addcmul_(alpha.unsqueeze(1), p)
         r.addcmul_(alpha.unsqueeze(1), ap, value=-1.0)
