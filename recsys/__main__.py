@@ -1,4 +1,4 @@
-"""python -m recsys predict|recommend|evaluate ...: see recsys.cli."""
+"""python -m recsys predict|recommend|evaluate|blend|data ...: see recsys.cli."""
 
 import sys
 

@@ -5,6 +5,7 @@
     recsys recommend RUN --users-file users.txt [-n 10] > top10.csv
     recsys evaluate RUN [data.path=other.csv ...] [--k 10 ...] [--relevance-threshold 4.0]
     recsys blend RUN1 RUN2 [RUN3 ...] [--out DIR] [--ridge 1.0]
+    recsys data data=ratings_file data.path=ratings.csv [data.filter.min_user_ratings=10 ...] [--format json]
 
 RUN is a run directory or a .ckpt file. Errors (a missing run, a file that is not a recsys checkpoint, an
 unknown id with --strict, -n 0) print one line naming the problem and exit with code 2.
@@ -66,7 +67,8 @@ def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,)
     """
     from omegaconf import OmegaConf
 
-    from recsys.data import RatingsDataModule, load_ratings
+    from recsys.data import RatingsDataModule
+    from recsys.data.datasets import prepare
     from recsys.evaluation import ranking_metrics
 
     if rec.run_dir is None or not (rec.run_dir / "run_info.json").exists():
@@ -79,12 +81,11 @@ def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,)
         raise ValueError(f"overrides {bad}: only data.<key>=<value> (e.g. data.path=ratings.csv)")
     cfg.merge_with(OmegaConf.from_dotlist(overrides))
     data = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if not k.startswith("_")}
-    if overrides:  # another file: all its ratings, by original id
-        frame = load_ratings(data["name"], data["root"], data["path"], (data["rating_min"], data["rating_max"]),
-                             format=data["format"], columns=data["columns"], sep=data["sep"])
+    dm = RatingsDataModule(**data)
+    if overrides:  # another file: all its ratings (read with the run's data settings and these), by original id
+        frame = prepare(dm.source).frame()
         users, items, ratings = frame["user"].to_numpy(), frame["item"].to_numpy(), frame["rating"].to_numpy()
     else:
-        dm = RatingsDataModule(**data)
         dm.setup()
         u, i, r = dm.test_set
         users, items, ratings = dm.user_map.to_ids(u.numpy()), dm.item_map.to_ids(i.numpy()), r.numpy()
@@ -98,7 +99,7 @@ def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,)
     i, ik, _ = rec.lookup(items, "item")
     known = (uk & ik).cpu()
     out["unknown_ratings"] = int((~known).sum())
-    test = (u.cpu()[known], i.cpu()[known], torch.as_tensor(ratings, dtype=torch.float32)[known])
+    test = (u.cpu()[known], i.cpu()[known], torch.tensor(ratings, dtype=torch.float32)[known])
     with torch.no_grad():
         out.update(ranking_metrics(rec.model.score_all_items, test, rec.seen, torch.as_tensor(rec.popularity),
                                    len(rec.items), ks, relevance_threshold, rec.device))
@@ -109,6 +110,37 @@ def _evaluate(rec: Recommender, args) -> None:
     result = evaluate(rec, args.overrides, tuple(args.k or (10,)), args.relevance_threshold)
     for key, value in result.items():
         print(f"{key}\t{value:.4f}" if isinstance(value, float) else f"{key}\t{value}")
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def data_summary(overrides: list[str]) -> tuple[dict, dict]:
+    """What ``python train.py <overrides>`` would train on, without training: the data module's
+    ``describe()`` (as ``run_info.json`` records it) and its summary (:mod:`recsys.data.summary`)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from hydra.utils import instantiate
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not CONFIG_DIR.is_dir():
+        raise FileNotFoundError(f"recsys data composes train.py's configs and finds none at {CONFIG_DIR}")
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides))
+        datamodule = instantiate(cfg.data, _convert_="partial")
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = err.__cause__ if isinstance(err.__cause__, (ValueError, TypeError)) else err
+        raise ValueError(str(cause).strip().splitlines()[0]) from None
+    datamodule.setup()
+    return datamodule.describe(), datamodule.summary
+
+
+def _data(args) -> None:
+    from recsys.data.summary import render
+
+    describe, summary = data_summary(args.overrides)
+    print(json.dumps(describe, indent=1) if args.format == "json" else render(summary, describe))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -136,6 +168,11 @@ def parser() -> argparse.ArgumentParser:
     bl.add_argument("runs", nargs="+")
     bl.add_argument("--out", help="the blend's run directory (default outputs/blend/<date>_<time>)")
     bl.add_argument("--ridge", type=float, default=1.0, help="penalty on the weights (the intercept is free)")
+    da = sub.add_parser("data", help="what a run would train on: rows read, dropped by each filter, users/items/"
+                        "ratings, histogram, per-user/item counts, cold users/items of the split (no training)")
+    da.add_argument("overrides", nargs="*", help="train.py's overrides: data=ratings_file data.path=r.csv data.*=...")
+    da.add_argument("--format", choices=("table", "json"), default="table",
+                    help="json: the data block run_info.json records, summary included")
     return p
 
 
@@ -167,8 +204,8 @@ def _blend(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.command == "blend":
-            _blend(args)
+        if args.command in ("blend", "data"):
+            {"blend": _blend, "data": _data}[args.command](args)
             return 0
         rec = load(args.run)
         {"predict": _predict, "recommend": _recommend, "evaluate": _evaluate}[args.command](rec, args)

@@ -27,6 +27,7 @@ from recsys.data.interactions import Interactions, Seen
 from recsys.data.readers import FORMATS
 from recsys.data.sources import fetch
 from recsys.data.splits import STRATEGIES, check_ratios, split_indices
+from recsys.data.summary import summarize
 from recsys.validation import AtLeast, Fraction, OneOf, Positive, Size
 
 FEEDBACK = ("explicit", "implicit")  # data.feedback: train on ratings, or on positive interactions
@@ -172,7 +173,8 @@ class RatingsDataModule(L.LightningDataModule):
                  batch_size: Size | None = 4096, eval_batch_size: Size = 65536, shuffle_seed: int = 0,
                  batch_by: Annotated[str, OneOf("rating", "item", "user")] = "rating",
                  feedback: Annotated[str, OneOf(*FEEDBACK)] = "explicit", positive_min: float | None = None,
-                 encoding: str = "utf-8", quote: str | None = '"'):
+                 encoding: str = "utf-8", quote: str | None = '"', filter: dict | None = None,
+                 unrated_value: float | None = None):
         # every setting checked before any work: types and ranges from this signature (recsys.validation)
         settings = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         validation.check_arguments(RatingsDataModule.__init__, settings, "data.")
@@ -187,8 +189,10 @@ class RatingsDataModule(L.LightningDataModule):
         rating_min, rating_max, rating_step = float(rating_min), float(rating_max), float(rating_step)
         # the reading settings as one block (checked here, before any work); handed to the reader in setup
         self.source = Source(name, root, path, (rating_min, rating_max), format, columns, sep, duplicates,
-                             num_ratings, generator, cache, encoding, quote)
+                             num_ratings, generator, cache, encoding, quote, filter, unrated_value,
+                             keep_unrated=feedback == "implicit")
         columns, generator = self.source.columns, self.source.generator  # plain dicts in hparams and checkpoints
+        filter = self.source.filters.settings()
         self.save_hyperparameters()
         self._ready = False
 
@@ -205,6 +209,7 @@ class RatingsDataModule(L.LightningDataModule):
         self.source_file, self.source_sha256, self.duplicates_dropped = data.source, data.source_sha256, \
             data.duplicates_dropped
         self.encoding = data.encoding  # what the text was read with (data.encoding=auto: what it detected)
+        self.rows_read, self.filter_steps = data.rows_read, data.filters
         self.user_map, self.item_map = IdMap(data.user_ids), IdMap(data.item_ids)
         cols = (torch.from_numpy(data.users.astype(np.int64)), torch.from_numpy(data.items.astype(np.int64)),
                 torch.from_numpy(data.ratings))
@@ -217,6 +222,8 @@ class RatingsDataModule(L.LightningDataModule):
         if empty:
             raise ValueError(f"{self.source_file}: {len(data)} ratings split by data.split={hp.split} into {sizes}: "
                              f"the {' and '.join(empty)} set is empty; use more ratings or larger ratios")
+        self.summary = summarize(data, self.split_index, hp.rating_step, hp.rating_min,
+                                 hp.unrated_value if hp.feedback == "implicit" else None)
         del data, cols
         if hp.feedback == "implicit" and len(self.fit_set[0]) == 0:
             raise ValueError(f"{self.source_file}: data.positive_min={hp.positive_min} leaves no positive training "
@@ -239,14 +246,15 @@ class RatingsDataModule(L.LightningDataModule):
         """What a run should record about its data: name, source file and checksum, split settings."""
         hp = self.hparams
         return {"name": hp.name, "source": str(self.source_file), "source_sha256": self.source_sha256,
-                "duplicates_dropped": self.duplicates_dropped, "encoding": self.encoding,
+                "rows_read": self.rows_read, "duplicates_dropped": self.duplicates_dropped,
+                "filters": self.filter_steps, "unrated_value": hp.unrated_value, "encoding": self.encoding,
                 "rating_scale": [hp.rating_min, hp.rating_max, hp.rating_step],
                 "split": hp.split, "split_seed": hp.split_seed, "test_ratio": hp.test_ratio,
                 "val_ratio": hp.val_ratio, "leave_last_n": hp.leave_last_n, "folds": hp.folds, "fold": hp.fold,
                 "feedback": hp.feedback, "positive_min": hp.positive_min, "num_fit": len(self.fit_set[0]),
                 "num_users": self.num_users, "num_items": self.num_items,
                 "num_train": len(self.train_set[0]), "num_val": len(self.val_set[0]),
-                "num_test": len(self.test_set[0]), "validation_in_train": self.refit}
+                "num_test": len(self.test_set[0]), "validation_in_train": self.refit, "summary": self.summary}
 
     def facts(self) -> DataFacts:
         """What a model needs to know: sizes, training mean and count, rating scale, rows seen in training."""
@@ -275,6 +283,8 @@ class RatingsDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.feedback == "implicit" and hp.positive_min is not None:
             keep = self.train_set[2] >= hp.positive_min
+            if hp.unrated_value is not None:  # "interacted, not rated": an interaction, whatever its value
+                keep |= self.train_set[2] == hp.unrated_value
             return tuple(t[keep] for t in self.train_set)
         return self.train_set
 

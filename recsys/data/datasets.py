@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys.data.filters import Filters, check_scale
+from recsys.data.filters import apply as filter_rows
 from recsys.data.readers import RatingsFormatError, read_ratings, validate
 from recsys.data.sources import (
     ROUTES,
@@ -45,7 +47,7 @@ from recsys.io import atomic_file, file_lock
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 DUPLICATES = ("last", "error")
 
 
@@ -95,6 +97,8 @@ class Ratings:
     source_sha256: str
     duplicates_dropped: int = 0
     encoding: str | None = None  # the text encoding the file was read with (what data.encoding=auto chose)
+    rows_read: int = 0           # rows in the file (before duplicates and filters)
+    filters: list = dataclasses.field(default_factory=list)  # each filter step's record (recsys.data.filters)
 
     def __len__(self) -> int:
         return len(self.ratings)
@@ -115,7 +119,8 @@ class Ratings:
             if arrays[key].dtype == object:
                 arrays[key] = arrays[key].astype(str)
         meta = {"source": self.source, "source_sha256": self.source_sha256,
-                "duplicates_dropped": self.duplicates_dropped, "encoding": self.encoding, "version": CACHE_VERSION}
+                "duplicates_dropped": self.duplicates_dropped, "encoding": self.encoding, "rows_read": self.rows_read,
+                "filters": self.filters, "version": CACHE_VERSION}
         with atomic_file(path) as out:  # a killed run leaves no half-written cache
             np.savez(out, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -143,8 +148,12 @@ def _repeated(key: np.ndarray) -> np.ndarray:
     return repeated[pos] == key
 
 
-def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = "last") -> Ratings:
-    """Map ids to indices (order of first appearance) and apply the duplicates policy."""
+def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = "last",
+                  filters: Filters | None = None, unrated_value: float | None = None, keep_unrated: bool = False,
+                  scale: tuple[float, float] | None = None) -> Ratings:
+    """Map ids to indices (order of first appearance), apply the duplicates policy, then the filters
+    (:mod:`recsys.data.filters`), then check ``scale`` on what remains."""
+    rows_read = len(df)
     if duplicates not in DUPLICATES:
         raise ValueError(f"data.duplicates={duplicates!r}: choose one of {DUPLICATES}")
     user_map, users = IdMap.fit(df["user"])
@@ -178,8 +187,32 @@ def index_ratings(df: pd.DataFrame, source: str, sha256: str, duplicates: str = 
         times = times[keep] if times is not None else None
         log.warning("%s: dropped %d duplicate (user, item) ratings, keeping the latest of each pair "
                     "(data.duplicates=error refuses them)", source, dropped)
-    return Ratings(users, items, ratings, times, user_map.ids, item_map.ids,
-                   source, sha256, dropped, df.attrs.get("encoding"))
+    first_line, unit = df.attrs.get("first_line", 1), df.attrs.get("unit", "line")
+    deduped = np.flatnonzero(keep) if dropped else None  # positions in the file's rows, for error lines
+    user_ids, item_ids = user_map.ids, item_map.ids
+    rows, steps = filter_rows(users, items, ratings, times, filters or Filters(), unrated_value, keep_unrated, source)
+    if rows is not None:  # keep the rows that passed; ids left without a rating leave the id maps
+        users, items, ratings = users[rows], items[rows], ratings[rows]
+        times = times[rows] if times is not None else None
+        users, user_ids = _compact(users, user_ids)
+        items, item_ids = _compact(items, item_ids)
+
+    def line_of(pos: int) -> str:
+        row = rows[pos] if rows is not None else pos
+        return f"{unit} {first_line + int(deduped[row] if deduped is not None else row)}"
+
+    check_scale(ratings, scale, unrated_value if keep_unrated else None, line_of, source)
+    return Ratings(users, items, ratings, times, user_ids, item_ids,
+                   source, sha256, dropped, df.attrs.get("encoding"), rows_read, steps)
+
+
+def _compact(index: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices renumbered over the ids still used (their order kept), and those ids."""
+    used = np.bincount(index, minlength=len(ids)) > 0
+    if used.all():
+        return index, ids
+    new = (np.cumsum(used) - 1).astype(np.int32)
+    return new[index], ids[used]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,8 +239,14 @@ class Source:
     cache: bool = True
     encoding: str = "utf-8"
     quote: str | None = '"'
+    filters: Filters | Mapping | None = None
+    unrated_value: float | None = None
+    keep_unrated: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "filters", Filters.of(self.filters))
+        if self.unrated_value is not None:
+            object.__setattr__(self, "unrated_value", float(self.unrated_value))
         # plain containers (Hydra passes DictConfigs); roles left null are found by the reader
         columns = {k: v for k, v in dict(self.columns or {}).items() if v is not None} or None
         object.__setattr__(self, "columns", columns)
@@ -225,7 +264,9 @@ class Source:
         """What, besides the source file's content, decides the parsed result (the cache key)."""
         return {"format": self.format, "columns": self.columns, "sep": self.sep, "duplicates": self.duplicates,
                 "scale": list(self.scale) if self.scale is not None else None, "version": CACHE_VERSION,
-                "encoding": self.encoding, "quote": self.quote}
+                "encoding": self.encoding, "quote": self.quote, "filter": self.filters.settings(),
+                "unrated_value": self.unrated_value,
+                "keep_unrated": self.keep_unrated if self.unrated_value is not None else None}
 
     def file(self) -> Path:
         """The local file holding the ratings: ``path`` if given, else the verified cached download."""
@@ -254,17 +295,21 @@ def prepare(*args, **kwargs) -> Ratings:
         def parse() -> pd.DataFrame:
             from recsys.data import synthetic  # looked up at call time (tests replace it)
 
-            return validate(synthetic.generate_ratings(**gen), source, scale=src.scale, unit="rating")
+            return validate(synthetic.generate_ratings(**gen), source, unit="rating")
     else:
         file = src.file()
         digest, source = file_digests(file, src.root)["sha256"], str(file)
 
         def parse() -> pd.DataFrame:
-            return read_ratings(file, src.scale, format=src.format, columns=src.columns, sep=src.sep,
+            return read_ratings(file, None, format=src.format, columns=src.columns, sep=src.sep,
                                 encoding=src.encoding, quote=src.quote)
 
+    def build() -> Ratings:  # the scale is checked after the filters, on what remains
+        return index_ratings(parse(), source, digest, src.duplicates, src.filters, src.unrated_value,
+                             src.keep_unrated, src.scale)
+
     if not src.cache:
-        return index_ratings(parse(), source, digest, src.duplicates)
+        return build()
     key = hashlib.sha256(json.dumps([digest, src.settings()], sort_keys=True).encode()).hexdigest()[:20]
     folder = data_root(src.root) / (src.name if src.path is None else "files")  # user files: <root>/files/
     folder.mkdir(parents=True, exist_ok=True)
@@ -277,7 +322,7 @@ def prepare(*args, **kwargs) -> Ratings:
                 return data
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
                 log.warning("parsed cache %s is unreadable (%s); parsing the source again", cached, err)
-        data = index_ratings(parse(), source, digest, src.duplicates)
+        data = build()
         with contextlib.suppress(OSError):  # a read-only cache folder costs only speed
             data.save(cached)
         return data
