@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.data.filters import Filters, check_scale
+from recsys.data.filters import Filters
 from recsys.data.filters import apply as filter_rows
-from recsys.data.readers import RatingsFormatError, read_ratings, validate
+from recsys.data.readers import RatingsFormatError, check_scale, read_ratings, validate
 from recsys.data.sources import (
     ROUTES,
     SYNTHETIC,

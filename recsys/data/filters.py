@@ -14,10 +14,10 @@ its setting is given:
 5. ``data.filter.since`` / ``until``: keep ratings with ``since <= timestamp <= until`` (Unix seconds, or a date
    such as ``2004-01-01`` read as UTC midnight); the file needs a timestamp column.
 
-The declared scale (``data.rating_min``/``rating_max``) then applies to what remains: a rating outside it is an
-error naming the file and line. Each step records ratings, users and items before and after it (``run_info.json``
-``data.filters``); a step that leaves nothing is an error naming its setting. The filters are part of the parse
-cache key and, as every ``data.*`` key, of the resume guard.
+The declared scale (``data.rating_min``/``rating_max``; :func:`recsys.data.readers.check_scale`) then applies to
+what remains: a rating outside it is an error naming the file and line. Each step records ratings, users and
+items before and after it (``run_info.json`` ``data.filters``); a step that leaves nothing is an error naming its
+setting. The filters are part of the parse cache key and, as every ``data.*`` key, of the resume guard.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-
-from recsys.data.readers import RatingsFormatError
 
 
 class EmptyAfterFilter(ValueError):
@@ -193,21 +191,3 @@ def _k_core(steps: _Steps, filters: Filters) -> None:
     setting = " ".join(f"data.filter.{k}={getattr(filters, k)}" for k in ("min_user_ratings", "min_item_ratings")
                        if getattr(filters, k) is not None)
     steps.keep(mask, "k_core", f"{setting} (k-core, stable after {passes} dropping passes)", passes=passes)
-
-
-def check_scale(ratings: np.ndarray, scale: tuple[float, float] | None, unrated_value: float | None,
-                line_of, source: str) -> None:
-    """The declared scale over what the filters left (rows holding ``unrated_value`` aside): the first rating
-    outside it is an error naming its line (``line_of(position)``) and the settings that would drop it."""
-    if scale is None:
-        return
-    lo, hi = scale
-    out = (ratings < lo) | (ratings > hi)
-    if unrated_value is not None:
-        out &= ratings != float(unrated_value)
-    if out.any():
-        pos = int(np.flatnonzero(out)[0])
-        raise RatingsFormatError(
-            f"{source}, {line_of(pos)}: rating outside the scale [{lo:g}, {hi:g}]: {float(ratings[pos]):g} "
-            f"({int(out.sum()):,} such ratings); declare the scale with data.rating_min/data.rating_max, drop them "
-            "with data.filter.ratings=[lo, hi], or mark a value that means 'not rated' with data.unrated_value")

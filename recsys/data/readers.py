@@ -38,12 +38,34 @@ ALIASES = {  # usual column names for each role, compared case-insensitively
 }
 
 
+SUFFIXES = {"user": ("userid",), "item": ("itemid",), "rating": ("rating",), "timestamp": ("timestamp",)}
+
+
+def _bare(name) -> str:
+    """A column name without case or separators: ``User-ID``, ``user_id`` and ``userid`` are one name."""
+    return re.sub(r"[\s_\-.]", "", str(name).strip().lower())
+
+
 class RatingsFormatError(ValueError):
     """A ratings file holds a row that cannot be used."""
 
 
-def _bad(source: str, line: int, what: str, value, unit: str = "line") -> RatingsFormatError:
-    return RatingsFormatError(f"{source}, {unit} {line}: {what} {value!r}")
+def check_scale(ratings: np.ndarray, scale: tuple[float, float] | None, unrated_value: float | None,
+                line_of, source: str) -> None:
+    """The declared scale over what the filters left (rows holding ``unrated_value`` aside): the first rating
+    outside it is an error naming its line (``line_of(position)``) and the settings that would drop it."""
+    if scale is None:
+        return
+    lo, hi = scale
+    out = (ratings < lo) | (ratings > hi)
+    if unrated_value is not None:
+        out &= ratings != float(unrated_value)
+    if out.any():
+        pos = int(np.flatnonzero(out)[0])
+        raise RatingsFormatError(
+            f"{source}, {line_of(pos)}: rating outside the scale [{lo:g}, {hi:g}]: {float(ratings[pos]):g} "
+            f"({int(out.sum()):,} such ratings); declare the scale with data.rating_min/data.rating_max, drop them "
+            "with data.filter.ratings=[lo, hi], or mark a value that means 'not rated' with data.unrated_value")
 
 
 def validate(df: pd.DataFrame, source: str, first_line: int = 1,
@@ -66,19 +88,15 @@ def validate(df: pd.DataFrame, source: str, first_line: int = 1,
             value = raw.iloc[row]
             what = (f"missing or NaN {col} (too few fields?)" if pd.isna(value) or value == ""
                     else f"non-numeric {col}")
-            raise _bad(source, first_line + row, what, value, unit)
+            raise RatingsFormatError(f"{source}, {unit} {first_line + row}: {what} {value!r}; check "
+                                     f"data.columns.{col}, data.sep and data.quote")
         df[col] = num
-    if scale is not None:
-        lo, hi = scale
-        r = df["rating"].to_numpy()
-        out = (r < lo) | (r > hi)
-        if out.any():
-            row = int(np.flatnonzero(out)[0])
-            raise _bad(source, first_line + row, f"rating outside the scale [{lo}, {hi}]:", r[row], unit)
+    check_scale(df["rating"].to_numpy(), scale, None, lambda pos: f"{unit} {first_line + pos}", source)
     for col in ("user", "item"):
         miss = df[col].isna().to_numpy()
         if miss.any():
-            raise _bad(source, first_line + int(np.flatnonzero(miss)[0]), f"missing {col}", None, unit)
+            raise RatingsFormatError(f"{source}, {unit} {first_line + int(np.flatnonzero(miss)[0])}: missing {col} "
+                                     f"(an empty field); check data.columns.{col} and data.sep")
     df["rating"] = df["rating"].astype(np.float32)
     df = df.reset_index(drop=True)
     df.attrs.update(first_line=first_line, unit=unit)  # for errors found later (duplicates)
@@ -92,6 +110,7 @@ def resolve_columns(names: list, columns: Mapping | None, source: str, positiona
     if unknown:
         raise ValueError(f"data.columns has unknown roles {sorted(unknown)}; roles are {COLUMNS}")
     lower = {str(n).strip().lower(): i for i, n in enumerate(names)}
+    bare = {_bare(n): i for i, n in enumerate(names)}
     found = {}
     for role in COLUMNS:
         want = columns.get(role)
@@ -100,8 +119,12 @@ def resolve_columns(names: list, columns: Mapping | None, source: str, positiona
                 pos = COLUMNS.index(role)
                 if pos < len(names):
                     found[role] = pos
-            else:
+            else:  # a usual name, then one written with other separators (User-ID), then a unique *Rating
                 hit = next((lower[a] for a in ALIASES[role] if a in lower), None)
+                hit = next((bare[_bare(a)] for a in ALIASES[role] if _bare(a) in bare), None) if hit is None else hit
+                if hit is None:
+                    ends = [i for b, i in bare.items() if b.endswith(SUFFIXES[role]) and i not in found.values()]
+                    hit = ends[0] if len(ends) == 1 else None
                 if hit is not None:
                     found[role] = hit
         elif isinstance(want, int) and not isinstance(want, bool):
@@ -287,7 +310,8 @@ def _read_slowly(data: bytes | Path, source: str, sep: str, header: bool, roles:
         if found:  # pandas counts physical lines, the skipped header included
             want, line, saw = map(int, found.groups())
             raise RatingsFormatError(f"{source}, line {line}: {saw} fields, expected {want} "
-                                     "(wrong column count or separator?)") from None
+                                     "(wrong column count, or a separator inside an unquoted field?); check "
+                                     "data.sep and data.quote") from None
         raise RatingsFormatError(f"{source}: {msg}") from None
     df = pd.DataFrame({role: df.iloc[:, pos] if pos < df.shape[1] else None for role, pos in roles.items()})
     validate(df.replace("", None), source, first_row, scale)

@@ -62,3 +62,13 @@ def test_quote_none_keeps_quote_characters_in_ids_and_unknown_encodings_are_name
     assert read_ratings(path, (1, 5), quote="none")["item"].tolist() == ['"x']
     with pytest.raises(ValueError, match="data.encoding='klingon' is not a text encoding"):
         read_ratings(path, (1, 5), encoding="klingon")
+
+
+def test_header_names_are_matched_without_case_or_separators(tmp_path):
+    """Book-Crossing's header needs no data.columns: User-ID is user_id, ISBN an item, the one *-Rating the rating."""
+    path = _write(tmp_path, BOOKS, "latin-1")
+    df = read_ratings(path, (0, 10), encoding="latin-1")
+    assert df["user"].tolist() == [276725, 276726, 276727] and df["rating"].tolist() == [5.0, 7.0, 9.0]
+    two = '"u";"i";"Book-Rating";"Old-Rating"\n"1";"a";"5";"4"\n'
+    with pytest.raises(RatingsFormatError, match=r"no rating column among .* data.columns.rating=<column>"):
+        read_ratings(_write(tmp_path, two, "utf-8", "two.csv"), (0, 10), columns={"user": "u", "item": "i"})
