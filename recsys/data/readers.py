@@ -68,6 +68,22 @@ def check_scale(ratings: np.ndarray, scale: tuple[float, float] | None, unrated_
             "with data.filter.ratings=[lo, hi], or mark a value that means 'not rated' with data.unrated_value")
 
 
+def _seconds(raw: pd.Series) -> pd.Series:
+    """Timestamps as Unix seconds: numbers as they are; datetimes (Parquet) and ISO 8601 dates or date-times
+    (``2013-06-11``, ``2013-06-11T09:30:00Z``; UTC where no zone is given) converted; NaN where neither."""
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        dates = raw if raw.dt.tz is not None else raw.dt.tz_localize("UTC")
+        return ((dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("float64")
+    num = pd.to_numeric(raw, errors="coerce")
+    text = (num.isna() & raw.notna()).to_numpy()
+    if text.any():
+        dates = pd.to_datetime(raw[text], errors="coerce", utc=True, format="ISO8601")
+        num = num.astype("float64")
+        num[text] = ((dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype="float64",
+                                                                                            na_value=np.nan)
+    return num
+
+
 def validate(df: pd.DataFrame, source: str, first_line: int = 1,
              scale: tuple[float, float] | None = None, unit: str = "line") -> pd.DataFrame:
     """Coerce ``rating``/``timestamp`` to numbers and check the scale; fail on the first bad row.
@@ -81,13 +97,15 @@ def validate(df: pd.DataFrame, source: str, first_line: int = 1,
         if col not in df:
             continue
         raw = df[col]
-        num = raw if pd.api.types.is_numeric_dtype(raw) else pd.to_numeric(raw, errors="coerce")
+        num = raw if pd.api.types.is_numeric_dtype(raw) else _seconds(raw) if col == "timestamp" else \
+            pd.to_numeric(raw, errors="coerce")
         bad = num.isna().to_numpy()
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             value = raw.iloc[row]
             what = (f"missing or NaN {col} (too few fields?)" if pd.isna(value) or value == ""
-                    else f"non-numeric {col}")
+                    else f"non-numeric {col}" if col == "rating" else
+                    "timestamp that is neither a number (Unix seconds) nor an ISO 8601 date")
             raise RatingsFormatError(f"{source}, {unit} {first_line + row}: {what} {value!r}; check "
                                      f"data.columns.{col}, data.sep and data.quote")
         df[col] = num

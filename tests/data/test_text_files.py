@@ -72,3 +72,13 @@ def test_header_names_are_matched_without_case_or_separators(tmp_path):
     two = '"u";"i";"Book-Rating";"Old-Rating"\n"1";"a";"5";"4"\n'
     with pytest.raises(RatingsFormatError, match=r"no rating column among .* data.columns.rating=<column>"):
         read_ratings(_write(tmp_path, two, "utf-8", "two.csv"), (0, 10), columns={"user": "u", "item": "i"})
+
+
+def test_timestamps_may_be_iso_dates_and_are_read_as_unix_seconds(tmp_path):
+    text = "user,item,rating,date\n1,a,4,2013-06-11\n2,b,5,2014-01-02T10:00:00Z\n3,c,3,2015-05-05 10:00:00+02:00\n"
+    df = read_ratings(_write(tmp_path, text, "utf-8"), (1, 5))
+    assert df["timestamp"].tolist() == [1370908800, 1388656800, 1430812800]
+    bad = "user,item,rating,date\n1,a,4,2013-06-11\n2,b,5,yesterday\n"
+    with pytest.raises(RatingsFormatError, match=r"line 3: timestamp that is neither a number \(Unix seconds\) nor "
+                                                 r"an ISO 8601 date 'yesterday'"):
+        read_ratings(_write(tmp_path, bad, "utf-8", "bad.csv"), (1, 5))
