@@ -27,7 +27,8 @@ from recsys.validation import NonNegative, Size
 
 
 class BiasedMF(RatingModel):
-    default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.005, "weight_decay": 0.0, "fused": True}
+    # lazy Adam on the batch's rows (recsys.solvers.sparse): a step's cost is its batch's, whatever the tables' size
+    default_optimizer = {"_target_": "recsys.solvers.sparse.RowAdam", "lr": 0.005, "weight_decay": 0.0}
 
     def __init__(self, dim: Size = 64, reg: NonNegative = 0.1, reg_bias: NonNegative | None = 0.01,
                  init_std: NonNegative = 0.01, use_global_mean: bool = True, use_bias: bool = True,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from recsys.data.interactions import CSR, csr_entries
+from recsys.solvers.sparse import RowIndex, row_gradient
 
 
 class Bilinear(nn.Module):
@@ -35,6 +36,7 @@ class Bilinear(nn.Module):
         if bias:
             nn.init.zeros_(self.user_bias.weight)
             nn.init.zeros_(self.item_bias.weight)
+        self._rows = (RowIndex(), RowIndex())  # working buffers of the row-sparse gradients (not state)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         score = (self.user(users) * self.item(items)).sum(-1)
@@ -77,28 +79,40 @@ class Bilinear(nn.Module):
 
     @torch.no_grad()
     def gradients(self, users: torch.Tensor, items: torch.Tensor, loss_of_score: Callable, reg: float = 0.0,
-                  reg_bias: float = 0.0) -> torch.Tensor:
+                  reg_bias: float = 0.0, sparse: bool = True) -> torch.Tensor:
         """The minibatch loss  Σ_b ℓ(s_b) + reg·c(‖p_u‖² + ‖q_i‖²) + reg_bias·c(b_u² + b_i²)  summed over the
         batch (c = 1/batch size), with its gradient written into each table's ``.grad`` (no autograd).
 
         ``loss_of_score(s)`` returns (Σ_b ℓ(s_b), dℓ/ds per rating), e.g.
-        :func:`recsys.models.objectives.squared_error`. The rows' gradients are gathered and scattered with
-        ``index_add_``: dense ``.grad`` tensors, which all-reduce under DDP as any dense gradient does.
+        :func:`recsys.models.objectives.squared_error`. ``sparse``: each table's gradient is row-sparse, one entry
+        per distinct row of the batch (:func:`recsys.solvers.sparse.row_gradient`): the cost of a step is its
+        batch's, whatever the tables' size. ``sparse=False``: dense ``.grad`` tensors (for a model that adds a
+        gradient to every row, as PMF's prior).
         """
         c = 1.0 / max(len(users), 1)
-        p, q = self.user.weight[users], self.item.weight[items]
+        p, q = self.user.weight.index_select(0, users), self.item.weight.index_select(0, items)
         score = (p * q).sum(1)
         if self.user_bias is not None:
-            bu, bi = self.user_bias.weight[users, 0], self.item_bias.weight[items, 0]
+            bu = self.user_bias.weight.index_select(0, users).squeeze(1)
+            bi = self.item_bias.weight.index_select(0, items).squeeze(1)
             score = score + bu + bi
         loss, d_score = loss_of_score(score)
         d = d_score.unsqueeze(1)
-        grad_buffer(self.user).index_add_(0, users, torch.addcmul(p * (2 * reg * c), q, d))
-        grad_buffer(self.item).index_add_(0, items, torch.addcmul(q * (2 * reg * c), p, d))
-        loss = loss + reg * c * (_sq(p) + _sq(q))
+        if sparse:  # each side's distinct rows found once, shared by its factor and bias tables
+            user_rows = self._rows[0](users, self.user.num_embeddings)
+            item_rows = self._rows[1](items, self.item.num_embeddings)
+            write_user = lambda weight, grad: row_gradient(weight, grad, *user_rows)  # noqa: E731
+            write_item = lambda weight, grad: row_gradient(weight, grad, *item_rows)  # noqa: E731
+        else:
+            write_user = lambda weight, grad: _dense_gradient(weight, users, grad)  # noqa: E731
+            write_item = lambda weight, grad: _dense_gradient(weight, items, grad)  # noqa: E731
+        if p.shape[1]:
+            write_user(self.user.weight, torch.addcmul(p * (2 * reg * c), q, d))
+            write_item(self.item.weight, torch.addcmul(q * (2 * reg * c), p, d))
+            loss = loss + reg * c * (_sq(p) + _sq(q))
         if self.user_bias is not None:
-            grad_buffer(self.user_bias).index_add_(0, users, (d_score + bu * (2 * reg_bias * c)).unsqueeze(1))
-            grad_buffer(self.item_bias).index_add_(0, items, (d_score + bi * (2 * reg_bias * c)).unsqueeze(1))
+            write_user(self.user_bias.weight, (d_score + bu * (2 * reg_bias * c)).unsqueeze(1))
+            write_item(self.item_bias.weight, (d_score + bi * (2 * reg_bias * c)).unsqueeze(1))
             loss = loss + reg_bias * c * (_sq(bu) + _sq(bi))
         return loss
 
@@ -111,6 +125,13 @@ def _sq(x: torch.Tensor) -> torch.Tensor:
     """Σ x², as one dot product (no temporary)."""
     flat = x.reshape(-1)
     return torch.dot(flat, flat)
+
+
+def _dense_gradient(weight: torch.Tensor, index: torch.Tensor, grad: torch.Tensor) -> None:
+    """``weight.grad`` dense, its row ``index[b]`` receiving ``grad[b]`` (the buffer reused every step)."""
+    if weight.grad is None or weight.grad.is_sparse:
+        weight.grad = torch.zeros_like(weight)
+    weight.grad.zero_().index_add_(0, index, grad)
 
 
 def grad_buffer(table: nn.Embedding) -> torch.Tensor:

@@ -61,7 +61,8 @@ class PMF(RatingModel):
     def gradients(self, users, items, ratings):
         """:meth:`objective` and its gradient in closed form (the gradient solver's fast path); the prior's
         gradient λ·U/N is dense, added to every row."""
-        loss = self.net.gradients(users, items, squared_error(self.link.target(ratings), 0.5, self.link.mean_and_slope))
+        loss = self.net.gradients(users, items, squared_error(self.link.target(ratings), 0.5, self.link.mean_and_slope),
+                                  sparse=False)
         with torch.no_grad():
             for table, lam in ((self.net.user, self.lambdas[0]), (self.net.item, self.lambdas[1])):
                 table.weight.grad.add_(table.weight, alpha=lam / self.data.num_train)

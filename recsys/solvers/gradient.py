@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 import torch
 
+from recsys.solvers.sparse import all_reduce_rows, densify, takes_sparse_gradients
 from recsys.validation import Positive, check
 
 ALLOWED = ("torch.optim.", "recsys.")
@@ -84,7 +85,9 @@ class Gradient:
 
     Models that implement the contract's ``gradients(users, items, ratings)`` (the loss, with its gradient
     written into the parameters' ``.grad`` in closed form) take the fast path: manual optimization, no autograd
-    graph, one all-reduce of the flattened gradients per step under DDP, no host sync. Others use Lightning's automatic
+    graph, no host sync. Row-sparse gradients (:mod:`recsys.solvers.sparse`) go to optimizers that take them
+    (``RowAdam``, mf's default) as they are and are made dense for the others; under DDP they are exchanged as
+    rows, the dense ones in one all-reduce of the flattened gradients per step. Others use Lightning's automatic
     optimization of ``objective`` (autograd).
     """
 
@@ -107,9 +110,14 @@ class Gradient:
         if model.automatic_optimization:
             return model.objective(*batch)
         loss = model.gradients(*batch)
-        if model.trainer.world_size > 1:
-            self.all_reduce_mean(list(model.parameters()), model.trainer.world_size)
-        model.optimizers().step()
+        optimizer = model.optimizers()
+        params = list(model.parameters())
+        if model.trainer.world_size > 1:  # row-sparse gradients exchange their rows, dense ones are all-reduced
+            dense = all_reduce_rows(params, model.trainer.world_size)
+            self.all_reduce_mean(dense, model.trainer.world_size)
+        if not takes_sparse_gradients(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer):
+            densify(params)
+        optimizer.step()
         return loss
 
     def all_reduce_mean(self, params: list[torch.Tensor], world_size: int) -> None:
