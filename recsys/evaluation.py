@@ -9,8 +9,10 @@ unclipped score. Per user, at each k:
 
 averaged over those users, logged as ``test/ndcg@10`` etc. The same from a popularity ranking (items by
 training count) as ``test/ndcg@10_popularity`` and ``test/recall@10_popularity``, so every run shows
-whether it ranks better than popularity. Users are scored in chunks on the model's device; under DDP each
-rank takes every world_size-th user and the sums and counts are all-reduced, so each user counts once.
+whether it ranks better than popularity. Users are scored in chunks on the model's device, as many as fit in
+``eval.max_memory_mb`` (default 512) of scores: no users × items matrix beyond it, and the same figures whatever
+the chunk. Under DDP each rank takes every world_size-th user and the sums and counts are all-reduced, so each
+user counts once.
 """
 
 from __future__ import annotations
@@ -18,26 +20,26 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from recsys.data.interactions import Seen
+from recsys.data.interactions import Seen, csr_entries
 
-CHUNK = 1024  # users scored against all items at once: the one chunk size of ranking and recommend()
+MAX_MEMORY_MB = 512  # eval.max_memory_mb: the budget of one chunk of users scored against every item
+BYTES_PER_CELL = 16  # a chunk's float32 scores, the temporaries of scoring them (bias sums) and cold-pair flags
 METRICS = ("ndcg", "recall", "hit_rate", "mrr")
 
 
-def ranking_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """Sums over users (rows with ≥ 1 relevant item) of each metric at each k, and the user count ``users``.
+def users_per_chunk(num_items: int, max_memory_mb: float = MAX_MEMORY_MB) -> int:
+    """How many users are scored against all ``num_items`` items at once within ``max_memory_mb`` (at least one)."""
+    return max(1, int(max_memory_mb * 2**20 // (max(num_items, 1) * BYTES_PER_CELL)))
 
-    ``scores`` (users × items) has excluded candidates at -inf; ``relevant`` (users × items) is boolean.
-    """
-    n_rel = relevant.sum(1)
-    keep = n_rel > 0
-    scores, relevant, n_rel = scores[keep], relevant[keep], n_rel[keep].to(torch.float64)
-    k_max = min(max(ks), scores.shape[1])
-    hits = relevant.gather(1, torch.topk(scores, k_max, dim=1).indices).to(torch.float64)
-    discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float64, device=scores.device))
+
+def _sums_from_hits(hits: torch.Tensor, n_rel: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The metric sums of users whose top-k_max items are hits (users × k_max, 1 = relevant) out of n_rel relevant."""
+    hits, n_rel = hits.to(torch.float64), n_rel.to(torch.float64)
+    k_max = hits.shape[1]
+    discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float64, device=hits.device))
     ideal = torch.cumsum(discount, 0)
     first = torch.where(hits.any(1), hits.argmax(1).to(torch.float64) + 1, torch.inf)
-    out = {"users": torch.tensor(float(len(n_rel)), dtype=torch.float64, device=scores.device)}
+    out = {"users": torch.tensor(float(len(n_rel)), dtype=torch.float64, device=hits.device)}
     for k in ks:
         h = hits[:, :min(k, k_max)]
         best = ideal[(torch.clamp(n_rel, max=min(k, k_max)) - 1).long()]
@@ -48,29 +50,70 @@ def ranking_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ..
     return out
 
 
+def ranking_sums(scores: torch.Tensor, relevant: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Sums over users (rows with ≥ 1 relevant item) of each metric at each k, and the user count ``users``.
+
+    ``scores`` (users × items) has excluded candidates at -inf; ``relevant`` (users × items) is boolean.
+    """
+    n_rel = relevant.sum(1)
+    keep = n_rel > 0
+    scores, relevant, n_rel = scores[keep], relevant[keep], n_rel[keep]
+    k_max = min(max(ks), scores.shape[1])
+    return _sums_from_hits(relevant.gather(1, torch.topk(scores, k_max, dim=1).indices), n_rel, ks)
+
+
+def _popular_top(rows_seen: tuple[torch.Tensor, torch.Tensor], n_rows: int, order: torch.Tensor,
+                 rank_of: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's first ``k`` items of the popularity ``order`` that it has not seen (-1 past the last): the top-k
+    of a ranking shared by every user, without scoring every item for every user."""
+    which, cols = rows_seen
+    most = int(torch.bincount(which, minlength=n_rows).max()) if len(which) else 0
+    width = min(len(order), k + most)  # enough candidates for k unseen ones in every row
+    blocked = torch.zeros(n_rows, width, dtype=torch.bool, device=order.device)
+    r = rank_of[cols]
+    inside = r < width
+    blocked[which[inside], r[inside]] = True
+    pos = torch.argsort(blocked.to(torch.int8), dim=1, stable=True)[:, :k]  # unseen first, in popularity order
+    return torch.where(blocked.gather(1, pos), -1, order[pos])
+
+
 def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, seen: Seen,
                    popularity: torch.Tensor | None, num_items: int, ks: tuple[int, ...], device=None, rank: int = 0,
-                   world: int = 1) -> dict[str, torch.Tensor]:
+                   world: int = 1, max_memory_mb: float = MAX_MEMORY_MB) -> dict[str, torch.Tensor]:
     """Sums of the ranking metrics (model's and popularity's) over this rank's share of the users.
 
     ``users``/``items`` (indices) are the relevant test pairs; ``score_all_items(rows)`` gives the model's
-    (len(rows), num_items) scores; ``seen`` is each user's training and validation items.
+    (len(rows), num_items) scores; ``seen`` is each user's training and validation items. Users are scored in
+    chunks of :func:`users_per_chunk` (``max_memory_mb``): the chunk's scores are the only users × items matrix;
+    seen items are set to -inf in place, the top-k found by ``topk`` and looked up among the relevant pairs (no
+    dense relevance matrix). Popularity ranks every user by one order, so its top-k is read off that order.
     """
     totals: dict[str, torch.Tensor] = {}
     mine = torch.unique(users)[rank::world]  # each user on one rank
-    for lo in range(0, len(mine), CHUNK):
-        rows = mine[lo:lo + CHUNK]
-        relevant = torch.zeros(len(rows), num_items, dtype=torch.bool)
-        pos = torch.searchsorted(rows, users)
-        inside = (pos < len(rows)) & (rows[pos.clamp(max=len(rows) - 1)] == users)
-        relevant[pos[inside], items[inside]] = True
-        rows, relevant = rows.to(device), relevant.to(device)
-        excluded = seen.mask(rows, num_items)
-        systems = [("", score_all_items(rows))]
+    keys = torch.unique(users.long() * num_items + items.long())  # the relevant pairs, sorted
+    n_rel_all = torch.bincount(torch.searchsorted(mine, users[torch.isin(users, mine)]), minlength=len(mine))
+    k_max = min(max(ks), num_items)
+    if popularity is not None:
+        order = torch.sort(popularity.to(torch.float64), descending=True, stable=True).indices.to(device)
+        rank_of = torch.empty_like(order)
+        rank_of[order] = torch.arange(len(order), device=order.device)
+    step = users_per_chunk(num_items, max_memory_mb)
+    for lo in range(0, len(mine), step):
+        rows = mine[lo:lo + step]
+        which, cols = csr_entries(torch.as_tensor(seen.indptr), torch.as_tensor(seen.items).long(), rows)
+        n_rel = n_rel_all[lo:lo + step].to(device)
+        scores = score_all_items(rows.to(device))
+        scores.index_put_((which.to(scores.device), cols.to(scores.device)), scores.new_tensor(float("-inf")))
+        top = {"": torch.topk(scores, k_max, dim=1).indices}
+        del scores
         if popularity is not None:  # the same users ranked by training counts
-            systems.append(("_popularity", popularity.to(device, torch.float32).expand(len(rows), -1)))
-        for suffix, scores in systems:
-            for name, value in ranking_sums(scores.masked_fill(excluded, float("-inf")), relevant, ks).items():
+            top["_popularity"] = _popular_top((which.to(device), cols.to(device)), len(rows), order, rank_of, k_max)
+        found = rows.to(device).long().unsqueeze(1) * num_items
+        for suffix, items_top in top.items():
+            pair = (found + items_top).reshape(-1)
+            at = torch.searchsorted(keys.to(device), pair).clamp(max=max(len(keys) - 1, 0))
+            hits = ((keys.to(device)[at] == pair) & (items_top.reshape(-1) >= 0)).view(len(rows), -1)
+            for name, value in _sums_from_hits(hits, n_rel, ks).items():
                 totals[name + suffix] = totals.get(name + suffix, 0) + value
     return totals
 
@@ -90,14 +133,15 @@ def ranking_means(totals: dict, ks: tuple[int, ...], reduce=lambda t: t, stage: 
 
 def ranking_metrics(score_all_items, test: tuple[torch.Tensor, ...], seen: Seen, popularity: torch.Tensor | None,
                     num_items: int, ks: tuple[int, ...] = (10,), relevance_threshold: float = 4.0, device=None,
-                    rank: int = 0, world: int = 1, reduce=lambda t: t, stage: str = "test") -> dict[str, float]:
+                    rank: int = 0, world: int = 1, reduce=lambda t: t, stage: str = "test",
+                    max_memory_mb: float = MAX_MEMORY_MB) -> dict[str, float]:
     """``<stage>/<metric>@k`` of a model (and of popularity, where given) on triples ``(users, items, ratings)``
     (indices): the one evaluation path of a run's validation (:class:`RankingValidation`), its test
     (:class:`RankingMetrics`) and ``recsys evaluate``."""
     users, items, ratings = test
     liked = ratings >= relevance_threshold
     totals = ranking_totals(score_all_items, users[liked], items[liked], seen, popularity, num_items, tuple(ks),
-                            device, rank, world)
+                            device, rank, world, max_memory_mb)
     return ranking_means(totals, tuple(ks), reduce, stage)
 
 
@@ -105,9 +149,9 @@ class RankingMetrics(L.Callback):
     """Logs ranking metrics at the end of testing; the data is handed over by training.py."""
 
     def __init__(self, test: tuple[torch.Tensor, ...], seen: Seen, popularity: torch.Tensor,
-                 ks: tuple[int, ...] = (10,), relevance_threshold: float = 4.0):
+                 ks: tuple[int, ...] = (10,), relevance_threshold: float = 4.0, max_memory_mb: float = MAX_MEMORY_MB):
         self.test, self.seen, self.popularity = test, seen, popularity
-        self.ks, self.threshold = tuple(ks), relevance_threshold
+        self.ks, self.threshold, self.max_memory_mb = tuple(ks), relevance_threshold, max_memory_mb
 
     @torch.no_grad()
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -115,7 +159,7 @@ class RankingMetrics(L.Callback):
         reduce = lambda t: trainer.strategy.reduce(t.to(device), reduce_op="sum")  # noqa: E731
         means = ranking_metrics(pl_module.score_all_items, self.test, self.seen, self.popularity,
                                 len(pl_module.item_seen), self.ks, self.threshold, device, trainer.global_rank,
-                                trainer.world_size, reduce)
+                                trainer.world_size, reduce, max_memory_mb=self.max_memory_mb)
         for key, value in means.items():
             pl_module.log(key, value, sync_dist=False)
 
@@ -126,8 +170,9 @@ class RankingValidation(L.Callback):
     ranking metric, so checkpoints, early stopping and sweeps can select by it."""
 
     def __init__(self, val: tuple[torch.Tensor, ...], seen: Seen, ks: tuple[int, ...] = (10,),
-                 relevance_threshold: float = 4.0):
+                 relevance_threshold: float = 4.0, max_memory_mb: float = MAX_MEMORY_MB):
         self.val, self.seen, self.ks, self.threshold = val, seen, tuple(ks), relevance_threshold
+        self.max_memory_mb = max_memory_mb
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -137,6 +182,6 @@ class RankingValidation(L.Callback):
         reduce = lambda t: trainer.strategy.reduce(t.to(device), reduce_op="sum")  # noqa: E731
         means = ranking_metrics(pl_module.score_all_items, self.val, self.seen, None, len(pl_module.item_seen),
                                 self.ks, self.threshold, device, trainer.global_rank, trainer.world_size, reduce,
-                                stage="val")
+                                stage="val", max_memory_mb=self.max_memory_mb)
         for key, value in means.items():
             pl_module.log(key, value, sync_dist=False)

@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 
 from recsys.data.datasets import IdMap
-from recsys.data.interactions import Seen
-from recsys.evaluation import CHUNK
+from recsys.data.interactions import Seen, csr_entries
+from recsys.evaluation import MAX_MEMORY_MB, users_per_chunk
 from recsys.io import atomic_file
 from recsys.models.base import RatingModel, load_checkpoint
 from recsys.models.nets import Bilinear
@@ -155,8 +155,9 @@ class Recommender:
 
     @torch.no_grad()
     def recommend(self, users, n: int = 10, exclude_seen: bool = True, seen: pd.DataFrame | None = None,
-                  strict: bool = False) -> pd.DataFrame:
-        """Top-``n`` items per user: DataFrame ``user, item, score, rank`` (score unclipped, rank 1 best)."""
+                  strict: bool = False, max_memory_mb: float = MAX_MEMORY_MB) -> pd.DataFrame:
+        """Top-``n`` items per user: DataFrame ``user, item, score, rank`` (score unclipped, rank 1 best). Users are
+        scored in chunks of at most ``max_memory_mb`` of scores (:func:`recsys.evaluation.users_per_chunk`)."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n={n!r}: must be a positive integer")
         csr = self._seen_from(seen) if seen is not None else self._seen
@@ -169,11 +170,16 @@ class Recommender:
                           "(the training mean plus item biases)", stacklevel=2)
         k = min(n, len(self.items))
         frames = []
-        for lo in range(0, len(u), CHUNK):
-            rows, known = u[lo:lo + CHUNK], uk[lo:lo + CHUNK]
+        step = users_per_chunk(len(self.items), max_memory_mb)
+        for lo in range(0, len(u), step):
+            rows, known = u[lo:lo + step], uk[lo:lo + step]
             scores = self.model.score_all_items(rows, known)
-            if exclude_seen:
-                scores = scores.masked_fill(csr.mask(rows, len(self.items)) & known.unsqueeze(1), float("-inf"))
+            if exclude_seen:  # the known users' seen items to -inf, in place
+                which, cols = csr_entries(torch.as_tensor(csr.indptr), torch.as_tensor(csr.items).long(),
+                                          rows.cpu().clamp(max=len(csr.indptr) - 2))
+                mine = known.cpu()[which]
+                scores.index_put_((which[mine].to(scores.device), cols[mine].to(scores.device)),
+                                  scores.new_tensor(float("-inf")))
             top = torch.topk(scores, k, dim=1)
             frames.append((lo, top.values.cpu().numpy(), top.indices.cpu().numpy()))
         values = np.concatenate([v for _, v, _ in frames]) if frames else np.zeros((0, k))

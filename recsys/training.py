@@ -21,7 +21,7 @@ from recsys.io import atomic_write_json
 from recsys.models.base import RatingModel
 from recsys.recommender import save_seen
 from recsys.solvers import SOLVERS
-from recsys.validation import AtLeast, OneOf, Size
+from recsys.validation import AtLeast, OneOf, Positive, Size
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ RUN_SETTINGS = {
     "eval.ranking": bool,
     "eval.k": Size | list,
     "eval.relevance_threshold": float,
+    "eval.max_memory_mb": Positive,
 }
 
 
@@ -147,7 +148,8 @@ def train(cfg: DictConfig) -> dict:
         if is_ranking_metric(cfg.optimized_metric):  # ranking on validation each epoch: what selects the model
             k = int(str(cfg.optimized_metric).rsplit("@", 1)[1])
             trainer.callbacks.append(evaluation.RankingValidation(datamodule.val_set, datamodule.seen("train"), (k,),
-                                                                  cfg.eval.relevance_threshold))
+                                                                  cfg.eval.relevance_threshold,
+                                                                  cfg.eval.get("max_memory_mb", 512)))
         refit = bool(cfg.get("refit", False))
         chosen = _read_choice(out) if refit else None  # a resumed refit: the first fit and its choice are done
         if refit:
@@ -165,7 +167,8 @@ def train(cfg: DictConfig) -> dict:
         if cfg.eval.ranking:  # handed the test set, seen items and popularity: logged with the test metrics
             ks = (cfg.eval.k,) if isinstance(cfg.eval.k, int) else tuple(cfg.eval.k)
             trainer.callbacks.append(evaluation.RankingMetrics(datamodule.test_set, seen, facts.item_counts, ks,
-                                                               cfg.eval.relevance_threshold))
+                                                               cfg.eval.relevance_threshold,
+                                                               cfg.eval.get("max_memory_mb", 512)))
         if refit:
             metrics = _test_and_report_refit(cfg, trainer, datamodule, model, loggers, chosen, clock, out)
         else:

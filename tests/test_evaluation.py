@@ -96,3 +96,33 @@ def test_a_ranking_metric_with_the_wrong_direction_is_refused(compose_cfg):
         train(compose_cfg("optimized_metric=val/ndcg@10"))
     with pytest.raises(ValueError, match="val/rmse is better when lower; set optimized_mode=min"):
         train(compose_cfg("optimized_mode=max"))
+
+
+@pytest.mark.parametrize("max_memory_mb", [1e-6, 0.01, 512])  # one user a chunk, a few, all at once
+def test_chunked_ranking_equals_the_dense_users_by_items_computation(max_memory_mb):
+    """The chunks (scores only, seen items set in place, top-k looked up among relevant pairs, popularity read off
+    one order) give exactly the figures of the dense computation over the whole users × items matrices."""
+    from recsys.data.interactions import Seen
+    from recsys.evaluation import ranking_means, ranking_totals, users_per_chunk
+
+    g = torch.Generator().manual_seed(4)
+    n_users, n_items = 50, 70
+    table = torch.randn(n_users, n_items, generator=g)
+    seen_pairs = torch.rand(n_users, n_items, generator=g) < 0.3
+    seen = Seen.of(*[t.numpy() for t in seen_pairs.nonzero(as_tuple=True)], n_users)
+    relevant = (torch.rand(n_users, n_items, generator=g) < 0.1) & ~seen_pairs
+    relevant[3] = False  # a user without relevant items counts nowhere
+    users, items = relevant.nonzero(as_tuple=True)
+    popularity = torch.randperm(n_items, generator=g).float()  # distinct counts: one order, no ties
+    chunk = users_per_chunk(n_items, max_memory_mb)
+    assert chunk == 1 if max_memory_mb < 1e-3 else 1 < chunk < n_users if max_memory_mb < 1 else chunk >= n_users
+    got = ranking_means(ranking_totals(lambda rows: table[rows].clone(), users, items, seen, popularity, n_items,
+                                       (1, 5, 10), max_memory_mb=max_memory_mb), (1, 5, 10))
+    keep = relevant.any(1)
+    want = {}
+    for suffix, scores in (("", table), ("_popularity", popularity.expand(n_users, -1))):
+        sums = ranking_sums(scores.masked_fill(seen_pairs, float("-inf"))[keep], relevant[keep], (1, 5, 10))
+        want.update({f"test/{k}{suffix}": float(v / sums["users"]) for k, v in sums.items() if k != "users"})
+    assert got.keys() <= want.keys() and len(got) == 12 + 6
+    for key, value in got.items():
+        assert value == pytest.approx(want[key], abs=1e-12), key

@@ -316,10 +316,9 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         """(len(users), num_items) unclipped scores against every item, as :meth:`score` gives them:
         :meth:`all_item_scores`, with :meth:`fallback` for cold pairs."""
         uk = self.user_seen[users] if user_known is None else user_known & self.user_seen[users]
-        warm = uk.unsqueeze(1) & self.item_seen.unsqueeze(0)
         scores = self.all_item_scores(users)
-        if not bool(warm.all()):  # cold pairs (rare: unknown users, items without training ratings)
-            rows, cols = (~warm).nonzero(as_tuple=True)
+        if not (bool(uk.all()) and bool(self.item_seen.all())):  # cold pairs: unknown users, items without ratings
+            rows, cols = (~(uk.unsqueeze(1) & self.item_seen.unsqueeze(0))).nonzero(as_tuple=True)
             scores[rows, cols] = self.fallback(users[rows], cols, uk[rows], self.item_seen[cols]).to(scores.dtype)
         return scores
 
