@@ -1,25 +1,22 @@
 """Seconds per epoch and peak memory against the number of ratings: gradient mf and ALS mf at k=64.
 
-    python benchmarks/scaling.py                          # 1M, 2M, 5M, 10M, 25M synthetic ratings
+    python benchmarks/scaling.py                          # 1M, 5M, 25M, 50M, 100M synthetic ratings
     python benchmarks/scaling.py --sizes 1e6 2e6 --epochs 2
 
 Ratings come from ``recsys.data.synthetic.generate_ratings`` (MovieLens-like skew; users and items sized
 like ML-25M's ratios: ~150 ratings per user, ~400 per item). Each (size, solver) runs in a fresh process
 that loads the ratings and trains, so its peak resident memory (``ru_maxrss``) is that solver's at that
-size. Gradient mf: the gradient solver's step (closed-form gradients, fused Adam) over a shuffled epoch,
-at the default batch of 16384 (``gradient``) and at a batch that grows with the data (``gradient-wide``:
-16384 per million ratings, so an epoch is always 61 steps); ALS mf: one epoch of user and item
+size. Gradient mf: the gradient solver's step (closed-form gradients and the optimizer) over a shuffled epoch at a
+batch of 16384 (ml-1m's); ALS mf: one epoch of user and item
 half-sweeps (``model.als_solve=cg``) after the row systems are built (build time printed apart). Times are
 the fastest of ``--epochs`` epochs. Writes
 ``benchmarks/results/scaling.md`` and ``scaling.png`` (log-log) with the fitted exponent b of
 seconds ∝ ratings^b: linear cost is b ≈ 1.
 
-Why two gradient series: a step's cost is its batch's gathers and scatters (∝ batch) plus dense Adam over
-every row of the tables (∝ users + items, which grow with the ratings). At a fixed batch an epoch has
-∝ ratings steps, so the Adam part grows as ratings²; with the batch ∝ ratings it stays linear, but the
-batch's temporaries then outgrow the cache (measured: wider is slower at 5M, faster at 25M). Row-sparse
-("lazy") Adam, which updates only the batch's rows, was measured slower than dense fused Adam on this
-CPU at 1M and 10M ratings (random row access into tables larger than the cache, and torch.unique per step).
+Two gradient series: ``gradient`` is mf's default, row-sparse lazy Adam (recsys.solvers.sparse.RowAdam), whose
+step touches only its batch's rows, so an epoch costs ∝ ratings; ``gradient-dense`` is the peer in the same run,
+torch's fused Adam over every row of both tables each step (the default before row-sparse gradients), whose epoch
+costs ∝ ratings × (users + items) / batch, i.e. ∝ ratings² when the tables grow with the data (run up to 25M).
 """
 
 from __future__ import annotations
@@ -37,11 +34,12 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SOLVERS = ("gradient", "gradient-wide", "als")
+SOLVERS = ("gradient", "gradient-dense", "als")
+DENSE_UP_TO = 25_000_000  # dense Adam's epochs grow as ratings²: beyond this the peer series would take hours
 
 
 def batch_size(solver: str, ratings: int) -> int:
-    return 16384 * max(1, round(ratings / 1e6)) if solver == "gradient-wide" else 16384
+    return 16384
 
 
 def child(path: str, solver: str, epochs: int, dim: int) -> dict:
@@ -69,13 +67,20 @@ def child(path: str, solver: str, epochs: int, dim: int) -> dict:
             sweeper.epoch(model.least_squares())
             times.append(time.perf_counter() - start)
     else:
+        from recsys.solvers.sparse import densify, takes_sparse_gradients
+
+        if solver == "gradient-dense":  # the peer: torch's fused Adam, every row every step (the old default)
+            model.hparams.optimizer = {"_target_": "torch.optim.Adam", "lr": 0.005, "fused": True}
         opt, batch = model.configure_optimizers(), batch_size(solver, len(ratings))
+        sparse = takes_sparse_gradients(opt)
         for _ in range(epochs):
             start = time.perf_counter()
             perm = torch.randperm(len(ratings))
             u, i, r = users[perm], items[perm], ratings[perm]
             for lo in range(0, len(r), batch):
                 model.gradients(u[lo:lo + batch], i[lo:lo + batch], r[lo:lo + batch])
+                if not sparse:
+                    densify(model.parameters())
                 opt.step()
             times.append(time.perf_counter() - start)
     return {"seconds": min(times), "build": build, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -87,7 +92,7 @@ def fit_exponent(sizes: list[int], seconds: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 2e6, 5e6, 10e6, 25e6])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 5e6, 25e6, 50e6, 100e6])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--child", nargs=2, metavar=("RATINGS", "SOLVER"), help=argparse.SUPPRESS)
@@ -108,6 +113,8 @@ def main() -> None:
             users, items = int(frame["user"].max()) + 1, int(frame["item"].max()) + 1
             del frame
             for solver in SOLVERS:
+                if solver == "gradient-dense" and size > DENSE_UP_TO:
+                    continue
                 out = subprocess.run([sys.executable, __file__, "--child", path, solver, "--epochs", str(args.epochs),
                                       "--dim", str(args.dim)], capture_output=True, text=True)
                 if out.returncode != 0:
@@ -144,6 +151,10 @@ def write(rows: list[dict], args) -> None:
             b = fit_exponent(sizes, secs)
             lines.append(f"| | | | **{solver}: seconds ∝ ratings^{b:.2f}** | | | | | |")
             ax.loglog(sizes, secs, "o-", label=f"{solver} mf (exponent {b:.2f})")
+    if rows:  # linear cost through the first gradient point, for the eye
+        first = min((r for r in rows if r["solver"] == "gradient"), key=lambda r: r["ratings"], default=rows[0])
+        span = np.array(sorted({r["ratings"] for r in rows}), dtype=float)
+        ax.loglog(span, first["seconds"] * span / first["ratings"], "k:", label="linear (exponent 1)")
     ax.set_xlabel("ratings")
     ax.set_ylabel("seconds per epoch")
     ax.legend()
