@@ -112,13 +112,17 @@ class Gradient:
         loss = model.gradients(*batch)
         optimizer = model.optimizers()
         params = list(model.parameters())
-        if model.trainer.world_size > 1:  # row-sparse gradients exchange their rows, dense ones are all-reduced
-            dense = all_reduce_rows(params, model.trainer.world_size)
-            self.all_reduce_mean(dense, model.trainer.world_size)
+        if model.trainer.world_size > 1:
+            self.all_reduce(params, model.trainer.world_size)
         if not takes_sparse_gradients(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer):
             densify(params)
         optimizer.step()
         return loss
+
+    def all_reduce(self, params: list[torch.Tensor], world_size: int) -> None:
+        """Average the gradients over ranks: row-sparse ones exchange their rows (or go dense where that moves fewer
+        bytes, :func:`recsys.solvers.sparse.all_reduce_rows`), the dense ones in one all-reduce."""
+        self.all_reduce_mean(all_reduce_rows(params, world_size), world_size)
 
     def all_reduce_mean(self, params: list[torch.Tensor], world_size: int) -> None:
         """Average the gradients over ranks in one collective: the ``.grad`` tensors are views of one buffer."""
