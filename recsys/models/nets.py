@@ -106,9 +106,9 @@ class Bilinear(nn.Module):
         else:
             write_user = lambda weight, grad: _dense_gradient(weight, users, grad)  # noqa: E731
             write_item = lambda weight, grad: _dense_gradient(weight, items, grad)  # noqa: E731
-        if p.shape[1]:
-            write_user(self.user.weight, torch.addcmul(p * (2 * reg * c), q, d))
-            write_item(self.item.weight, torch.addcmul(q * (2 * reg * c), p, d))
+        if p.shape[1]:  # d·q + 2λc·p: one broadcast product, one in-place add (two passes, not three)
+            write_user(self.user.weight, torch.mul(q, d).add_(p, alpha=2 * reg * c))
+            write_item(self.item.weight, torch.mul(p, d).add_(q, alpha=2 * reg * c))
             loss = loss + reg * c * (_sq(p) + _sq(q))
         if self.user_bias is not None:
             write_user(self.user_bias.weight, (d_score + bu * (2 * reg_bias * c)).unsqueeze(1))
