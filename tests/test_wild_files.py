@@ -79,3 +79,25 @@ def test_the_resume_guard_is_keyed_by_the_filters(tmp_path, books):
         train(_cfg(tmp_path, books, "trainer.max_epochs=1", "data.filter.min_item_ratings=4"))
     with pytest.raises(RunDirectoryError, match=r"data.unrated_value: 0 \(saved\) -> 5 \(now\)"):
         train(_cfg(tmp_path, books, "trainer.max_epochs=1", "data.unrated_value=5"))
+
+
+@pytest.mark.integration  # a process, as a user types it
+def test_non_ascii_ids_on_the_command_line(tmp_path, books):
+    import subprocess
+    import sys
+
+    train(_cfg(tmp_path, books, "trainer.max_epochs=1"))
+    item = "Motörhead; vol 3"
+    res = subprocess.run([sys.executable, "-m", "recsys", "predict", str(tmp_path / "run"), "--user", "270000",
+                          "--item", item, "--strict"], capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    assert res.stdout.decode("utf-8").split("\t")[:2] == ["270000", item]
+    res = subprocess.run([sys.executable, "-m", "recsys", "recommend", str(tmp_path / "run"), "--user", "270000",
+                          "-n", "15", "--format", "csv"], capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(res.stdout.decode("utf-8"))))
+    known = set(recsys.load(tmp_path / "run").items.ids.tolist())
+    assert rows and all(r["item"] in known and not r["item"].isascii() for r in rows)  # every id is non-ASCII
