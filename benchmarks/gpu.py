@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scaling import DENSE_ADAM, gradient_epochs  # noqa: E402 - a sibling script: one timed epoch for both
 
 ML25M = (162_541, 59_047)
 
@@ -47,26 +52,10 @@ def _data(n: int, users: int, items: int, device: str):
 def gradient(u, i, r, facts, device: str, batch: int, optimizer: dict | None) -> float:
     """Ratings per second of one shuffled epoch of gradient mf (after a warm-up epoch)."""
     from recsys.models.mf import BiasedMF
-    from recsys.solvers.sparse import densify, takes_sparse_gradients
 
     torch.manual_seed(0)
     model = BiasedMF(data=facts, dim=64, reg=0.05, **({"optimizer": optimizer} if optimizer else {})).to(device)
-    opt = model.configure_optimizers()
-    sparse = takes_sparse_gradients(opt)
-    seconds = []
-    for _ in range(2):
-        _sync(device)
-        start = time.perf_counter()
-        perm = torch.randperm(len(r), device=device)
-        uu, ii, rr = u[perm], i[perm], r[perm]
-        for lo in range(0, len(r), batch):
-            model.gradients(uu[lo:lo + batch], ii[lo:lo + batch], rr[lo:lo + batch])
-            if not sparse:
-                densify(model.parameters())
-            opt.step()
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
-    return len(r) / seconds[-1]
+    return len(r) / gradient_epochs(model, u, i, r, batch, 2, lambda: _sync(device))[-1]
 
 
 def als(u, i, r, facts, device: str) -> dict:
@@ -119,8 +108,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
     out = {"device": name, "ratings": len(r), "users": a.users, "items": a.items, "batch": a.batch}
     out["gradient_ratings_per_s"] = gradient(u, i, r, facts, a.device, a.batch, None)
-    out["gradient_dense_adam_ratings_per_s"] = gradient(
-        u, i, r, facts, a.device, a.batch, {"_target_": "torch.optim.Adam", "lr": 0.005, "fused": True})
+    out["gradient_dense_adam_ratings_per_s"] = gradient(u, i, r, facts, a.device, a.batch, DENSE_ADAM)
     out.update(als(u, i, r, facts, a.device))
     out["gibbs_s_per_sample"] = gibbs(u, i, r, facts, a.device)
     print(f"{name}: {len(r):,} ratings, {a.users:,} users × {a.items:,} items")

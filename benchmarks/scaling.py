@@ -35,11 +35,11 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SOLVERS = ("gradient", "gradient-dense", "als")
+DENSE_ADAM = {"_target_": "torch.optim.Adam", "lr": 0.005, "fused": True}  # the peer: the default before RowAdam
 DENSE_UP_TO = 25_000_000  # dense Adam's epochs grow as ratings²: beyond this the peer series would take hours
 
 
-def batch_size(solver: str, ratings: int) -> int:
-    return 16384
+BATCH = 16384  # ml-1m's batch, for both gradient series
 
 
 def child(path: str, solver: str, epochs: int, dim: int) -> dict:
@@ -56,7 +56,8 @@ def child(path: str, solver: str, epochs: int, dim: int) -> dict:
     facts = DataFacts(num_users=int(users.max()) + 1, num_items=int(items.max()) + 1, num_train=len(ratings),
                       global_mean=float(ratings.mean()))
     torch.manual_seed(0)
-    model = BiasedMF(data=facts, dim=dim, reg=0.05, solver="als" if solver == "als" else "gradient")
+    peer = {"optimizer": DENSE_ADAM} if solver == "gradient-dense" else {}
+    model = BiasedMF(data=facts, dim=dim, reg=0.05, solver="als" if solver == "als" else "gradient", **peer)
     times, build = [], 0.0
     if solver == "als":
         start = time.perf_counter()
@@ -67,23 +68,28 @@ def child(path: str, solver: str, epochs: int, dim: int) -> dict:
             sweeper.epoch(model.least_squares())
             times.append(time.perf_counter() - start)
     else:
-        from recsys.solvers.sparse import densify, takes_sparse_gradients
-
-        if solver == "gradient-dense":  # the peer: torch's fused Adam, every row every step (the old default)
-            model.hparams.optimizer = {"_target_": "torch.optim.Adam", "lr": 0.005, "fused": True}
-        opt, batch = model.configure_optimizers(), batch_size(solver, len(ratings))
-        sparse = takes_sparse_gradients(opt)
-        for _ in range(epochs):
-            start = time.perf_counter()
-            perm = torch.randperm(len(ratings))
-            u, i, r = users[perm], items[perm], ratings[perm]
-            for lo in range(0, len(r), batch):
-                model.gradients(u[lo:lo + batch], i[lo:lo + batch], r[lo:lo + batch])
-                if not sparse:
-                    densify(model.parameters())
-                opt.step()
-            times.append(time.perf_counter() - start)
+        times = gradient_epochs(model, users, items, ratings, BATCH, epochs)
     return {"seconds": min(times), "build": build, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def gradient_epochs(model, users, items, ratings, batch: int, epochs: int, sync=lambda: None) -> list[float]:
+    """Seconds of each shuffled epoch of the gradient solver's step (``Gradient.step``) on ``model``'s default
+    optimizer; ``sync`` waits for the device (``torch.cuda.synchronize`` on a GPU)."""
+    import torch
+
+    from recsys.solvers.gradient import Gradient
+
+    solver, opt, seconds = Gradient(), model.configure_optimizers(), []
+    for _ in range(epochs):
+        sync()
+        start = time.perf_counter()
+        perm = torch.randperm(len(ratings), device=ratings.device)
+        u, i, r = users[perm], items[perm], ratings[perm]
+        for lo in range(0, len(r), batch):
+            solver.step(model, opt, (u[lo:lo + batch], i[lo:lo + batch], r[lo:lo + batch]))
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def fit_exponent(sizes: list[int], seconds: list[float]) -> float:
@@ -142,7 +148,7 @@ def write(rows: list[dict], args) -> None:
     for solver in SOLVERS:
         mine = [r for r in rows if r["solver"] == solver]
         for r in mine:
-            batch = f"{batch_size(solver, r['ratings']):,}" if solver != "als" else "all"
+            batch = f"{BATCH:,}" if solver != "als" else "all"
             lines.append(f"| {r['ratings']:,} | {r['users']:,} | {r['items']:,} | {solver} | {batch} | "
                          f"{r['seconds']:.2f} | {r['build']:.2f} | {r['ratings'] / r['seconds'] / 1e6:.2f}M | "
                          f"{r['peak_mb']:.0f} |")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from recsys.data.interactions import Seen, csr_entries
+from recsys.data.interactions import Seen
 
 MAX_MEMORY_MB = 512  # eval.max_memory_mb: the budget of one chunk of users scored against every item
 BYTES_PER_CELL = 16  # a chunk's float32 scores, the temporaries of scoring them (bias sums) and cold-pair flags
@@ -98,21 +98,18 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
         rank_of = torch.empty_like(order)
         rank_of[order] = torch.arange(len(order), device=order.device)
     step = users_per_chunk(num_items, max_memory_mb)
+    keys = keys.to(device)
     for lo in range(0, len(mine), step):
-        rows = mine[lo:lo + step]
-        which, cols = csr_entries(torch.as_tensor(seen.indptr), torch.as_tensor(seen.items).long(), rows)
+        rows = mine[lo:lo + step].to(device)
         n_rel = n_rel_all[lo:lo + step].to(device)
-        scores = score_all_items(rows.to(device))
-        scores.index_put_((which.to(scores.device), cols.to(scores.device)), scores.new_tensor(float("-inf")))
-        top = {"": torch.topk(scores, k_max, dim=1).indices}
-        del scores
+        top = {"": torch.topk(seen.exclude(score_all_items(rows), rows), k_max, dim=1).indices}
         if popularity is not None:  # the same users ranked by training counts
-            top["_popularity"] = _popular_top((which.to(device), cols.to(device)), len(rows), order, rank_of, k_max)
-        found = rows.to(device).long().unsqueeze(1) * num_items
+            top["_popularity"] = _popular_top(seen.entries(rows), len(rows), order, rank_of, k_max)
+        found = rows.long().unsqueeze(1) * num_items
         for suffix, items_top in top.items():
             pair = (found + items_top).reshape(-1)
-            at = torch.searchsorted(keys.to(device), pair).clamp(max=max(len(keys) - 1, 0))
-            hits = ((keys.to(device)[at] == pair) & (items_top.reshape(-1) >= 0)).view(len(rows), -1)
+            at = torch.searchsorted(keys, pair).clamp(max=max(len(keys) - 1, 0))
+            hits = ((keys[at] == pair) & (items_top.reshape(-1) >= 0)).view(len(rows), -1)
             for name, value in _sums_from_hits(hits, n_rel, ks).items():
                 totals[name + suffix] = totals.get(name + suffix, 0) + value
     return totals

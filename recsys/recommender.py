@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from recsys.data.datasets import IdMap
-from recsys.data.interactions import Seen, csr_entries
+from recsys.data.interactions import Seen
 from recsys.evaluation import MAX_MEMORY_MB, users_per_chunk
 from recsys.io import atomic_file
 from recsys.models.base import RatingModel, load_checkpoint
@@ -174,12 +174,8 @@ class Recommender:
         for lo in range(0, len(u), step):
             rows, known = u[lo:lo + step], uk[lo:lo + step]
             scores = self.model.score_all_items(rows, known)
-            if exclude_seen:  # the known users' seen items to -inf, in place
-                which, cols = csr_entries(torch.as_tensor(csr.indptr), torch.as_tensor(csr.items).long(),
-                                          rows.cpu().clamp(max=len(csr.indptr) - 2))
-                mine = known.cpu()[which]
-                scores.index_put_((which[mine].to(scores.device), cols[mine].to(scores.device)),
-                                  scores.new_tensor(float("-inf")))
+            if exclude_seen:  # the known users' seen items
+                csr.exclude(scores, rows, only=known)
             top = torch.topk(scores, k, dim=1)
             frames.append((lo, top.values.cpu().numpy(), top.indices.cpu().numpy()))
         values = np.concatenate([v for _, v, _ in frames]) if frames else np.zeros((0, k))

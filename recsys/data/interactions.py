@@ -127,12 +127,25 @@ class Seen:
         table = csr(torch.as_tensor(users), torch.as_tensor(items), torch.empty(len(users)), num_users)
         return cls(table.indptr.numpy(), table.indices.numpy().astype(np.int32))
 
+    def entries(self, rows: torch.Tensor, only: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(position in ``rows``, item) of every seen pair of the users ``rows``, on their device; ``only`` (a flag
+        per row) keeps the flagged rows' pairs (rows not flagged may be any index, e.g. an unknown user's)."""
+        rows_cpu = rows.cpu() if only is None else rows.cpu().clamp(0, len(self.indptr) - 2)
+        which, cols = csr_entries(torch.as_tensor(self.indptr), torch.as_tensor(self.items).long(), rows_cpu)
+        if only is not None:
+            keep = only.cpu()[which]
+            which, cols = which[keep], cols[keep]
+        return which.to(rows.device), cols.to(rows.device)
+
+    def exclude(self, scores: torch.Tensor, rows: torch.Tensor, only: torch.Tensor | None = None) -> torch.Tensor:
+        """``scores`` (len(rows) × items) with each row's seen items set to -inf, in place (see :meth:`entries`)."""
+        return scores.index_put_(self.entries(rows, only), scores.new_tensor(float("-inf")))
+
     def mask(self, rows: torch.Tensor, num_items: int) -> torch.Tensor:
         """(len(rows), num_items) True where the row's user has seen the item."""
-        which, cols = csr_entries(torch.as_tensor(self.indptr), torch.as_tensor(self.items).long(), rows.cpu())
-        mask = torch.zeros(len(rows), num_items, dtype=torch.bool)
-        mask[which, cols] = True
-        return mask.to(rows.device)
+        mask = torch.zeros(len(rows), num_items, dtype=torch.bool, device=rows.device)
+        mask[self.entries(rows)] = True
+        return mask
 
     def with_row(self, row: int, items: np.ndarray) -> Seen:
         """A copy where user ``row`` (possibly one past the last) has seen exactly ``items``."""

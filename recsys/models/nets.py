@@ -98,21 +98,16 @@ class Bilinear(nn.Module):
             score = score + bu + bi
         loss, d_score = loss_of_score(score)
         d = d_score.unsqueeze(1)
-        if sparse:  # each side's distinct rows found once, shared by its factor and bias tables
-            user_rows = self._rows[0](users, self.user.num_embeddings)
-            item_rows = self._rows[1](items, self.item.num_embeddings)
-            write_user = lambda weight, grad: row_gradient(weight, grad, *user_rows)  # noqa: E731
-            write_item = lambda weight, grad: row_gradient(weight, grad, *item_rows)  # noqa: E731
-        else:
-            write_user = lambda weight, grad: _dense_gradient(weight, users, grad)  # noqa: E731
-            write_item = lambda weight, grad: _dense_gradient(weight, items, grad)  # noqa: E731
+        # each side's distinct rows found once, shared by its factor and bias tables (None: dense gradients)
+        user_rows = self._rows[0](users, self.user.num_embeddings) if sparse else None
+        item_rows = self._rows[1](items, self.item.num_embeddings) if sparse else None
         if p.shape[1]:  # d·q + 2λc·p: one broadcast product, one in-place add (two passes, not three)
-            write_user(self.user.weight, torch.mul(q, d).add_(p, alpha=2 * reg * c))
-            write_item(self.item.weight, torch.mul(p, d).add_(q, alpha=2 * reg * c))
+            _write(self.user, users, user_rows, torch.mul(q, d).add_(p, alpha=2 * reg * c))
+            _write(self.item, items, item_rows, torch.mul(p, d).add_(q, alpha=2 * reg * c))
             loss = loss + reg * c * (_sq(p) + _sq(q))
         if self.user_bias is not None:
-            write_user(self.user_bias.weight, (d_score + bu * (2 * reg_bias * c)).unsqueeze(1))
-            write_item(self.item_bias.weight, (d_score + bi * (2 * reg_bias * c)).unsqueeze(1))
+            _write(self.user_bias, users, user_rows, (d_score + bu * (2 * reg_bias * c)).unsqueeze(1))
+            _write(self.item_bias, items, item_rows, (d_score + bi * (2 * reg_bias * c)).unsqueeze(1))
             loss = loss + reg_bias * c * (_sq(bu) + _sq(bi))
         return loss
 
@@ -127,17 +122,20 @@ def _sq(x: torch.Tensor) -> torch.Tensor:
     return torch.dot(flat, flat)
 
 
-def _dense_gradient(weight: torch.Tensor, index: torch.Tensor, grad: torch.Tensor) -> None:
-    """``weight.grad`` dense, its row ``index[b]`` receiving ``grad[b]`` (the buffer reused every step)."""
-    if weight.grad is None or weight.grad.is_sparse:
-        weight.grad = torch.zeros_like(weight)
-    weight.grad.zero_().index_add_(0, index, grad)
+def _write(table: nn.Embedding, index: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor] | None,
+           grad: torch.Tensor) -> None:
+    """The table's gradient with row ``index[b]`` receiving ``grad[b]``: row-sparse over ``rows`` (``RowIndex``'s
+    distinct rows and positions), or dense where ``rows`` is None."""
+    if rows is not None:
+        row_gradient(table.weight, grad, *rows)
+    else:
+        grad_buffer(table).index_add_(0, index, grad)
 
 
 def grad_buffer(table: nn.Embedding) -> torch.Tensor:
     """The table's dense gradient buffer, zeroed: allocated once, reused every step."""
     weight = table.weight
-    if weight.grad is None:
+    if weight.grad is None or weight.grad.is_sparse:
         weight.grad = torch.zeros_like(weight)
     return weight.grad.zero_()
 
