@@ -101,6 +101,9 @@ class BlendModel(nn.Module):
     def item_similarity(self, items):
         return None  # nor an item similarity
 
+    def ranking_factors(self, users):
+        return None  # nor one bilinear form: the ranking evaluation scores every item
+
     def least_squares(self):
         return None
 

@@ -102,7 +102,8 @@ def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,)
     test = (u.cpu()[known], i.cpu()[known], torch.tensor(ratings, dtype=torch.float32)[known])
     with torch.no_grad():
         out.update(ranking_metrics(rec.model.score_all_items, test, rec.seen, torch.as_tensor(rec.popularity),
-                                   len(rec.items), ks, relevance_threshold, rec.device))
+                                   len(rec.items), ks, relevance_threshold, rec.device,
+                                   ranking_factors=rec.model.ranking_factors))
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -222,8 +223,10 @@ def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, log
     ckpt = trainer.checkpoint_callback
     test_ckpt = cfg.get("test_ckpt", "best")
     use_best = test_ckpt == "best" and ckpt is not None and ckpt.best_model_path
+    start = time.perf_counter()
     results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt.best_model_path if use_best else None,
                            verbose=False)[0]
+    test_seconds = time.perf_counter() - start
 
     epochs = trainer.current_epoch
     n_train = len(datamodule.train_set[0])
@@ -232,6 +235,7 @@ def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, log
     metrics.update({
         "epochs": int(epochs),
         "fit_seconds": fit_seconds,
+        "test_seconds": test_seconds,  # the test phase: loading the checkpoint, RMSE/MAE and the ranking metrics
         "train_ratings_per_second": n_train * epochs / fit_seconds if fit_seconds > 0 else 0.0,
         "num_train": n_train,
         "restarts": clock.restarts,

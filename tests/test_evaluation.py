@@ -126,3 +126,57 @@ def test_chunked_ranking_equals_the_dense_users_by_items_computation(max_memory_
     assert got.keys() <= want.keys() and len(got) == 12 + 6
     for key, value in got.items():
         assert value == pytest.approx(want[key], abs=1e-12), key
+
+
+def _long_tail_factors(n_users=40, n_items=3000, dim=8, seed=5):
+    """A catalogue where popular items have large biases and most items small factors, plus a few items with a
+    low bias and large factors: they reach the top of some users only through their norm."""
+    g = torch.Generator().manual_seed(seed)
+    decay = (torch.arange(n_items) + 1.0) ** -0.7
+    iv, ic = torch.randn(n_items, dim, generator=g) * decay.unsqueeze(1), 2 * decay
+    uv, uc = torch.randn(n_users, dim, generator=g), torch.randn(n_users, generator=g)
+    mid = slice(1000, 2000)  # no bias, mid-sized factors: each user's best of them beat most popular items
+    iv[mid] = 0.6 * torch.nn.functional.normalize(torch.randn(1000, dim, generator=g), dim=1)
+    ic[mid] = 0.0
+    iv[-5:] = 6 * uv[:5] / uv[:5].norm(dim=1, keepdim=True)  # the tail's strong items, one per user 0..4
+    ic[-5:] = -1.0
+    return uv, uc, iv, ic
+
+
+@pytest.mark.parametrize("max_memory_mb", [0.01, 512])
+def test_bounded_top_k_equals_scoring_every_item(max_memory_mb, monkeypatch):
+    """Ranking by the model's factors with norm-bound pruning gives the dense top-k exactly: items only a norm can
+    lift into a user's top-k are found, seen items stay out, and a user with fewer unseen items than k still
+    ranks them; the pruning must actually skip items (fewer scored than the catalogue)."""
+    from recsys.evaluation import BoundedTop, ranking_means, ranking_totals
+
+    monkeypatch.setattr(BoundedTop, "FIRST_BLOCK", 64)
+    uv, uc, iv, ic = _long_tail_factors()
+    n_users, n_items = len(uv), len(iv)
+    table = uc.unsqueeze(1) + ic + uv @ iv.T
+    g = torch.Generator().manual_seed(6)
+    seen_pairs = torch.rand(n_users, n_items, generator=g) < 0.02
+    seen_pairs[7, :n_items - 3] = True  # 3 unseen items left for k = 10
+    seen = Seen.of(*[t.numpy() for t in seen_pairs.nonzero(as_tuple=True)], n_users)
+    rows = torch.arange(n_users)
+    bounded = BoundedTop((uv, uc, iv, ic))
+    scored = []
+    monkeypatch.setattr(torch, "addmm", lambda bias, a, b, _addmm=torch.addmm: scored.append(b.shape[1]) or
+                        _addmm(bias, a, b))
+    bounded(8, n_users, seen.entries(rows[8:]), 10)  # users 8.. have hundreds of unseen items
+    assert 0 < sum(scored) < n_items / 2  # most of the catalogue is never scored
+    top = bounded(0, n_users, seen.entries(rows), 10)
+    dense = torch.topk(table.masked_fill(seen_pairs, float("-inf")), 10, dim=1)
+    finite = dense.values.isfinite()
+    assert torch.equal(top[finite], dense.indices[finite])
+    assert set(top[7, :3].tolist()) == set(range(n_items - 3, n_items))
+    assert all(int(top[u, 0]) == n_items - 5 + u for u in range(5) if not seen_pairs[u, n_items - 5 + u])
+
+    relevant = (torch.rand(n_users, n_items, generator=g) < 0.05) & ~seen_pairs
+    relevant[:5, -5:] |= torch.eye(5, dtype=torch.bool) & ~seen_pairs[:5, -5:]
+    users, items = relevant.nonzero(as_tuple=True)
+    args = (users, items, seen, None, n_items, (1, 5, 10))
+    want = ranking_means(ranking_totals(lambda r: table[r].clone(), *args, max_memory_mb=max_memory_mb), (1, 5, 10))
+    got = ranking_means(ranking_totals(None, *args, max_memory_mb=max_memory_mb,
+                                       ranking_factors=lambda r: (uv[r], uc[r], iv, ic)), (1, 5, 10))
+    assert got == pytest.approx(want, abs=1e-12) and want["test/ndcg@10"] > 0

@@ -36,6 +36,8 @@ here whose default is correct for any model. Nothing is looked up by attribute n
 - ``all_item_scores(users)``: (len(users), num_items) ``forward`` of every pair. Default: ``forward`` on every
   pair; override only with a faster path that gives the same scores.
 - ``factor_tables()``: a :class:`Bilinear` for ``similar_items``/``user_factors``. Default: None.
+- ``ranking_factors(users)``: vectors and constants whose bilinear form orders items as ``score_all_items`` does,
+  cold pairs included, so the ranking evaluation can skip items exactly by norm bounds. Default: None.
 - ``item_similarity(items)``: each item's similarity to every item, for ``similar_items``. Default: cosine of
   ``factor_tables()``'s item factors; None without them.
 - ``fold_in(items, ratings, row)``: fits one user's row from ratings, the items fixed. Default: the exact
@@ -252,6 +254,14 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         n_items = len(self.item_seen)
         items = torch.arange(n_items, device=users.device)
         return self(users.repeat_interleave(n_items), items.repeat(len(users))).view(len(users), n_items)
+
+    def ranking_factors(self, users: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """``(user_vectors, user_constants, item_vectors, item_constants)`` — (len(users), d), (len(users),),
+        (num_items, d), (num_items,) — whose ``uc + ic + uv·iv`` orders each user's items exactly as
+        :meth:`score_all_items` does (its scores a strictly increasing function of it, cold pairs included), or
+        None. With them the ranking evaluation skips items whose norm bound cannot reach a user's top-k, exactly
+        (:func:`recsys.evaluation.bounded_top`). Default: None (every item scored)."""
+        return None
 
     def factor_tables(self) -> Bilinear | None:
         """The user and item factor (and bias) tables, for ``similar_items`` and ``user_factors``; None if the

@@ -51,6 +51,12 @@ class BPR(RatingModel):
     def factor_tables(self) -> Bilinear:
         return self.net
 
+    def ranking_factors(self, users):
+        """The tables with cold rows zeroed, the item bias of known items added: this model's score, fallback
+        included."""
+        uv, uc, iv, ic = self.net.ranking_factors(users, self.user_seen[users], self.item_seen)
+        return uv, uc, iv, ic + self.item_bias.weight.squeeze(1) * self.item_seen
+
     def fallback(self, users, items, user_known, item_known):
         """Cold pairs: the item's bias where the item is known (a cold user gets the items' overall appeal)."""
         return self.item_bias(items).squeeze(-1) * item_known

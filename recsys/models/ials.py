@@ -71,6 +71,10 @@ class IALS(RatingModel):
     def factor_tables(self) -> Bilinear:
         return self.net
 
+    def ranking_factors(self, users):
+        """The tables with cold rows zeroed: that is this model's score, fallback included."""
+        return self.net.ranking_factors(users, self.user_seen[users], self.item_seen)
+
     def fallback(self, users, items, user_known, item_known):
         """Cold pairs score 0: no preference either way."""
         return torch.zeros(users.shape, dtype=self.net.user.weight.dtype, device=users.device)

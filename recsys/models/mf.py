@@ -55,6 +55,10 @@ class BiasedMF(RatingModel):
     def factor_tables(self) -> Bilinear:
         return self.net
 
+    def ranking_factors(self, users):
+        """The tables with cold rows zeroed: μ + that is this model's score, fallback included."""
+        return self.net.ranking_factors(users, self.user_seen[users], self.item_seen)
+
     def objective(self, users, items, ratings):
         residual = self.link.target(ratings) - self.net(users, items)
         return per_rating_ridge(residual, *self.net.row_penalty(users, items), self.reg, self.reg_bias)

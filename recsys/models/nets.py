@@ -51,6 +51,17 @@ class Bilinear(nn.Module):
             score = score + self.user_bias(users) + self.item_bias.weight.T
         return score
 
+    def ranking_factors(self, users: torch.Tensor, user_known: torch.Tensor, item_known: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(P_u, b_u, Q, b)`` with the rows of cold users and cold items zeroed: ``b_u + b_i + P_uᵀQ_i`` with the
+        cold side's factors and bias left out, what :meth:`known_bias` gives a cold pair (a model's
+        ``ranking_factors``; see :mod:`recsys.evaluation`)."""
+        uk, ik = user_known.to(self.user.weight.dtype), item_known.to(self.item.weight.dtype)
+        factors = self.user(users) * uk.unsqueeze(1), self.item.weight * ik.unsqueeze(1)
+        if self.user_bias is None:
+            return factors[0], torch.zeros_like(uk), factors[1], torch.zeros_like(ik)
+        return factors[0], self.user_bias(users).squeeze(1) * uk, factors[1], self.item_bias.weight.squeeze(1) * ik
+
     @torch.no_grad()
     def add_user(self) -> None:
         """Append one user row of zeros (factors and bias): a fold-in's starting point."""

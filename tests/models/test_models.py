@@ -410,3 +410,22 @@ def test_svdpp_fold_in_solves_the_users_ridge_equations_exactly():
     grads = torch.autograd.grad(loss, (p, b))
     assert all(float(g.abs().max()) < 1e-8 for g in grads)
     assert implicit.abs().max() > 0.01  # N(u) is the items given
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_ranking_factors_order_items_as_the_scores_do(name):
+    """A model's ``ranking_factors`` (what the ranking evaluation prunes by) give, in every row, the order of its
+    ``score_all_items``: a cold user (3) and a cold item (4) included. Models without them return None."""
+    users, items, ratings = structured_ratings(name, n=150)
+    model = _randomized(name, users, items, ratings)
+    model.item_seen[4] = False  # an item without training ratings: its scores are the fallback's
+    rows = torch.arange(20)
+    factors = model.ranking_factors(rows)
+    if factors is None:
+        return
+    uv, uc, iv, ic = factors
+    form = (uc.unsqueeze(1) + ic + uv @ iv.T).detach()
+    scores = model.score_all_items(rows).detach()
+    assert float(scores[rows != 3].std(1).min()) > 1e-3  # every warm row ranks something
+    form_gap, score_gap = form.unsqueeze(2) - form.unsqueeze(1), scores.unsqueeze(2) - scores.unsqueeze(1)
+    assert bool((torch.sign(form_gap) == torch.sign(score_gap))[form_gap.abs() > 1e-9].all())
