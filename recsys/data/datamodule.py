@@ -16,18 +16,16 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from recsys import validation
-from recsys.data.datasets import DUPLICATES, IdMap, Source, prepare
+from recsys.data.datasets import DUPLICATES, SPLIT_PARTS, IdMap, Source, prepare_split
 from recsys.data.facts import DataFacts
 from recsys.data.interactions import Interactions, Seen
 from recsys.data.readers import FORMATS
 from recsys.data.sources import fetch
-from recsys.data.splits import STRATEGIES, check_ratios, split_indices
-from recsys.data.summary import summarize
+from recsys.data.splits import STRATEGIES, check_ratios
 from recsys.validation import AtLeast, Fraction, OneOf, Positive, Size
 
 FEEDBACK = ("explicit", "implicit")  # data.feedback: train on ratings, or on positive interactions
@@ -133,12 +131,22 @@ class RatingBatches(IterableDataset):
             yield tuple(t.tensor_split(self.world_size)[self.rank] for t in tensors)
         elif self.shuffle:
             perm = torch.randperm(n, generator=gen).to(self.tensors[0].device)
+            bounds = self._bounds(n, self.batch_size)
+            if self.negatives is None and self.world_size > 1:
+                # this rank's piece of each global batch, gathered once: a rank copies 1/world of the ratings
+                pieces = [perm[lo:hi].tensor_split(self.world_size)[self.rank]
+                          for lo, hi in zip(bounds[:-1], bounds[1:])]
+                ends = torch.tensor([len(p) for p in pieces]).cumsum(0).tolist()
+                bounds, perm = [0, *ends], torch.cat(pieces)
+                del pieces
             shuffled = tuple(t[perm] for t in self.tensors)  # one gather per epoch; batches are views of it
             if self.negatives is not None:  # one draw per epoch, after the shuffle, from the epoch's generator
                 shuffled = (*shuffled, self.negatives(shuffled[0], gen))
-            bounds = self._bounds(n, self.batch_size)
+            gathered = len(perm) < n  # the rank's pieces only
+            del perm  # the epoch holds its shuffled copy, not the permutation too
             for lo, hi in zip(bounds[:-1], bounds[1:]):
-                yield tuple(t[lo:hi].tensor_split(self.world_size)[self.rank] for t in shuffled)
+                yield tuple(t[lo:hi] if gathered else t[lo:hi].tensor_split(self.world_size)[self.rank]
+                            for t in shuffled)
         else:
             lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
             for s in range(lo, hi, self.batch_size):
@@ -205,26 +213,27 @@ class RatingsDataModule(L.LightningDataModule):
         if self._ready:
             return
         hp = self.hparams
-        data = prepare(self.source)
-        self.source_file, self.source_sha256, self.duplicates_dropped = data.source, data.source_sha256, \
-            data.duplicates_dropped
-        self.encoding = data.encoding  # what the text was read with (data.encoding=auto: what it detected)
-        self.rows_read, self.filter_steps = data.rows_read, data.filters
+        unrated = hp.unrated_value if hp.feedback == "implicit" else None
+        split = {"strategy": hp.split, "test_ratio": hp.test_ratio, "val_ratio": hp.val_ratio, "seed": hp.split_seed,
+                 "leave_last_n": hp.leave_last_n, "folds": hp.folds, "fold": hp.fold}
+        # the split arrays are memory-mapped from the split cache: DDP ranks on a node share one copy
+        data = prepare_split(self.source, split, {"rating_step": hp.rating_step, "rating_min": hp.rating_min,
+                                                  "unrated_value": unrated})
+        record = data.record
+        self.source_file, self.source_sha256 = record["source"], record["source_sha256"]
+        self.duplicates_dropped, self.rows_read = record["duplicates_dropped"], record["rows_read"]
+        self.encoding = record["encoding"]  # what the text was read with (data.encoding=auto: what it detected)
+        self.filter_steps = record["filters"]
         self.user_map, self.item_map = IdMap(data.user_ids), IdMap(data.item_ids)
-        cols = (torch.from_numpy(data.users.astype(np.int64)), torch.from_numpy(data.items.astype(np.int64)),
-                torch.from_numpy(data.ratings))
-        self.split_index = split_indices(data.frame(original_ids=False), hp.split, hp.test_ratio, hp.val_ratio,
-                                         hp.split_seed, hp.leave_last_n, hp.folds, hp.fold)
         self.train_set, self.val_set, self.test_set = (
-            tuple(c[torch.from_numpy(ix)] for c in cols) for ix in self.split_index)
-        sizes = dict(zip(("train", "validation", "test"), map(len, self.split_index)))
+            tuple(torch.from_numpy(c) for c in data.parts[name]) for name in SPLIT_PARTS)
+        sizes = dict(zip(("train", "validation", "test"), (len(data.parts[name][0]) for name in SPLIT_PARTS)))
         empty = [k for k, n in sizes.items() if n == 0 and not (k == "validation" and hp.val_ratio == 0)]
         if empty:
-            raise ValueError(f"{self.source_file}: {len(data)} ratings split by data.split={hp.split} into {sizes}: "
-                             f"the {' and '.join(empty)} set is empty; use more ratings or larger ratios")
-        self.summary = summarize(data, self.split_index, hp.rating_step, hp.rating_min,
-                                 hp.unrated_value if hp.feedback == "implicit" else None)
-        del data, cols
+            raise ValueError(f"{self.source_file}: {sum(sizes.values())} ratings split by data.split={hp.split} into "
+                             f"{sizes}: the {' and '.join(empty)} set is empty; use more ratings or larger ratios")
+        self.summary = data.summary
+        del data
         if hp.feedback == "implicit" and len(self.fit_set[0]) == 0:
             raise ValueError(f"{self.source_file}: data.positive_min={hp.positive_min} leaves no positive training "
                              f"interaction (ratings lie in [{hp.rating_min}, {hp.rating_max}]); lower it or set null")

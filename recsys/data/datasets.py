@@ -22,6 +22,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +43,8 @@ from recsys.data.sources import (
     file_digests,
     verify,
 )
+from recsys.data.splits import split_indices
+from recsys.data.summary import summarize
 from recsys.data.synthetic import generate_ratings as _generate
 from recsys.io import atomic_file, file_lock
 
@@ -282,6 +285,33 @@ def prepare(*args, **kwargs) -> Ratings:
     source with the same settings; see the module docstring.
     """
     src = args[0] if len(args) == 1 and not kwargs and isinstance(args[0], Source) else Source(*args, **kwargs)
+    source, key, build = _plan(src)
+    if key is None:
+        return build()
+    folder = _cache_folder(src)
+    cached = folder / f"parsed-{key}.npz"
+    with file_lock(folder / ".parsed.lock"):  # DDP ranks: one parses, the others read its cache
+        if cached.exists():
+            try:
+                data = Ratings.load(cached)
+                data.source = source  # the same content may have moved
+                return data
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+                log.warning("parsed cache %s is unreadable (%s); parsing the source again", cached, err)
+        data = build()
+        with contextlib.suppress(OSError):  # a read-only cache folder costs only speed
+            data.save(cached)
+        return data
+
+
+def _cache_folder(src: Source) -> Path:
+    folder = data_root(src.root) / (src.name if src.path is None else "files")  # user files: <root>/files/
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _plan(src: Source):
+    """(the source's name for records, the parse-cache key or None without a cache, the parse-and-index call)."""
     if src.synthetic:
         defaults = {k: p.default for k, p in inspect.signature(_generate).parameters.items()
                     if p.default is not inspect.Parameter.empty and k != "chunk"}
@@ -309,23 +339,99 @@ def prepare(*args, **kwargs) -> Ratings:
                              src.keep_unrated, src.scale)
 
     if not src.cache:
-        return build()
+        return source, None, build
     key = hashlib.sha256(json.dumps([digest, src.settings()], sort_keys=True).encode()).hexdigest()[:20]
-    folder = data_root(src.root) / (src.name if src.path is None else "files")  # user files: <root>/files/
-    folder.mkdir(parents=True, exist_ok=True)
-    cached = folder / f"parsed-{key}.npz"
-    with file_lock(folder / ".parsed.lock"):  # DDP ranks: one parses, the others read its cache
-        if cached.exists():
+    return source, key, build
+
+
+#: a split's arrays, each part's columns: int64 indices (what the models index with) and float32 ratings
+SPLIT_PARTS = ("train", "val", "test")
+SPLIT_COLUMNS = (("users", np.int64), ("items", np.int64), ("ratings", np.float32))
+
+
+@dataclasses.dataclass
+class SplitRatings:
+    """Id-mapped ratings cut into train/validation/test: ``parts[name]`` is (users, items, ratings) for ``train``,
+    ``val`` and ``test``; ``record`` what :class:`Ratings` says of its source (source, checksum, rows read,
+    duplicates, encoding, filters); ``summary`` the data's summary (:mod:`recsys.data.summary`)."""
+
+    parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    record: dict
+    summary: dict
+
+
+def prepare_split(src: Source, split: Mapping, summary: Mapping) -> SplitRatings:
+    """The ratings of ``src`` (:func:`prepare`) split by ``split`` (:func:`recsys.data.splits.split_indices`'s
+    keyword arguments), memory-mapped from the split cache when the parse is cached, with its summary
+    (:func:`recsys.data.summary.summarize` with the keyword arguments ``summary``).
+
+    The split cache is a folder ``split-<key>/`` beside the parse cache, keyed by the parse key and ``split``: one
+    ``.npy`` file per part and column, the id maps, and ``meta.json`` (the source's record and the summary,
+    computed once). It is written once, atomically (a folder renamed into place, under a lock), and
+    read with ``mmap_mode="c"``: the arrays are pages of the OS's file cache, shared by every process that maps
+    them (DDP ranks on a node hold one copy, not one each) and loaded lazily; a process that writes to one gets a
+    private copy of that page, never a changed file. Without a parse cache (``data.cache=false``), in memory.
+    """
+    def compute() -> SplitRatings:
+        data = prepare(src)
+        index = split_indices(data.frame(original_ids=False), **split)
+        columns = (data.users, data.items, data.ratings)
+        parts = {name: tuple(c[ix].astype(dtype) for c, (_, dtype) in zip(columns, SPLIT_COLUMNS))
+                 for name, ix in zip(SPLIT_PARTS, index)}
+        record = {"source": data.source, "source_sha256": data.source_sha256, "rows_read": data.rows_read,
+                  "duplicates_dropped": data.duplicates_dropped, "encoding": data.encoding, "filters": data.filters}
+        return SplitRatings(parts, data.user_ids, data.item_ids, record, summarize(data, index, **summary))
+
+    source, key, _ = _plan(src)
+    if key is None:
+        return compute()
+    folder = _cache_folder(src)
+    key = hashlib.sha256(json.dumps([key, dict(split), dict(summary)], sort_keys=True).encode()).hexdigest()[:20]
+    cached = folder / f"split-{key}"
+    with file_lock(folder / ".split.lock"):  # DDP ranks: one splits, the others map its files
+        if cached.is_dir():
             try:
-                data = Ratings.load(cached)
-                data.source = source  # the same content may have moved
-                return data
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-                log.warning("parsed cache %s is unreadable (%s); parsing the source again", cached, err)
-        data = build()
-        with contextlib.suppress(OSError):  # a read-only cache folder costs only speed
-            data.save(cached)
-        return data
+                return _load_split(cached, source)
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("split cache %s is unreadable (%s); splitting again", cached, err)
+                shutil.rmtree(cached, ignore_errors=True)
+        split_data = compute()
+        try:
+            _save_split(split_data, cached)
+        except OSError as err:  # a read-only cache folder costs only memory
+            log.warning("split cache %s not written (%s); the arrays stay in memory", cached, err)
+            return split_data
+        return _load_split(cached, source)
+
+
+def _save_split(data: SplitRatings, dest: Path) -> None:
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, part in data.parts.items():
+            for (column, _), values in zip(SPLIT_COLUMNS, part):
+                np.save(tmp / f"{name}.{column}.npy", values)
+        for key, ids in (("user_ids", data.user_ids), ("item_ids", data.item_ids)):
+            np.save(tmp / f"{key}.npy", ids.astype(str) if ids.dtype == object else ids, allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps({"record": data.record, "summary": data.summary,
+                                                   "version": CACHE_VERSION}))
+        os.replace(tmp, dest)  # the folder appears whole or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_split(folder: Path, source: str) -> SplitRatings:
+    meta = json.loads((folder / "meta.json").read_text())
+    if meta.get("version") != CACHE_VERSION:
+        raise ValueError(f"cache version {meta.get('version')}, expected {CACHE_VERSION}")
+    parts = {name: tuple(np.load(folder / f"{name}.{column}.npy", mmap_mode="c", allow_pickle=False)
+                         for column, _ in SPLIT_COLUMNS) for name in SPLIT_PARTS}
+    ids = [np.load(folder / f"{key}.npy", allow_pickle=False) for key in ("user_ids", "item_ids")]
+    meta["record"]["source"] = source  # the same content may have moved
+    return SplitRatings(parts, *ids, meta["record"], meta["summary"])
 
 
 def load_titles(name: str = "ml-100k", root: str | os.PathLike | None = None) -> pd.Series:

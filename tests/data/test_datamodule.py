@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -179,3 +181,67 @@ def test_negatives_need_rating_batches(udata):
     dm.setup()
     with pytest.raises(ValueError, match="data.batch_by=item: sampled negatives come with batches of ratings"):
         dm.sample_negatives(1)
+
+
+def _mapped(path_part: str) -> bool:
+    """Whether this process maps a file whose path contains ``path_part``."""
+    with open("/proc/self/maps") as maps:
+        return any(path_part in line for line in maps)
+
+
+def test_split_arrays_are_memory_mapped_from_the_split_cache(tmp_path, monkeypatch):
+    """The parsed, split arrays are files of the split cache mapped into the process (DDP ranks share their pages):
+    a second setup neither parses nor splits and gives the same arrays, summary and records; writes stay private;
+    another split has its own entry; data.cache=false keeps them in memory."""
+    from recsys.data import datasets
+
+    kw = dict(name="synthetic", num_ratings=3000, split_seed=3)
+    first = RatingsDataModule(**kw)
+    first.setup()
+    folder = tmp_path / "recsys-data" / "synthetic"
+    (split,) = folder.glob("split-*")
+    assert sorted(p.name for p in split.iterdir())[:3] == ["item_ids.npy", "meta.json", "test.items.npy"]
+    assert _mapped(str(split / "train.ratings.npy"))
+    monkeypatch.setattr(datasets, "prepare", lambda *a, **k: pytest.fail("parsed again"))
+    monkeypatch.setattr(datasets, "split_indices", lambda *a, **k: pytest.fail("split again"))
+    second = RatingsDataModule(**kw)
+    second.setup()
+    for a, b in zip((*first.train_set, *first.val_set, *first.test_set),
+                    (*second.train_set, *second.val_set, *second.test_set)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert first.train_set[0].dtype == torch.int64 and first.train_set[2].dtype == torch.float32
+    assert second.describe() == first.describe() and second.summary["split"]["test"] == len(first.test_set[0])
+    assert np.array_equal(second.user_map.ids, first.user_map.ids)
+    second.train_set[2][:] = 0.0  # copy-on-write: the file and other processes keep the ratings
+    third = RatingsDataModule(**kw)
+    third.setup()
+    assert torch.equal(third.train_set[2], first.train_set[2]) and float(first.train_set[2].min()) >= 1
+    with pytest.raises(pytest.fail.Exception, match="parsed again"):  # another split seed: another entry
+        RatingsDataModule(**{**kw, "split_seed": 4}).setup()
+    monkeypatch.undo()
+    uncached = RatingsDataModule(**{**kw, "cache": False})
+    uncached.setup()
+    assert torch.equal(uncached.train_set[0], first.train_set[0]) and len(list(folder.glob("split-*"))) == 1
+
+
+def test_unreadable_or_half_written_split_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
+    import logging
+
+    kw = dict(name="synthetic", num_ratings=2000)
+    RatingsDataModule(**kw).setup()
+    folder = tmp_path / "recsys-data" / "synthetic"
+    (split,) = folder.glob("split-*")
+    (split / "meta.json").write_text("{garbage")
+    with caplog.at_level(logging.WARNING):
+        again = RatingsDataModule(**kw)
+        again.setup()
+    assert "split cache" in caplog.text and "unreadable" in caplog.text and len(again.train_set[0]) == 1700
+    assert json.loads((split / "meta.json").read_text())["summary"]["split"]["train"] == 1700  # rewritten whole
+
+    def die(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", die)
+    with pytest.raises(KeyboardInterrupt):
+        RatingsDataModule(**kw, split_seed=9).setup()
+    assert [p.name for p in folder.glob("split-*")] == [split.name]  # no half-written entry left
