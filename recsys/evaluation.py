@@ -145,7 +145,7 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
     scoring every item.
     """
     totals: dict[str, torch.Tensor] = {}
-    mine = torch.unique(users)[rank::world]  # each user on one rank
+    mine = torch.unique(users)[rank::world].contiguous()  # each user on one rank
     keys = torch.unique(users.long() * num_items + items.long())  # the relevant pairs, sorted
     n_rel_all = torch.bincount(torch.searchsorted(mine, users[torch.isin(users, mine)]), minlength=len(mine))
     k_max = min(max(ks), num_items)

@@ -5,6 +5,7 @@ import torch
 from conftest import fake_facts
 
 from recsys.models.mf import BiasedMF
+from recsys.solvers.gradient import Gradient
 from recsys.solvers.sparse import RowAdam
 
 
@@ -66,7 +67,6 @@ def test_bad_settings_are_refused():
 from recsys.solvers.sparse import (  # noqa: E402
     RowAdagrad,
     RowIndex,
-    all_reduce_rows,
     densify,
     row_gradient,
     takes_sparse_gradients,
@@ -170,16 +170,16 @@ def _ddp_rows_worker(rank, world, init, grads, out):
     try:
         small = torch.nn.Parameter(torch.zeros(4, 3))       # every rank touches most rows: dense all-reduce
         large = torch.nn.Parameter(torch.zeros(1000, 3))    # a few rows each: rows and values are exchanged
+        alone = torch.nn.Parameter(torch.zeros(1000, 3))    # the only gradient, and it goes as rows
         for p, (index, values) in zip((small, large), grads[rank]):
             _sparse_step(p, index, values)
-        dense = all_reduce_rows([small, large], world)
-        sparse_after = large.grad.is_sparse
-        for p in dense:
-            dist.all_reduce(p.grad)
-            p.grad /= world
+        _sparse_step(alone, *grads[rank][1])
+        Gradient().all_reduce([small, large], world)  # what a training step does
+        Gradient().all_reduce([alone], world)  # nothing left for the dense all-reduce
         if rank == 0:
-            torch.save({"small": small.grad.to_dense(), "large": large.grad.to_dense(), "dense": len(dense),
-                        "sparse": sparse_after}, out)
+            torch.save({"small": small.grad.to_dense(), "large": large.grad.to_dense(), "alone": alone.grad.to_dense(),
+                        "dense": sum(not p.grad.is_sparse for p in (small, large)),
+                        "sparse": large.grad.is_sparse and alone.grad.is_sparse}, out)
     finally:
         dist.destroy_process_group()
 
@@ -201,3 +201,4 @@ def test_ddp_ranks_exchange_rows_or_all_reduce_and_get_the_mean(tmp_path):
     assert got["dense"] == 1 and got["sparse"]  # the small table went dense, the large one stayed rows
     assert torch.allclose(got["small"], want["small"], atol=1e-6)
     assert torch.allclose(got["large"], want["large"], atol=1e-6)
+    assert torch.allclose(got["alone"], want["large"], atol=1e-6)

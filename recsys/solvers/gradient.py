@@ -133,6 +133,8 @@ class Gradient:
         import torch.distributed as dist
 
         params = [p for p in params if p.grad is not None]
+        if not params:  # every gradient went as rows (all_reduce_rows): nothing dense to average
+            return
         # (re)built when a .grad is not our view: the first step, or after anything set .grad anew (zero_grad)
         if len(params) != len(self._views) or any(p.grad is not v for p, v in zip(params, self._views)):
             self._flat = torch.cat([p.grad.reshape(-1) for p in params])
