@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -157,6 +158,42 @@ class RunClock(L.Callback):
         if self._stopped is not None:
             return  # testing with a checkpoint after fit: the run's clock is final
         self.before, self.restarts = float(state_dict["fit_seconds"]), int(state_dict["restarts"]) + 1
+
+
+class PacedCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` at the end of an epoch, as often as costs at most ``max_overhead`` of the run's time.
+
+    A full checkpoint (weights and optimizer state: three times the tables under Adam) of a large model takes
+    seconds to write, about as long as a fast epoch. After a save that took s seconds (s ≥ ``ALWAYS_BELOW_S``), the
+    next waits until at least s·(1/max_overhead − 1) seconds of training have passed; the epoch that ends the fit
+    (``max_epochs`` or early stopping) is always saved. A killed run resumes from the last save, redoing the epochs
+    after it, and ends as an uninterrupted run does. ``max_overhead=1``: every epoch. Rank 0 decides for all ranks.
+    """
+
+    ALWAYS_BELOW_S = 0.25  # saves quicker than this are made every epoch (small models: every epoch, as before)
+
+    def __init__(self, *args, max_overhead: float = 0.1, **kwargs):
+        if not 0 < max_overhead <= 1:
+            raise ValueError(f"callbacks.last_checkpoint.max_overhead={max_overhead}: a fraction in (0, 1]")
+        super().__init__(*args, **kwargs)
+        self.max_overhead = max_overhead
+        self._saved_at: float | None = None  # when the last save ended
+        self._save_seconds = 0.0
+
+    def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
+        if super()._should_skip_saving_checkpoint(trainer):
+            return True
+        ending = trainer.should_stop or (trainer.max_epochs is not None and trainer.max_epochs >= 0
+                                         and trainer.current_epoch + 1 >= trainer.max_epochs)
+        wait = self._save_seconds * (1 / self.max_overhead - 1) if self._save_seconds >= self.ALWAYS_BELOW_S else 0.0
+        early = not ending and self._saved_at is not None and time.perf_counter() - self._saved_at < wait
+        return bool(trainer.strategy.broadcast(early, src=0))
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        start = time.perf_counter()
+        super()._save_checkpoint(trainer, filepath)
+        self._saved_at = time.perf_counter()
+        self._save_seconds = self._saved_at - start
 
 
 def save_learning_curve(rows: list[dict], path: Path, title: str = "") -> Path | None:

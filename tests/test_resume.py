@@ -81,3 +81,32 @@ def test_last_checkpoint_is_written_every_epoch_and_the_curve_covers_every_epoch
     # the figure is drawn from every epoch's row, also after testing with the best checkpoint
     assert [r["epoch"] for r in drawn[0] if "val/rmse" in r] == list(range(6))
     assert (tmp_path / "run" / "learning_curve.png").exists()
+
+
+@pytest.mark.parametrize("max_overhead", [0.1, 1.0])
+def test_slow_last_checkpoints_are_paced_and_the_ending_epoch_is_always_saved(compose_cfg, tmp_path, monkeypatch,
+                                                                              max_overhead):
+    """A last.ckpt that takes long to write is written as often as costs at most max_overhead of the time (here:
+    after the first, only the epoch that ends the fit); max_overhead=1 writes every epoch; the best checkpoint
+    is not paced."""
+    import time
+
+    import lightning as L
+
+    from recsys.tracking import PacedCheckpoint
+
+    monkeypatch.setattr(PacedCheckpoint, "ALWAYS_BELOW_S", 0.05)
+    saves, save = [], L.Trainer.save_checkpoint
+
+    def slow(trainer, filepath, *args, **kwargs):
+        if str(filepath).endswith("last.ckpt"):
+            time.sleep(0.3)  # 0.3 s at 10%: the next save waits 2.7 s, longer than the rest of this fit
+            saves.append(trainer.current_epoch)
+        return save(trainer, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", slow)
+    metrics = train(compose_cfg("trainer.max_epochs=5", "~callbacks.early_stopping",
+                                f"callbacks.last_checkpoint.max_overhead={max_overhead}"))
+    assert saves == ([0, 4] if max_overhead < 1 else [0, 1, 2, 3, 4])
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
+    assert metrics["epochs"] == 5 and os.path.exists(metrics["test_checkpoint"])
