@@ -79,15 +79,18 @@ def _popular_top(rows_seen: tuple[torch.Tensor, torch.Tensor], n_rows: int, orde
 
 class BoundedTop:
     """Each user's top-k unseen items by ``uc + ic + uv·iv`` (a model's ``ranking_factors``), scoring items in
-    blocks of a fixed order and stopping once no item left can enter a user's top-k: exact, with no scores of
-    items that cannot make it.
+    blocks of a fixed order and stopping, user by user, once no item left can enter the user's top-k: exact, with
+    no scores of items that cannot make it.
 
     Items are ordered once by ``ic_i + X·‖iv_i‖`` (X the largest user norm), the Cauchy-Schwarz bound on their score
-    for any user; for a chunk of users with norms at most x, every item from position j on scores at most
-    ``uc_u + max_{j' ≥ j}(ic + x·‖iv‖)``. Blocks of growing size are scored and merged into the running top-k until
-    that bound (with a margin for float rounding) is below every user's k-th best. On a long-tail catalogue most
-    items have small factors and biases and are never scored; where the bound never bites, every item is scored
-    in a few blocks, as the dense path would.
+    for any user. From position j on, user u's scores (less its constant ``uc_u``, which does not change its order)
+    are at most the smaller of ``max_{j' ≥ j}(ic + x·‖iv‖)`` (x the largest norm of the user's chunk) and
+    ``max_{j' ≥ j} ic + ‖uv_u‖·max_{j' ≥ j} ‖iv‖``. Blocks of growing size are scored (one matrix product of
+    ``[uv, 1]`` and ``[iv, ic]``) for the users still open, and each block's top-k merged into theirs; a user is
+    closed once that bound (with a margin for float rounding) is below its
+    k-th best. On a long-tail catalogue
+    most items have small factors and biases and are never scored; where the bound never bites, every item is
+    scored in a few blocks, as the dense path would.
     """
 
     FIRST_BLOCK = 4096
@@ -95,39 +98,52 @@ class BoundedTop:
 
     def __init__(self, factors: tuple[torch.Tensor, ...], device=None):
         uv, uc, iv, ic = (t.to(device) for t in factors)
-        self.uv, self.uc = uv, uc
+        self.user_norms = uv.norm(dim=1)
+        # a user's constant uc does not change the order of its items: scores are uv·iv + ic, one product of
+        # [uv, 1] and [iv, ic]
+        self.uv = torch.cat([uv, uv.new_ones(len(uv), 1)], 1)
         norms = iv.norm(dim=1)
-        most = uv.norm(dim=1).max() if len(uv) else uv.new_zeros(())
+        most = self.user_norms.max() if len(uv) else uv.new_zeros(())
         self.order = torch.argsort(ic + most * norms, descending=True)
         self.position = torch.empty_like(self.order)
         self.position[self.order] = torch.arange(len(self.order), device=self.order.device)
-        self.iv, self.ic, self.norms = iv[self.order], ic[self.order], norms[self.order]
+        self.iv = torch.cat([iv, ic.unsqueeze(1)], 1)[self.order]
+        self.ic, self.norms = ic[self.order], norms[self.order]
+        self.ic_after, self.norms_after = _suffix_max(self.ic), _suffix_max(self.norms)
 
     def __call__(self, lo: int, hi: int, seen_entries: tuple[torch.Tensor, torch.Tensor], k: int) -> torch.Tensor:
-        """(hi − lo, k) item indices, best first, for users ``lo:hi`` of the factors; ``seen_entries``: (row in the
-        chunk, item) pairs left out (-inf, as ``Seen.exclude``)."""
-        uv, uc, n = self.uv[lo:hi], self.uc[lo:hi], len(self.order)
-        bound = torch.cummax((self.ic + uv.norm(dim=1).max() * self.norms).flip(0), 0).values.flip(0)
+        """(hi − lo, k) item indices, best first, for users ``lo:hi`` of the factors (-1 past a user's last unseen
+        item); ``seen_entries``: (row in the chunk, item) pairs left out, as ``Seen.exclude`` leaves them out."""
+        uv, x, n = self.uv[lo:hi], self.user_norms[lo:hi], len(self.order)
+        chunk_bound = _suffix_max(self.ic + x.max() * self.norms)
         which, at = seen_entries[0], self.position[seen_entries[1]]
-        best_v, best_i = uv.new_empty(len(uv), 0), torch.empty(len(uv), 0, dtype=torch.long, device=uv.device)
-        start, block = 0, self.FIRST_BLOCK
-        while start < n:
+        best_v = uv.new_full((len(uv), k), float("-inf"))
+        best_i = torch.full((len(uv), k), -1, dtype=torch.long, device=uv.device)
+        slot = torch.full((len(uv),), -1, dtype=torch.long, device=uv.device)  # an open user's row in the block
+        open_, start, block = torch.arange(len(uv), device=uv.device), 0, self.FIRST_BLOCK
+        while start < n and len(open_):
             stop = min(n, start + block)
-            scores = torch.addmm(self.ic[start:stop], uv, self.iv[start:stop].T).add_(uc.unsqueeze(1))
-            inside = (at >= start) & (at < stop)
-            scores[which[inside], at[inside] - start] = float("-inf")
-            top = torch.topk(torch.cat([best_v, scores], 1), min(k, best_v.shape[1] + stop - start), dim=1)
-            kept = best_i.shape[1]  # positions below it are the running top-k's, the others this block's
-            block_items = top.indices - kept + start
-            best_i = block_items if not kept else torch.where(
-                top.indices < kept, best_i.gather(1, top.indices.clamp(max=kept - 1)), block_items)
-            best_v = top.values
+            slot.fill_(-1)[open_] = torch.arange(len(open_), device=uv.device)
+            scores = torch.mm(uv[open_], self.iv[start:stop].T)
+            inside = (at >= start) & (at < stop) & (slot[which] >= 0)
+            scores[slot[which[inside]], at[inside] - start] = float("-inf")
+            # the block's own top-k, merged with the running one (2k candidates a user)
+            block_top = torch.topk(scores, min(k, stop - start), dim=1)
+            top = torch.topk(torch.cat([best_v[open_], block_top.values], 1), k, dim=1)
+            kept = top.indices < k  # from the running top-k, else from this block
+            block_items = block_top.indices.gather(1, (top.indices - k).clamp(min=0)) + start
+            best_i[open_] = torch.where(kept, best_i[open_].gather(1, top.indices.clamp(max=k - 1)), block_items)
+            best_v[open_] = top.values
             start, block = stop, 4 * block
-            if start < n and best_v.shape[1] == k:
-                reach = uc + bound[start]
-                if bool((reach + self.MARGIN * (1 + reach.abs()) < best_v[:, -1]).all()):
-                    break
-        return self.order[best_i]
+            if start < n:
+                reach = torch.minimum(chunk_bound[start], self.ic_after[start] + x[open_] * self.norms_after[start])
+                open_ = open_[reach + self.MARGIN * (1 + reach.abs()) >= best_v[open_, -1]]
+        return torch.where(best_i >= 0, self.order[best_i.clamp(min=0)], -1)
+
+
+def _suffix_max(values: torch.Tensor) -> torch.Tensor:
+    """out[j] = max(values[j:])."""
+    return torch.cummax(values.flip(0), 0).values.flip(0)
 
 
 def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, seen: Seen,
