@@ -1,6 +1,8 @@
-"""Load + split time of a large synthetic data set (default 25M ratings, ml-25m's size), and of the same
-ratings as an ml-25m-layout ``ratings.csv``: cold (generate or parse, id-map, write the cache) and warm
-(the parsed cache), each step in a fresh process so its peak memory is its own.
+"""Load + split time and memory of a large synthetic data set (default 25M ratings, ml-25m's size), and of the
+same ratings as an ml-25m-layout ``ratings.csv``, as ``RatingsDataModule.setup`` gets them
+(:func:`recsys.data.datasets.prepare_split`): cold (generate or parse, id-map, parse cache, split, split cache) and
+warm (the split cache, memory-mapped; every page read), each step in a fresh process so its peak memory is its
+own, beside the size of the split arrays it ends with.
 
     python benchmarks/data_load.py                      # 25M ratings, cache in a temp folder
     python benchmarks/data_load.py --num-ratings 1000000 --keep /tmp/bench-data
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -19,20 +22,20 @@ import time
 from pathlib import Path
 
 
+def _rss_gb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**3
+
+
 def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB on Linux
 
 
 def step(kind: str, root: str, n: int) -> dict:
-    """One measured step, run in this (fresh) process."""
-    from recsys.data.datasets import prepare
-    from recsys.data.splits import split_indices
+    """One measured step, run in this (fresh) process: what ``RatingsDataModule.setup`` does to get its split."""
+    from recsys.data.datasets import Source, prepare, prepare_split
 
     csv = Path(root) / "ratings.csv"
-    t0 = time.perf_counter()
-    if kind in ("synthetic", "synthetic-cached"):
-        data = prepare("synthetic", root, num_ratings=n)
-    elif kind == "write-csv":  # not timed as loading: makes the CSV the next steps read
+    if kind == "write-csv":  # not timed as loading: makes the CSV the next steps read
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
@@ -40,12 +43,20 @@ def step(kind: str, root: str, n: int) -> dict:
         df.columns = ["userId", "movieId", "rating", "timestamp"]
         pacsv.write_csv(pa.Table.from_pandas(df, preserve_index=False), csv)
         return {"step": kind, "bytes": csv.stat().st_size}
+    if kind.startswith("synthetic"):
+        src = Source("synthetic", root, num_ratings=n)
     else:  # csv, csv-cached
-        data = prepare("ratings_file", root, path=csv, scale=(0.5, 5.0))
-    t1 = time.perf_counter()
-    split_indices(data.frame(original_ids=False), "random", 0.1, 0.05, 0)
-    t2 = time.perf_counter()
-    return {"step": kind, "ratings": len(data), "load_s": t1 - t0, "split_s": t2 - t1, "peak_gb": _peak_gb()}
+        src = Source("ratings_file", root, path=str(csv), scale=(0.5, 5.0))
+    base = _rss_gb()  # the interpreter, numpy, pandas, torch: before any data
+    t0 = time.perf_counter()
+    split = {"strategy": "random", "test_ratio": 0.1, "val_ratio": 0.05, "seed": 0}
+    data = prepare_split(src, split, {"rating_step": 0.5, "rating_min": 0.5})
+    arrays = [a for part in data.parts.values() for a in part]
+    total = sum(float(a.sum()) for a in arrays)  # every page read, as an epoch would
+    seconds = time.perf_counter() - t0
+    return {"step": kind, "ratings": sum(len(part[0]) for part in data.parts.values()), "seconds": seconds,
+            "peak_gb": _peak_gb(), "base_gb": base, "arrays_gb": sum(a.nbytes for a in arrays) / 1024**3,
+            "check": total}
 
 
 def main() -> None:
@@ -67,14 +78,17 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{args.num_ratings:,} ratings ({rows[2]['bytes'] / 1e6:.0f} MB as ratings.csv)")
-        print("| step | what | load s | split s | load+split s | peak RSS GB |")
-        print("|---|---|---|---|---|---|")
-        what = {"synthetic": "generate, id-map, write cache", "synthetic-cached": "parsed cache",
-                "csv": "parse CSV (pyarrow), id-map, write cache", "csv-cached": "parsed cache"}
+        print("| step | what | seconds | peak RSS GB | of it, data GB | split arrays GB | data / arrays |")
+        print("|---|---|---|---|---|---|---|")
+        what = {"synthetic": "generate, id-map, parse cache, split, split cache",
+                "synthetic-cached": "split cache (memory-mapped)",
+                "csv": "parse CSV (pyarrow), id-map, parse cache, split, split cache",
+                "csv-cached": "split cache (memory-mapped)"}
         for r in rows:
-            if "load_s" in r:
-                print(f"| {r['step']} | {what[r['step']]} | {r['load_s']:.2f} | {r['split_s']:.2f} | "
-                      f"{r['load_s'] + r['split_s']:.2f} | {r['peak_gb']:.2f} |")
+            if "seconds" in r:
+                data = r["peak_gb"] - r["base_gb"]  # above the interpreter and libraries
+                print(f"| {r['step']} | {what[r['step']]} | {r['seconds']:.2f} | {r['peak_gb']:.2f} | {data:.2f} | "
+                      f"{r['arrays_gb']:.2f} | {data / r['arrays_gb']:.1f} |")
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

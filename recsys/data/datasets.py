@@ -374,19 +374,22 @@ def prepare_split(src: Source, split: Mapping, summary: Mapping) -> SplitRatings
     them (DDP ranks on a node hold one copy, not one each) and loaded lazily; a process that writes to one gets a
     private copy of that page, never a changed file. Without a parse cache (``data.cache=false``), in memory.
     """
-    def compute() -> SplitRatings:
-        data = prepare(src)
+    def cut(data: Ratings) -> tuple[tuple[np.ndarray, ...], dict, dict]:
         index = split_indices(data.frame(original_ids=False), **split)
-        columns = (data.users, data.items, data.ratings)
-        parts = {name: tuple(c[ix].astype(dtype) for c, (_, dtype) in zip(columns, SPLIT_COLUMNS))
-                 for name, ix in zip(SPLIT_PARTS, index)}
         record = {"source": data.source, "source_sha256": data.source_sha256, "rows_read": data.rows_read,
                   "duplicates_dropped": data.duplicates_dropped, "encoding": data.encoding, "filters": data.filters}
-        return SplitRatings(parts, data.user_ids, data.item_ids, record, summarize(data, index, **summary))
+        return index, record, summarize(data, index, **summary)
+
+    def in_memory(data: Ratings, index, record: dict, summary_: dict) -> SplitRatings:
+        parts: dict = {}
+        for name, _, values in _split_columns(data, index):
+            parts[name] = (*parts.get(name, ()), values)
+        return SplitRatings(parts, data.user_ids, data.item_ids, record, summary_)
 
     source, key, _ = _plan(src)
     if key is None:
-        return compute()
+        data = prepare(src)
+        return in_memory(data, *cut(data))
     folder = _cache_folder(src)
     key = hashlib.sha256(json.dumps([key, dict(split), dict(summary)], sort_keys=True).encode()).hexdigest()[:20]
     cached = folder / f"split-{key}"
@@ -397,27 +400,37 @@ def prepare_split(src: Source, split: Mapping, summary: Mapping) -> SplitRatings
             except (OSError, ValueError, KeyError) as err:
                 log.warning("split cache %s is unreadable (%s); splitting again", cached, err)
                 shutil.rmtree(cached, ignore_errors=True)
-        split_data = compute()
-        try:
-            _save_split(split_data, cached)
+        data = prepare(src)
+        index, record, summary_ = cut(data)
+        try:  # each column written as it is cut, then dropped: the parts are never all in memory at once
+            _save_split(cached, _split_columns(data, index), data.user_ids, data.item_ids, record, summary_)
         except OSError as err:  # a read-only cache folder costs only memory
             log.warning("split cache %s not written (%s); the arrays stay in memory", cached, err)
-            return split_data
+            return in_memory(data, index, record, summary_)
+        del data, index
         return _load_split(cached, source)
 
 
-def _save_split(data: SplitRatings, dest: Path) -> None:
+def _split_columns(data: Ratings, index: tuple[np.ndarray, ...]):
+    """(part, column, values) of each part's columns, one at a time."""
+    columns = (data.users, data.items, data.ratings)
+    for name, ix in zip(SPLIT_PARTS, index):
+        for (column, dtype), values in zip(SPLIT_COLUMNS, columns):
+            yield name, column, values[ix].astype(dtype, copy=False)
+
+
+def _save_split(dest: Path, columns, user_ids: np.ndarray, item_ids: np.ndarray, record: dict,
+                summary: dict) -> None:
     tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        for name, part in data.parts.items():
-            for (column, _), values in zip(SPLIT_COLUMNS, part):
-                np.save(tmp / f"{name}.{column}.npy", values)
-        for key, ids in (("user_ids", data.user_ids), ("item_ids", data.item_ids)):
+        for name, column, values in columns:
+            np.save(tmp / f"{name}.{column}.npy", values)
+            del values
+        for key, ids in (("user_ids", user_ids), ("item_ids", item_ids)):
             np.save(tmp / f"{key}.npy", ids.astype(str) if ids.dtype == object else ids, allow_pickle=False)
-        (tmp / "meta.json").write_text(json.dumps({"record": data.record, "summary": data.summary,
-                                                   "version": CACHE_VERSION}))
+        (tmp / "meta.json").write_text(json.dumps({"record": record, "summary": summary, "version": CACHE_VERSION}))
         os.replace(tmp, dest)  # the folder appears whole or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

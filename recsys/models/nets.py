@@ -102,7 +102,7 @@ class Bilinear(nn.Module):
         """
         c = 1.0 / max(len(users), 1)
         p, q = self.user.weight.index_select(0, users), self.item.weight.index_select(0, items)
-        score = (p * q).sum(1)
+        score = torch.bmm(p.unsqueeze(1), q.unsqueeze(2)).view(-1)  # the rows' dot products: no B × d temporary
         if self.user_bias is not None:
             bu = self.user_bias.weight.index_select(0, users).squeeze(1)
             bi = self.item_bias.weight.index_select(0, items).squeeze(1)
