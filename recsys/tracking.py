@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -194,6 +195,20 @@ class PacedCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
         self._saved_at = time.perf_counter()
         self._save_seconds = self._saved_at - start
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written straight to a temporary file beside their path and renamed into place
+    (:func:`recsys.io.atomic_file`): as atomic as Lightning's own save, without first serializing the whole
+    checkpoint into memory (a second copy of every table, and a second pass over it)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        import torch
+
+        with atomic_file(path) as out:
+            torch.save(checkpoint, out)
 
 
 def save_learning_curve(rows: list[dict], path: Path, title: str = "") -> Path | None:

@@ -133,6 +133,7 @@ def train(cfg: DictConfig) -> dict:
             callbacks, bar = [c for c in callbacks if not isinstance(c, ProgressBar)], False
             callbacks += [tracking.EpochLines()] if progress == "epoch" else []
         trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                         plugins=[tracking.AtomicCheckpointIO()],
                                          enable_progress_bar=bar and cfg.trainer.get("enable_progress_bar", True))
         phase = "data"
         # the model is sized by the data: read and split first (downloads once: a file lock serializes ranks)
@@ -313,7 +314,8 @@ def _refit(cfg: DictConfig, datamodule, chosen: dict, out: Path):
     clock = tracking.RunClock()
     last = ModelCheckpoint(dirpath=out / "checkpoints", filename="refit", monitor=None, save_top_k=1,
                            enable_version_counter=False)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[clock, last], max_epochs=int(chosen["epochs"]),
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[clock, last], plugins=[tracking.AtomicCheckpointIO()],
+                          max_epochs=int(chosen["epochs"]),
                           min_epochs=None, limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
                           enable_model_summary=False)
     ckpt = out / "checkpoints" / "refit.ckpt"
