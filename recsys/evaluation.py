@@ -87,10 +87,9 @@ class BoundedTop:
     are at most the smaller of ``max_{j' ≥ j}(ic + x·‖iv‖)`` (x the largest norm of the user's chunk) and
     ``max_{j' ≥ j} ic + ‖uv_u‖·max_{j' ≥ j} ‖iv‖``. Blocks of growing size are scored (one matrix product of
     ``[uv, 1]`` and ``[iv, ic]``) for the users still open, and each block's top-k merged into theirs; a user is
-    closed once that bound (with a margin for float rounding) is below its
-    k-th best. On a long-tail catalogue
-    most items have small factors and biases and are never scored; where the bound never bites, every item is
-    scored in a few blocks, as the dense path would.
+    closed once that bound (with a margin for float rounding) is below its k-th best. Where most items have small
+    factors and biases (a young model on a long-tail catalogue) most are never scored; where the bound never bites
+    (high-dimensional factors of similar norms), every item is scored in a few blocks, as the dense path would.
     """
 
     FIRST_BLOCK = 4096
