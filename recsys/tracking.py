@@ -181,14 +181,21 @@ class PacedCheckpoint(ModelCheckpoint):
         self._saved_at: float | None = None  # when the last save ended
         self._save_seconds = 0.0
 
-    def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
-        if super()._should_skip_saving_checkpoint(trainer):
-            return True
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._paced(trainer, super().on_train_epoch_end, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._paced(trainer, super().on_validation_end, pl_module)
+
+    def _paced(self, trainer: L.Trainer, save, pl_module: L.LightningModule) -> None:
+        """Lightning's epoch-end save, unless it is too soon (decided once per epoch end, on rank 0)."""
         ending = trainer.should_stop or (trainer.max_epochs is not None and trainer.max_epochs >= 0
                                          and trainer.current_epoch + 1 >= trainer.max_epochs)
         wait = self._save_seconds * (1 / self.max_overhead - 1) if self._save_seconds >= self.ALWAYS_BELOW_S else 0.0
         early = not ending and self._saved_at is not None and time.perf_counter() - self._saved_at < wait
-        return bool(trainer.strategy.broadcast(early, src=0))
+        if not trainer.sanity_checking and bool(trainer.strategy.broadcast(early, src=0)):
+            return
+        save(trainer, pl_module)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         start = time.perf_counter()
