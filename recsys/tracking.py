@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
@@ -181,11 +182,15 @@ class PacedCheckpoint(ModelCheckpoint):
         self._saved_at: float | None = None  # when the last save ended
         self._save_seconds = 0.0
 
+    # Lightning saves in one of the two hooks (at the training epoch's end when validation runs every epoch):
+    # only that one is paced, so the ranks agree once per epoch
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._paced(trainer, super().on_train_epoch_end, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._paced(trainer, super().on_train_epoch_end, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._paced(trainer, super().on_validation_end, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._paced(trainer, super().on_validation_end, pl_module)
 
     def _paced(self, trainer: L.Trainer, save, pl_module: L.LightningModule) -> None:
         """Lightning's epoch-end save, unless it is too soon (decided once per epoch end, on rank 0)."""
@@ -212,8 +217,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        import torch
-
         with atomic_file(path) as out:
             torch.save(checkpoint, out)
 
