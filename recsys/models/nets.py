@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from recsys.data.interactions import CSR, csr_entries
-from recsys.solvers.sparse import RowIndex, row_gradient
+from recsys.solvers import native
+from recsys.solvers.sparse import RowIndex, row_gradient, set_row_gradient
 
 
 class Bilinear(nn.Module):
@@ -101,8 +102,14 @@ class Bilinear(nn.Module):
         gradient to every row, as PMF's prior).
         """
         c = 1.0 / max(len(users), 1)
-        p, q = self.user.weight.index_select(0, users), self.item.weight.index_select(0, items)
-        score = torch.bmm(p.unsqueeze(1), q.unsqueeze(2)).view(-1)  # the rows' dot products: no B × d temporary
+        P, Q = self.user.weight, self.item.weight
+        # CPU float32 tables: the dot products and the rows' gradients in one pass each (recsys.solvers.native)
+        fused = sparse and P.shape[1] > 0 and P.dtype == Q.dtype == torch.float32 and native.serves(P, Q, users, items)
+        if fused:
+            score, sq_p, sq_q = native.dot_rows(P, Q, users, items)
+        else:
+            p, q = P.index_select(0, users), Q.index_select(0, items)
+            score = torch.bmm(p.unsqueeze(1), q.unsqueeze(2)).view(-1)  # the rows' dot products: no B × d temporary
         if self.user_bias is not None:
             bu = self.user_bias.weight.index_select(0, users).squeeze(1)
             bi = self.item_bias.weight.index_select(0, items).squeeze(1)
@@ -112,7 +119,13 @@ class Bilinear(nn.Module):
         # each side's distinct rows found once, shared by its factor and bias tables (None: dense gradients)
         user_rows = self._rows[0](users, self.user.num_embeddings) if sparse else None
         item_rows = self._rows[1](items, self.item.num_embeddings) if sparse else None
-        if p.shape[1]:  # d·q + 2λc·p: one broadcast product, one in-place add (two passes, not three)
+        if fused:
+            grad_p, grad_q = native.accumulate_rows(P, Q, users, items, d_score, 2 * reg * c, user_rows[1],
+                                                    item_rows[1], len(user_rows[0]), len(item_rows[0]))
+            set_row_gradient(self.user.weight, user_rows[0], grad_p)
+            set_row_gradient(self.item.weight, item_rows[0], grad_q)
+            loss = loss + reg * c * (sq_p + sq_q)
+        elif P.shape[1]:  # d·q + 2λc·p: one broadcast product, one in-place add (two passes, not three)
             _write(self.user, users, user_rows, torch.mul(q, d).add_(p, alpha=2 * reg * c))
             _write(self.item, items, item_rows, torch.mul(p, d).add_(q, alpha=2 * reg * c))
             loss = loss + reg * c * (_sq(p) + _sq(q))

@@ -22,6 +22,8 @@ of rows. Dense Adam moves every row at every step: its cost grows with the table
 
   A dense gradient (autograd on a model's ``objective``) is taken too: its rows with a non-zero gradient are the
   batch's rows, so the semantics are the same whichever way a model writes its gradient.
+  On CPU the float32 tables take :mod:`recsys.solvers.native`'s kernels (RowAdam's update and Bilinear's
+  gradients in one pass over the rows each); elsewhere these torch index operations.
 - :func:`takes_sparse_gradients` names the optimizers that take sparse gradients; for any other (torch's Adam)
   the gradient solver makes them dense first, the old cost and the old semantics.
 - Under DDP (:func:`all_reduce_rows`) ranks exchange their rows and values (an all-gather) and sum them, or
@@ -34,21 +36,30 @@ from __future__ import annotations
 
 import torch
 
+from recsys.solvers import native
+
 
 class RowIndex:
     """The distinct rows of a batch's indices into a table of ``n`` rows (sorted) and each index's position among
     them, as ``torch.unique(index, return_inverse=True)`` gives them, at a cost that does not grow with the table:
     a sort where the table is large beside the batch (n > 32·batch), else marks in a kept buffer of n flags and
-    a scan of them (O(batch + n) with n ≤ 32·batch; on CPU 10× faster than the sort at ml-1m's shape)."""
+    a scan of them (O(batch + n) with n ≤ 32·batch; on CPU 10× faster than the sort at ml-1m's shape). On CPU
+    with the native kernels, marks in a bitmap of n bits (O(batch + n/64), for n ≤ 1024·batch)."""
 
     def __init__(self) -> None:
         self._mark: torch.Tensor | None = None
         self._pos: torch.Tensor | None = None
 
     def __call__(self, index: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if n <= 1024 * len(index) and native.serves(index):  # a bitmap of n bits, scanned once: no sort
+            if self._mark is None or len(self._pos) != n or self._mark.dtype != torch.int64:
+                self._mark = torch.zeros((n + 63) // 64, dtype=torch.int64)
+                self._pos = torch.empty(n, dtype=torch.long)
+            return native.unique_rows(index, n, self._mark, self._pos)
         if n > 32 * len(index):
             return torch.unique(index, return_inverse=True)
-        if self._mark is None or len(self._mark) != n or self._mark.device != index.device:
+        if self._mark is None or len(self._mark) != n or self._mark.dtype != torch.bool or \
+                self._mark.device != index.device:
             self._mark = torch.zeros(n, dtype=torch.bool, device=index.device)
             self._pos = torch.empty(n, dtype=torch.long, device=index.device)
         self._mark.index_fill_(0, index, True)
@@ -62,7 +73,12 @@ def row_gradient(weight: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor, i
     """Set ``weight.grad`` to the row-sparse gradient where row ``rows[inverse[b]]`` receives ``grad[b]`` (summed
     over repeats): a coalesced sparse COO tensor with one entry per distinct row (``RowIndex`` gives ``rows`` and
     ``inverse``)."""
-    values = grad.new_zeros((len(rows), *grad.shape[1:])).index_add_(0, inverse, grad)
+    set_row_gradient(weight, rows, grad.new_zeros((len(rows), *grad.shape[1:])).index_add_(0, inverse, grad))
+
+
+def set_row_gradient(weight: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """Set ``weight.grad`` to the coalesced sparse COO gradient with ``values[j]`` at row ``rows[j]`` (``rows``
+    distinct and sorted, as ``RowIndex`` gives them)."""
     weight.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, weight.shape, is_coalesced=True,
                                           check_invariants=False)
 
@@ -123,6 +139,9 @@ class RowAdam(_RowOptimizer):
             state["steps"] = torch.zeros(len(weight), device=weight.device, dtype=weight.dtype)
         (b1, b2), lr, eps, wd = group["betas"], group["lr"], group["eps"], group["weight_decay"]
         moments, steps = state["moments"], state["steps"]
+        if weight.dtype == torch.float32 and native.serves(weight, moments, steps, rows, grad):
+            native.adam_rows(weight, moments, steps, rows, grad, lr, (b1, b2), eps, wd)  # the same update, one pass
+            return
         if wd:
             grad = grad.add(weight.index_select(0, rows), alpha=wd)
         mv = moments.index_select(0, rows)

@@ -1,0 +1,170 @@
+/* Native CPU kernels of the row-sparse gradient step (recsys/solvers/native.py compiles and loads them).
+ *
+ * The torch path of a step is a chain of index_select / index_add_ / index_copy_ calls, each a pass over the
+ * batch's rows with its own temporaries; on a wide table every pass misses the cache again. Each kernel here is
+ * one pass that touches a row once, prefetching the rows PF entries ahead. Same math as the torch path
+ * (recsys/models/nets.py Bilinear.gradients, recsys/solvers/sparse.py RowAdam); only the order of float
+ * additions differs. Tables are row-major float32, indices int64; single-threaded. Each kernel first checks every
+ * index against its table's rows and returns the position of the first one out of range (-1: all in range). */
+#include <math.h>
+#include <stdint.h>
+
+#define PF 8 /* rows prefetched ahead */
+
+/* Denormal floats (below 1.2e-38: the moments of rows whose gradients have died away) are flushed to zero inside
+ * the kernels, as GPUs do by default: on x86 each operation on one costs about a hundred normal ones, and a
+ * trained model's epochs would slow by half. The caller's floating-point mode is restored on return. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define FLUSH_DENORMALS const unsigned int saved_csr = _mm_getcsr(); _mm_setcsr(saved_csr | 0x8040u);
+#define RESTORE_MODE _mm_setcsr(saved_csr);
+#else
+#define FLUSH_DENORMALS
+#define RESTORE_MODE
+#endif
+
+static inline void prefetch_row(const float *row, int64_t k, int write) {
+    const char *p = (const char *)row;
+    for (int64_t o = 0; o < k * (int64_t)sizeof(float); o += 64) {
+        if (write) __builtin_prefetch(p + o, 1);
+        else __builtin_prefetch(p + o, 0);
+    }
+}
+
+static int64_t out_of_range(const int64_t *index, int64_t B, int64_t n) {
+    for (int64_t b = 0; b < B; b++)
+        if (index[b] < 0 || index[b] >= n) return b;
+    return -1;
+}
+
+/* The distinct values of index[0..B) (each in [0, n)), sorted, into rows[0..*count), and each entry's position
+ * among them into pos: torch.unique(index, return_inverse=True) by marks in a bitmap of n bits (zero on entry and
+ * on return) and a scan of its words, no sort. slot (n entries) is scratch. */
+int64_t rows_unique(const int64_t *index, int64_t B, int64_t n, uint64_t *bits, int64_t *slot, int64_t *rows,
+                    int64_t *pos, int64_t *count) {
+    const int64_t bad = out_of_range(index, B, n);
+    if (bad >= 0) return bad;
+    for (int64_t b = 0; b < B; b++) bits[index[b] >> 6] |= (uint64_t)1 << (index[b] & 63);
+    int64_t R = 0;
+    for (int64_t w = 0; w < (n + 63) / 64; w++) {
+        uint64_t word = bits[w];
+        if (!word) continue;
+        bits[w] = 0;
+        while (word) {
+            const int64_t row = w * 64 + __builtin_ctzll(word);
+            slot[row] = R;
+            rows[R++] = row;
+            word &= word - 1;
+        }
+    }
+    for (int64_t b = 0; b < B; b++) pos[b] = slot[index[b]];
+    *count = R;
+    return -1;
+}
+
+/* score[b] = <P[u[b]], Q[i[b]]>; sq[0] = sum_b |P[u[b]]|^2, sq[1] = sum_b |Q[i[b]]|^2 (the ridge's loss terms) */
+int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const int64_t *u, const int64_t *it,
+                 int64_t B, int64_t k, float *score, double *sq) {
+    int64_t bad = out_of_range(u, B, nu);
+    if (bad >= 0) return bad;
+    if ((bad = out_of_range(it, B, ni)) >= 0) return bad;
+    FLUSH_DENORMALS
+    double sp = 0, sq_ = 0;
+    for (int64_t b = 0; b < B; b++) {
+        if (b + PF < B) {
+            prefetch_row(P + u[b + PF] * k, k, 0);
+            prefetch_row(Q + it[b + PF] * k, k, 0);
+        }
+        const float *p = P + u[b] * k, *q = Q + it[b] * k;
+        float d[8] = {0}, pp[8] = {0}, qq[8] = {0};
+        int64_t j = 0;
+        for (; j + 8 <= k; j += 8)
+            for (int l = 0; l < 8; l++) {
+                d[l] += p[j + l] * q[j + l];
+                pp[l] += p[j + l] * p[j + l];
+                qq[l] += q[j + l] * q[j + l];
+            }
+        for (; j < k; j++) {
+            d[0] += p[j] * q[j];
+            pp[0] += p[j] * p[j];
+            qq[0] += q[j] * q[j];
+        }
+        float s = 0, a = 0, c = 0;
+        for (int l = 0; l < 8; l++) {
+            s += d[l];
+            a += pp[l];
+            c += qq[l];
+        }
+        score[b] = s;
+        sp += a;
+        sq_ += c;
+    }
+    sq[0] = sp;
+    sq[1] = sq_;
+    RESTORE_MODE
+    return -1;
+}
+
+/* The factor tables' row gradients, summed per distinct row:
+ *   GU[iu[b]] += d[b] * Q[i[b]] + a * P[u[b]],   GQ[ii[b]] += d[b] * P[u[b]] + a * Q[i[b]]
+ * (iu, ii: each rating's position among its side's distinct rows; GU, GQ zeroed by the caller). */
+int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, const int64_t *u, const int64_t *it,
+                        const float *d, int64_t B, int64_t k, float a, const int64_t *iu, int64_t ru,
+                        const int64_t *ii, int64_t ri, float *GU, float *GQ) {
+    int64_t bad;
+    if ((bad = out_of_range(u, B, nu)) >= 0 || (bad = out_of_range(it, B, ni)) >= 0 ||
+        (bad = out_of_range(iu, B, ru)) >= 0 || (bad = out_of_range(ii, B, ri)) >= 0)
+        return bad;
+    FLUSH_DENORMALS
+    for (int64_t b = 0; b < B; b++) {
+        if (b + PF < B) {
+            prefetch_row(P + u[b + PF] * k, k, 0);
+            prefetch_row(Q + it[b + PF] * k, k, 0);
+        }
+        const float *p = P + u[b] * k, *q = Q + it[b] * k;
+        float *gu = GU + iu[b] * k, *gq = GQ + ii[b] * k;
+        const float db = d[b];
+        for (int64_t j = 0; j < k; j++) {
+            const float pj = p[j], qj = q[j];
+            gu[j] += db * qj + a * pj;
+            gq[j] += db * pj + a * qj;
+        }
+    }
+    RESTORE_MODE
+    return -1;
+}
+
+/* Lazy Adam with per-row step counts, in place, for the R distinct rows `rows` with summed gradients G (R x k):
+ * g <- G[r] + wd * w;  m <- m + (1 - b1)(g - m);  v <- b2 v + (1 - b2) g^2;  t <- t + 1;
+ * w <- w - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps).   M holds m and v of a row side by side (n x 2 x k),
+ * S the rows' step counts. */
+int64_t rows_adam(float *W, int64_t n, float *M, float *S, const int64_t *rows, const float *G, int64_t R, int64_t k,
+                  float lr, float b1, float b2, float eps, float wd) {
+    const int64_t bad = out_of_range(rows, R, n);
+    if (bad >= 0) return bad;
+    FLUSH_DENORMALS
+    for (int64_t r = 0; r < R; r++) {
+        if (r + PF < R) {
+            const int64_t ahead = rows[r + PF];
+            prefetch_row(M + ahead * 2 * k, 2 * k, 1);
+            prefetch_row(W + ahead * k, k, 1);
+            __builtin_prefetch(S + ahead, 1);
+        }
+        const int64_t row = rows[r];
+        float *w = W + row * k, *m = M + row * 2 * k, *v = m + k;
+        const float *g = G + r * k;
+        const float t = S[row] + 1.0f;
+        S[row] = t;
+        const float step = lr / (1.0f - powf(b1, t)), correction = 1.0f - powf(b2, t);
+        for (int64_t j = 0; j < k; j++) {
+            const float gj = g[j] + wd * w[j];
+            const float mj = m[j] + (1.0f - b1) * (gj - m[j]);
+            const float vj = b2 * v[j] + (1.0f - b2) * gj * gj;
+            m[j] = mj;
+            v[j] = vj;
+            w[j] -= step * mj / (sqrtf(vj / correction) + eps);
+        }
+    }
+    RESTORE_MODE
+    return -1;
+}

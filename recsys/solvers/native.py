@@ -1,0 +1,163 @@
+"""Native CPU kernels of the row-sparse gradient step, compiled on first use and called through ctypes.
+
+A step of the gradient solver on CPU is otherwise a chain of torch index operations over the batch's rows
+(``index_select``, ``index_add_``, ``index_copy_`` and a dozen element-wise passes), each touching the rows again;
+on a wide table (hundreds of thousands of rows, megabytes beyond the cache) every pass misses the cache again. The
+kernels in ``native.c`` do each part in one pass that prefetches the rows ahead:
+
+- :func:`unique_rows`: the batch's distinct rows (sorted) and each rating's position among them, by a bitmap;
+- :func:`dot_rows`: the batch's dot products p_uᵀq_i straight from the tables, with Σ‖p_u‖² and Σ‖q_i‖²;
+- :func:`accumulate_rows`: each distinct row's summed gradient d·q + a·p (and d·p + a·q), no B × k temporaries;
+- :func:`adam_rows`: :class:`recsys.solvers.sparse.RowAdam`'s update of those rows, in place.
+
+The math is the torch path's (tests hold them equal to float tolerance; only the order of additions differs). They
+serve float32 CPU tensors; CUDA tensors, other dtypes and machines without a C compiler take the torch path. The
+library is built once per source version with the machine's C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
+into ``$RECSYS_NATIVE_CACHE`` (default ``~/.cache/recsys/native``), written atomically (DDP ranks building at once
+are safe), and loaded with ctypes; no build step at install time. ``RECSYS_NATIVE=0`` turns the kernels off;
+a failed build logs one warning and falls back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native.c")
+FLAGS = ("-O3", "-fno-math-errno", "-shared", "-fPIC")  # -O3 vectorizes the row loops; sqrtf needs no errno
+OFF = ("0", "false", "off", "no")
+
+_state: dict = {}
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("RECSYS_NATIVE_CACHE", "~/.cache/recsys/native")).expanduser()
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    raise RuntimeError("no C compiler found (set $CC, or install cc, gcc or clang)")
+
+
+def build() -> Path:
+    """The compiled library's path, building it first where this source version has none yet."""
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(FLAGS).encode() + platform.machine().encode()).hexdigest()[:16]
+    path = _cache_dir() / f"rows-{key}.so"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([_compiler(), *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, path)  # atomic: a reader sees no file or the whole library
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _load() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(build()))
+    p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    lib.rows_dot.argtypes = [p, i64, p, i64, p, p, i64, i64, p, p]
+    lib.rows_accumulate.argtypes = [p, i64, p, i64, p, p, p, i64, i64, f32, p, i64, p, i64, p, p]
+    lib.rows_adam.argtypes = [p, i64, p, p, p, p, i64, i64, f32, f32, f32, f32, f32]
+    lib.rows_unique.argtypes = [p, i64, i64, p, p, p, p, p]
+    for fn in (lib.rows_dot, lib.rows_accumulate, lib.rows_adam, lib.rows_unique):
+        fn.restype = i64  # -1, or the position of the first index out of its table's range
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None where they are off (``RECSYS_NATIVE=0``) or cannot be built (one warning)."""
+    if os.environ.get("RECSYS_NATIVE", "1").lower() in OFF:
+        return None
+    if "lib" not in _state:
+        try:
+            _state["lib"] = _load()
+        except Exception as err:  # noqa: BLE001 - any failure to build or load means the torch path
+            log.warning("native CPU kernels unavailable, using the torch path (slower on wide tables): %s", err)
+            _state["lib"] = None
+    return _state["lib"]
+
+
+def serves(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels take these tensors: on CPU, contiguous, float32 tables and int64 indices, and the
+    library is available."""
+    for t in tensors:
+        if t.device.type != "cpu" or not t.is_contiguous() or t.dtype not in (torch.float32, torch.int64):
+            return False
+    return library() is not None
+
+
+def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _checked(bad: int, what: str, *indices: torch.Tensor) -> None:
+    """The kernels check every index before touching a row; raise as torch's index operations do."""
+    if bad >= 0:
+        raise IndexError(f"{what}: index out of range at batch position {bad} "
+                         f"(values there: {[int(t[bad]) for t in indices if bad < len(t)]})")
+
+
+def unique_rows(index: torch.Tensor, n: int, bits: torch.Tensor, slot: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(index, return_inverse=True)`` for indices into ``n`` rows, by a bitmap: ``bits`` holds
+    ⌈n/64⌉ int64 words, all zero (and left so), ``slot`` n int64 of scratch."""
+    rows, pos = torch.empty_like(index), torch.empty_like(index)
+    count = torch.zeros(1, dtype=torch.int64)
+    _checked(library().rows_unique(_ptr(index), len(index), n, _ptr(bits), _ptr(slot), _ptr(rows), _ptr(pos),
+                                   _ptr(count)), "row", index)
+    return rows[:int(count)], pos
+
+
+def dot_rows(P: torch.Tensor, Q: torch.Tensor, users: torch.Tensor, items: torch.Tensor
+             ) -> tuple[torch.Tensor, float, float]:
+    """(p_uᵀq_i for each rating, Σ_b ‖p_u‖², Σ_b ‖q_i‖²) over the batch, reading the rows from the tables."""
+    score = torch.empty(len(users), dtype=P.dtype)
+    sq = torch.zeros(2, dtype=torch.float64)
+    _checked(library().rows_dot(_ptr(P), len(P), _ptr(Q), len(Q), _ptr(users), _ptr(items), len(users), P.shape[1],
+                                _ptr(score), _ptr(sq)), "user or item", users, items)
+    return score, float(sq[0]), float(sq[1])
+
+
+def accumulate_rows(P: torch.Tensor, Q: torch.Tensor, users: torch.Tensor, items: torch.Tensor, d: torch.Tensor,
+                    a: float, user_pos: torch.Tensor, item_pos: torch.Tensor, num_user_rows: int,
+                    num_item_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each distinct row's summed gradient: user row ``user_pos[b]`` gets d_b·q_i + a·p_u, item row ``item_pos[b]``
+    gets d_b·p_u + a·q_i (positions as :class:`recsys.solvers.sparse.RowIndex` gives them)."""
+    k = P.shape[1]
+    grad_users, grad_items = P.new_zeros((num_user_rows, k)), Q.new_zeros((num_item_rows, k))
+    d = d.contiguous()
+    _checked(library().rows_accumulate(_ptr(P), len(P), _ptr(Q), len(Q), _ptr(users), _ptr(items), _ptr(d),
+                                       len(users), k, a, _ptr(user_pos), num_user_rows, _ptr(item_pos),
+                                       num_item_rows, _ptr(grad_users), _ptr(grad_items)),
+             "user, item or row position", users, items, user_pos, item_pos)
+    return grad_users, grad_items
+
+
+def adam_rows(weight: torch.Tensor, moments: torch.Tensor, steps: torch.Tensor, rows: torch.Tensor,
+              grad: torch.Tensor, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    """:class:`recsys.solvers.sparse.RowAdam`'s update of ``rows`` (distinct) in place."""
+    grad = grad.contiguous()
+    _checked(library().rows_adam(_ptr(weight), len(weight), _ptr(moments), _ptr(steps), _ptr(rows), _ptr(grad),
+                                 len(rows), weight[0].numel() if len(weight) else 0, lr, betas[0], betas[1], eps,
+                                 weight_decay), "row", rows)

@@ -1,0 +1,127 @@
+"""The native CPU kernels (recsys/solvers/native.c): they build here, and a step through them is the torch path's
+step (distinct rows, dot products, summed row gradients, lazy Adam) to float tolerance."""
+
+import logging
+
+import pytest
+import torch
+from conftest import fake_facts
+
+from recsys.models.baseline import Baseline
+from recsys.models.mf import BiasedMF
+from recsys.solvers import native
+from recsys.solvers.gradient import Gradient
+from recsys.solvers.sparse import RowIndex
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """The torch path: the kernels switched off as a user would (RECSYS_NATIVE=0)."""
+    monkeypatch.setenv("RECSYS_NATIVE", "0")
+
+
+def test_the_kernels_build_here():
+    assert native.library() is not None, "native.c did not build (see the warning above)"
+    assert native.serves(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long))
+    assert not native.serves(torch.zeros(2, 2, dtype=torch.float64))  # other dtypes take the torch path
+    assert not native.serves(torch.zeros(2, 4)[:, ::2])  # so do strided views
+
+
+@pytest.mark.parametrize("n,batch", [(10, 40), (5000, 40), (200_000, 100), (64, 64), (65, 1)])
+def test_the_bitmap_gives_what_unique_gives(n, batch):
+    finder = RowIndex()
+    for seed in range(3):
+        index = torch.randint(0, n, (batch,), generator=torch.Generator().manual_seed(seed))
+        index[0] = n - 1  # the last row: the bitmap's last word
+        rows, inverse = finder(index, n)
+        want_rows, want_inverse = torch.unique(index, return_inverse=True)
+        assert torch.equal(rows, want_rows) and torch.equal(inverse, want_inverse)
+
+
+def _data(num_users=300, num_items=500, n=4000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    users = torch.randint(0, num_users, (n,), generator=g)
+    items = (torch.rand(n, generator=g) ** 2 * num_items).long()  # skewed: repeated item rows in a batch
+    ratings = torch.randint(1, 6, (n,), generator=g).float()
+    return users, items, ratings
+
+
+def _train(model_cls, steps, batch=512, **kwargs):
+    users, items, ratings = _data()
+    torch.manual_seed(0)
+    kwargs = {"dim": 16, **kwargs} if model_cls is BiasedMF else kwargs
+    model = model_cls(data=fake_facts(300, 500, len(ratings), float(ratings.mean())), **kwargs)
+    solver, opt = Gradient(), model.configure_optimizers()
+    losses = []
+    for step in range(steps):
+        lo = step * batch % len(ratings)
+        losses.append(float(solver.step(model, opt, (users[lo:lo + batch], items[lo:lo + batch],
+                                                     ratings[lo:lo + batch]))))
+    return model, opt, losses
+
+
+def _state(model, opt):
+    return {**{k: v.detach().clone() for k, v in model.state_dict().items()},
+            **{f"{i}.{k}": v.clone() for i, s in enumerate(opt.state.values()) for k, v in s.items()}}
+
+
+@pytest.mark.parametrize("model_cls,kwargs", [
+    (BiasedMF, {"reg": 0.05, "reg_bias": 0.01}),
+    (BiasedMF, {"reg": 0.0, "use_bias": False, "optimizer": {"_target_": "recsys.solvers.sparse.RowAdam",
+                                                            "lr": 0.01, "weight_decay": 0.1}}),
+    (Baseline, {"optimizer": {"_target_": "recsys.solvers.sparse.RowAdam", "lr": 0.01}}),  # bias tables only
+])
+def test_a_native_step_is_the_torch_step(model_cls, kwargs, monkeypatch):
+    fast, fast_opt, fast_losses = _train(model_cls, 30, **kwargs)
+    monkeypatch.setenv("RECSYS_NATIVE", "0")
+    slow, slow_opt, slow_losses = _train(model_cls, 30, **kwargs)
+    assert fast_losses == pytest.approx(slow_losses, rel=1e-5)
+    a, b = _state(fast, fast_opt), _state(slow, slow_opt)
+    assert a.keys() == b.keys() and len(fast_opt.state) == sum(p.numel() > 0 for p in fast.parameters())
+    for key in (k for k in a if a[k].numel()):  # weights, both moments and the per-row step counts, to 0.1% of each one's scale: Adam's
+        # normalized steps magnify float rounding where a gradient is near zero; a missing term moves by lr a step
+        assert (a[key].float() - b[key].float()).abs().max() <= 1e-3 * b[key].float().abs().max() + 1e-9, key
+    assert fast_losses[-1] < fast_losses[0]
+
+
+def test_an_index_out_of_range_raises_instead_of_reading_past_the_table():
+    model = BiasedMF(data=fake_facts(10, 8, 100, 3.0), dim=4)
+    users, items = torch.tensor([1, 2, 10]), torch.tensor([0, 1, 2])
+    with pytest.raises(IndexError, match="out of range at batch position 2"):
+        model.gradients(users, items, torch.ones(3))
+    with pytest.raises(IndexError, match="out of range"):
+        RowIndex()(torch.tensor([3, -1]), 8)
+
+
+def test_the_library_is_built_once_per_source_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECSYS_NATIVE_CACHE", str(tmp_path))
+    path = native.build()
+    assert path.parent == tmp_path and path.stat().st_size > 0
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left beside it
+    stamp = path.stat().st_mtime_ns
+    assert native.build() == path and path.stat().st_mtime_ns == stamp  # found, not rebuilt
+
+
+def test_without_a_compiler_the_torch_path_serves_with_one_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("RECSYS_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails
+    monkeypatch.setenv("PATH", "/nonexistent")  # and no cc, gcc or clang to find
+    monkeypatch.setattr(native, "_state", {})
+    with caplog.at_level(logging.WARNING, logger="recsys.solvers.native"):
+        assert native.library() is None and native.library() is None
+    assert len(caplog.records) == 1 and "torch path" in caplog.records[0].getMessage()
+    assert not native.serves(torch.zeros(2, 2))
+    _, _, losses = _train(BiasedMF, 5)  # and training goes on, on the torch path
+    assert losses[-1] < losses[0]
+
+
+def test_the_kernels_flush_denormals_inside_and_leave_the_callers_mode_alone():
+    weight, grad = torch.full((3, 4), 1e-20), torch.full((3, 4), 1e-30)  # g² = 1e-60: below float32's denormals
+    denormal = torch.tensor([1e-39])
+    native.adam_rows(weight, torch.zeros(3, 2, 4), torch.zeros(3), torch.tensor([0, 2]), grad[:2], 0.1,
+                     (0.9, 0.999), 1e-8, 0.0)
+    assert (denormal * 1.0).item() != 0  # torch still computes with denormals: the mode was restored
+
+
+def test_switched_off_it_is_not_loaded(torch_path):
+    assert native.library() is None
