@@ -78,8 +78,9 @@ def test_a_native_step_is_the_torch_step(model_cls, kwargs, monkeypatch):
     assert fast_losses == pytest.approx(slow_losses, rel=1e-5)
     a, b = _state(fast, fast_opt), _state(slow, slow_opt)
     assert a.keys() == b.keys() and len(fast_opt.state) == sum(p.numel() > 0 for p in fast.parameters())
-    for key in (k for k in a if a[k].numel()):  # weights, both moments and the per-row step counts, to 0.1% of each one's scale: Adam's
-        # normalized steps magnify float rounding where a gradient is near zero; a missing term moves by lr a step
+    # weights, both moments and the per-row step counts, to 0.1% of each one's scale: Adam's normalized steps
+    # magnify float rounding where a gradient is near zero; a missing term moves a weight by lr a step
+    for key in (k for k in a if a[k].numel()):
         assert (a[key].float() - b[key].float()).abs().max() <= 1e-3 * b[key].float().abs().max() + 1e-9, key
     assert fast_losses[-1] < fast_losses[0]
 
