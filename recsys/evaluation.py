@@ -110,9 +110,20 @@ class BoundedTop:
         self.ic, self.norms = ic[self.order], norms[self.order]
         self.ic_after, self.norms_after = _suffix_max(self.ic), _suffix_max(self.norms)
 
-    def __call__(self, lo: int, hi: int, seen_entries: tuple[torch.Tensor, torch.Tensor], k: int) -> torch.Tensor:
+    def pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``ic + uv·iv`` of pairs (users as rows of the factors, items as the model numbers them): the scores the
+        blocks compare, less each user's constant."""
+        return (self.uv[users] * self.iv[self.position[items]]).sum(1)
+
+    def __call__(self, lo: int, hi: int, seen_entries: tuple[torch.Tensor, torch.Tensor], k: int,
+                 beat: torch.Tensor | None = None) -> torch.Tensor:
         """(hi − lo, k) item indices, best first, for users ``lo:hi`` of the factors (-1 past a user's last unseen
-        item); ``seen_entries``: (row in the chunk, item) pairs left out, as ``Seen.exclude`` leaves them out."""
+        item); ``seen_entries``: (row in the chunk, item) pairs left out, as ``Seen.exclude`` leaves them out.
+
+        ``beat`` (one score a user, as :meth:`pair_scores` gives them): a user is also closed once k items score
+        above its own (by the float margin), its list then being k items that do, not necessarily its best k. The
+        metrics ask only whether a user's relevant items are in its top k: with ``beat`` its best relevant item's
+        score, once k items beat that, none is, whatever the items not yet scored."""
         uv, x, n = self.uv[lo:hi], self.user_norms[lo:hi], len(self.order)
         chunk_bound = _suffix_max(self.ic + x.max() * self.norms)
         which, at = seen_entries[0], self.position[seen_entries[1]]
@@ -136,7 +147,11 @@ class BoundedTop:
             start, block = stop, 4 * block
             if start < n:
                 reach = torch.minimum(chunk_bound[start], self.ic_after[start] + x[open_] * self.norms_after[start])
-                open_ = open_[reach + self.MARGIN * (1 + reach.abs()) >= best_v[open_, -1]]
+                kth = best_v[open_, -1]
+                undecided = reach + self.MARGIN * (1 + reach.abs()) >= kth
+                if beat is not None:  # k items above every relevant one: no relevant item can enter the top k
+                    undecided &= kth <= beat[open_] + self.MARGIN * (1 + beat[open_].abs())
+                open_ = open_[undecided]
         return torch.where(best_i >= 0, self.order[best_i.clamp(min=0)], -1)
 
 
@@ -157,7 +172,7 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
     seen items are set to -inf in place, the top-k found by ``topk`` and looked up among the relevant pairs (no
     dense relevance matrix). Popularity ranks every user by one order, so its top-k is read off that order.
     ``ranking_factors(users)`` (a model's, where it has them): the top-k comes from :class:`BoundedTop` instead of
-    scoring every item.
+    scoring every item, each user closed as soon as its top-k is known or k items beat all its relevant ones.
     """
     totals: dict[str, torch.Tensor] = {}
     mine = torch.unique(users)[rank::world].contiguous()  # each user on one rank
@@ -175,8 +190,9 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
     for lo in range(0, len(mine), step):
         rows = mine[lo:lo + step].to(device)
         n_rel = n_rel_all[lo:lo + step].to(device)
-        if bounded is not None:
-            top = {"": bounded(lo, lo + len(rows), seen.entries(rows), k_max)}
+        if bounded is not None:  # closing each user once k items beat its best relevant item
+            top = {"": bounded(lo, lo + len(rows), seen.entries(rows), k_max, _best_relevant(bounded, keys, rows, lo,
+                                                                                          num_items))}
         else:
             top = {"": torch.topk(seen.exclude(score_all_items(rows), rows), k_max, dim=1).indices}
         if popularity is not None:  # the same users ranked by training counts
@@ -189,6 +205,23 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
             for name, value in _sums_from_hits(hits, n_rel, ks).items():
                 totals[name + suffix] = totals.get(name + suffix, 0) + value
     return totals
+
+
+def _best_relevant(bounded: BoundedTop, keys: torch.Tensor, rows: torch.Tensor, lo: int, num_items: int
+                   ) -> torch.Tensor:
+    """Each of the chunk's users' highest score among its relevant items (``keys``: sorted user·num_items + item
+    pairs; ``rows``: the chunk's users, sorted, rows ``lo:`` of ``bounded``'s factors)."""
+    if not len(rows):
+        return bounded.uv.new_empty(0)
+    span = torch.searchsorted(keys, torch.stack([rows[0].long() * num_items, (rows[-1].long() + 1) * num_items]))
+    pairs = keys[span[0]:span[1]]
+    user, item = pairs // num_items, pairs % num_items
+    local = torch.searchsorted(rows.long(), user)
+    mine = local.clamp(max=len(rows) - 1)
+    mine_ = rows.long()[mine] == user  # the chunk's users only (under DDP the others' users lie between)
+    local, item = local[mine_], item[mine_]
+    best = bounded.uv.new_full((len(rows),), float("-inf"))
+    return best.scatter_reduce_(0, local, bounded.pair_scores(lo + local, item), "amax")
 
 
 def ranking_means(totals: dict, ks: tuple[int, ...], reduce=lambda t: t, stage: str = "test") -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torchmetrics.functional.retrieval import (
@@ -179,3 +180,31 @@ def test_bounded_top_k_equals_scoring_every_item(max_memory_mb, monkeypatch):
     got = ranking_means(ranking_totals(None, *args, max_memory_mb=max_memory_mb,
                                        ranking_factors=lambda r: (uv[r], uc[r], iv, ic)), (1, 5, 10))
     assert got == pytest.approx(want, abs=1e-12) and want["test/ndcg@10"] > 0
+
+
+def test_users_whose_relevant_items_are_beaten_k_times_are_closed_early_with_exact_metrics(monkeypatch):
+    """Factors of similar norms leave the norm bound nothing to prune; a user is then closed once k items beat all
+    of its relevant ones (none can be in its top-k): the metrics stay those of scoring every item, for users whose
+    relevant items rank first (hits) and users whose rank in the middle (closed after the first block)."""
+    from recsys.evaluation import BoundedTop, ranking_means, ranking_totals
+
+    monkeypatch.setattr(BoundedTop, "FIRST_BLOCK", 64)
+    g = torch.Generator().manual_seed(3)
+    n_users, n_items = 60, 3000
+    uv, iv = torch.randn(n_users, 16, generator=g), torch.randn(n_items, 16, generator=g)
+    uc, ic = torch.zeros(n_users), 0.1 * torch.randn(n_items, generator=g)
+    table = uc.unsqueeze(1) + ic + uv @ iv.T
+    seen = Seen.of(np.array([0, 1]), np.array([5, 6]), n_users)
+    users = torch.arange(n_users).repeat_interleave(2)
+    items = torch.randint(0, n_items, (2 * n_users,), generator=g)
+    items[:20:2] = table[:10].argsort(1, descending=True)[:, 2]  # users 0-9: one at their rank 3
+    args = (users, items, seen, None, n_items, (1, 5, 10))
+    want = ranking_means(ranking_totals(lambda r: seen.exclude(table[r].clone(), r), *args), (1, 5, 10))
+    scored = []
+    monkeypatch.setattr(torch, "mm", lambda a, b, _mm=torch.mm: scored.append(len(a) * b.shape[1]) or _mm(a, b))
+    got = ranking_means(ranking_totals(None, *args, ranking_factors=lambda r: (uv[r], uc[r], iv, ic)), (1, 5, 10))
+    assert got == pytest.approx(want, abs=1e-12) and want["test/ndcg@10"] > 0.05
+    assert sum(scored) < n_users * n_items / 4  # the bound alone would score every item of every user
+    scored.clear()
+    BoundedTop((uv, uc, iv, ic))(0, n_users, seen.entries(torch.arange(n_users)), 10)
+    assert sum(scored) > 0.9 * n_users * n_items

@@ -110,3 +110,47 @@ def test_slow_last_checkpoints_are_paced_and_the_ending_epoch_is_always_saved(co
     assert saves == ([0, 4] if max_overhead < 1 else [0, 1, 2, 3, 4])
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
     assert metrics["epochs"] == 5 and os.path.exists(metrics["test_checkpoint"])
+
+
+def test_the_best_checkpoint_is_held_in_memory_and_written_with_last_ckpt_and_at_the_end(compose_cfg, tmp_path,
+                                                                                        monkeypatch):
+    """The best weights are copied when an epoch improves and written only when last.ckpt is written (which then
+    records a best that is on disk) and when training ends; the file holds that epoch's weights, the files it
+    replaced are gone."""
+    import lightning as L
+
+    from recsys.tracking import BestCheckpoint, PacedCheckpoint
+
+    copies, written, last_records = {}, [], []
+    take = BestCheckpoint._save_checkpoint
+
+    def taking(self, trainer, filepath):
+        copies[filepath] = {k: v.clone() for k, v in trainer.lightning_module.state_dict().items()}
+        return take(self, trainer, filepath)
+
+    save = L.Trainer.save_checkpoint
+
+    def saving(trainer, filepath, *args, **kwargs):
+        out = save(trainer, filepath, *args, **kwargs)
+        if str(filepath).endswith("last.ckpt"):
+            best = next(cb for cb in trainer.callbacks if isinstance(cb, BestCheckpoint))
+            last_records.append((trainer.current_epoch, best.best_model_path, os.path.exists(best.best_model_path)))
+        return out
+
+    monkeypatch.setattr(BestCheckpoint, "_save_checkpoint", taking)
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", saving)
+    strategy_save = L.pytorch.strategies.SingleDeviceStrategy.save_checkpoint
+    monkeypatch.setattr(L.pytorch.strategies.SingleDeviceStrategy, "save_checkpoint",
+                        lambda self, ckpt, path, *a, **k: written.append(os.path.basename(path))
+                        or strategy_save(self, ckpt, path, *a, **k))
+    monkeypatch.setattr(PacedCheckpoint, "ALWAYS_BELOW_S", 0.0)  # pace last.ckpt: every save counts
+    metrics = train(compose_cfg("trainer.max_epochs=6", "~callbacks.early_stopping", "data.batch_size=64",
+                                "callbacks.last_checkpoint.max_overhead=0.0001"))  # last.ckpt: first and ending epoch
+    assert [epoch for epoch, _, _ in last_records] == [0, 5]
+    assert all(on_disk for _, _, on_disk in last_records)  # last.ckpt never records a best that is not on disk
+    best_files = [name for name in written if name != "last.ckpt"]
+    assert len(copies) == 6 > len(best_files) == 2  # six bests, two writes: with last.ckpt at 0, at the end
+    best = metrics["test_checkpoint"]
+    assert sorted(os.listdir(os.path.dirname(best))) == sorted(["last.ckpt", os.path.basename(best)])
+    saved = torch.load(best, weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], copies[best][k]) for k in saved)  # that epoch's weights, not the last ones
