@@ -225,6 +225,7 @@ class BestCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self._pending: tuple[str, dict] | None = None  # (path, checkpoint) not yet written
         self._stale: list[str] = []  # replaced best files, removed once the pending one is written
+        self._spare: dict = {}  # the last written best's weights: the next copy goes into them
         self._trainer: L.Trainer | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -233,7 +234,15 @@ class BestCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
-        self._pending = (filepath, _copied(checkpoint))  # the weights move on with the next step
+        # the weights move on with the next step: copied, into the previous best's tensors where they fit (no new
+        # allocation of the tables' size each time)
+        spare = self._pending[1]["state_dict"] if self._pending else self._spare
+        weights = checkpoint.pop("state_dict")
+        copy = _copied(checkpoint)
+        copy["state_dict"] = type(weights)(
+            (k, spare[k].copy_(v) if k in spare and spare[k].shape == v.shape and spare[k].dtype == v.dtype
+             else v.detach().clone()) for k, v in weights.items())
+        self._pending, self._spare = (filepath, copy), {}
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
 
@@ -247,7 +256,7 @@ class BestCheckpoint(ModelCheckpoint):
             return
         if self._pending is not None:
             filepath, checkpoint = self._pending
-            self._pending = None
+            self._pending, self._spare = None, checkpoint["state_dict"]
             with trainer.profiler.profile("save_best_checkpoint"):
                 trainer.strategy.save_checkpoint(checkpoint, filepath)
                 trainer.strategy.barrier("BestCheckpoint.flush")
