@@ -131,7 +131,9 @@ class Seen:
         """(position in ``rows``, item) of every seen pair of the users ``rows``, on their device; ``only`` (a flag
         per row) keeps the flagged rows' pairs (rows not flagged may be any index, e.g. an unknown user's)."""
         rows_cpu = rows.cpu() if only is None else rows.cpu().clamp(0, len(self.indptr) - 2)
-        which, cols = csr_entries(torch.as_tensor(self.indptr), torch.as_tensor(self.items).long(), rows_cpu)
+        # the seen items as they are (int32, no copy): only the rows' entries are widened, not every user's
+        which, cols = csr_entries(torch.as_tensor(self.indptr), torch.as_tensor(self.items), rows_cpu)
+        cols = cols.long()
         if only is not None:
             keep = only.cpu()[which]
             which, cols = which[keep], cols[keep]
