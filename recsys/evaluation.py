@@ -217,9 +217,8 @@ def _best_relevant(bounded: BoundedTop, keys: torch.Tensor, rows: torch.Tensor, 
     pairs = keys[span[0]:span[1]]
     user, item = pairs // num_items, pairs % num_items
     local = torch.searchsorted(rows.long(), user)
-    mine = local.clamp(max=len(rows) - 1)
-    mine_ = rows.long()[mine] == user  # the chunk's users only (under DDP the others' users lie between)
-    local, item = local[mine_], item[mine_]
+    inside = rows.long()[local.clamp(max=len(rows) - 1)] == user  # the chunk's users only (under DDP the other
+    local, item = local[inside], item[inside]  # ranks' users lie between)
     best = bounded.uv.new_full((len(rows),), float("-inf"))
     return best.scatter_reduce_(0, local, bounded.pair_scores(lo + local, item), "amax")
 

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from recsys.io import atomic_file
 
@@ -237,11 +238,15 @@ class BestCheckpoint(ModelCheckpoint):
         # the weights move on with the next step: copied, into the previous best's tensors where they fit (no new
         # allocation of the tables' size each time)
         spare = self._pending[1]["state_dict"] if self._pending else self._spare
+
+        def copied(key: str, weight: torch.Tensor) -> torch.Tensor:
+            into = spare.get(key)
+            fits = into is not None and into.shape == weight.shape and into.dtype == weight.dtype
+            return into.copy_(weight) if fits else weight.detach().clone()
+
         weights = checkpoint.pop("state_dict")
-        copy = _copied(checkpoint)
-        copy["state_dict"] = type(weights)(
-            (k, spare[k].copy_(v) if k in spare and spare[k].shape == v.shape and spare[k].dtype == v.dtype
-             else v.detach().clone()) for k, v in weights.items())
+        copy = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        copy["state_dict"] = type(weights)((k, copied(k, v)) for k, v in weights.items())
         self._pending, self._spare = (filepath, copy), {}
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
@@ -277,17 +282,6 @@ class BestCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         self.flush()
-
-
-def _copied(value):
-    """``value`` with every tensor in it (nested dicts, lists, tuples) copied."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return type(value)((k, _copied(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return type(value)(_copied(v) for v in value)
-    return value
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -22,9 +22,9 @@ def torch_path(monkeypatch):
 
 def test_the_kernels_build_here():
     assert native.library() is not None, "native.c did not build (see the warning above)"
-    assert native.serves(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long))
-    assert not native.serves(torch.zeros(2, 2, dtype=torch.float64))  # other dtypes take the torch path
-    assert not native.serves(torch.zeros(2, 4)[:, ::2])  # so do strided views
+    assert native.serves((torch.zeros(2, 2),), (torch.zeros(2, dtype=torch.long),))
+    assert not native.serves((torch.zeros(2, 2, dtype=torch.float64),))  # other dtypes take the torch path
+    assert not native.serves((torch.zeros(2, 4)[:, ::2],))  # so do strided views
 
 
 @pytest.mark.parametrize("n,batch", [(10, 40), (5000, 40), (200_000, 100), (64, 64), (65, 1)])
@@ -111,7 +111,7 @@ def test_without_a_compiler_the_torch_path_serves_with_one_warning(tmp_path, mon
     with caplog.at_level(logging.WARNING, logger="recsys.solvers.native"):
         assert native.library() is None and native.library() is None
     assert len(caplog.records) == 1 and "torch path" in caplog.records[0].getMessage()
-    assert not native.serves(torch.zeros(2, 2))
+    assert not native.serves((torch.zeros(2, 2),))
     _, _, losses = _train(BiasedMF, 5)  # and training goes on, on the torch path
     assert losses[-1] < losses[0]
 

@@ -104,7 +104,7 @@ class Bilinear(nn.Module):
         c = 1.0 / max(len(users), 1)
         P, Q = self.user.weight, self.item.weight
         # CPU float32 tables: the dot products and the rows' gradients in one pass each (recsys.solvers.native)
-        fused = sparse and P.shape[1] > 0 and P.dtype == Q.dtype == torch.float32 and native.serves(P, Q, users, items)
+        fused = sparse and P.shape[1] > 0 and native.serves((P, Q), (users, items))
         if fused:
             score, sq_p, sq_q = native.dot_rows(P, Q, users, items)
         else:

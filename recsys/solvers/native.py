@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from recsys.io import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.c")
@@ -59,17 +61,12 @@ def build() -> Path:
     path = _cache_dir() / f"rows-{key}.so"
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        done = subprocess.run([_compiler(), *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / path.name
+        done = subprocess.run([_compiler(), *FLAGS, "-o", str(out), str(SOURCE)], capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"compiling {SOURCE} failed: {done.stderr.strip()[-2000:]}")
-        os.replace(tmp, path)  # atomic: a reader sees no file or the whole library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write_bytes(path, out.read_bytes())  # a reader (another DDP rank) sees no file or the whole library
     return path
 
 
@@ -98,11 +95,11 @@ def library() -> ctypes.CDLL | None:
     return _state["lib"]
 
 
-def serves(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels take these tensors: on CPU, contiguous, float32 tables and int64 indices, and the
-    library is available."""
-    for t in tensors:
-        if t.device.type != "cpu" or not t.is_contiguous() or t.dtype not in (torch.float32, torch.int64):
+def serves(tables: tuple[torch.Tensor, ...] = (), indices: tuple[torch.Tensor, ...] = ()) -> bool:
+    """Whether the kernels take these tensors: every one on CPU and contiguous, the tables (and states) float32,
+    the indices int64, and the library available."""
+    for group, dtype in ((tables, torch.float32), (indices, torch.int64)):
+        if any(t.device.type != "cpu" or not t.is_contiguous() or t.dtype != dtype for t in group):
             return False
     return library() is not None
 

@@ -47,19 +47,20 @@ class RowIndex:
     with the native kernels, marks in a bitmap of n bits (O(batch + n/64), for n ≤ 1024·batch)."""
 
     def __init__(self) -> None:
-        self._mark: torch.Tensor | None = None
+        self._mark: torch.Tensor | None = None  # n flags and positions (torch path)
         self._pos: torch.Tensor | None = None
+        self._bits: torch.Tensor | None = None  # ⌈n/64⌉ words and n slots (native path)
+        self._slot: torch.Tensor | None = None
 
     def __call__(self, index: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if n <= 1024 * len(index) and native.serves(index):  # a bitmap of n bits, scanned once: no sort
-            if self._mark is None or len(self._pos) != n or self._mark.dtype != torch.int64:
-                self._mark = torch.zeros((n + 63) // 64, dtype=torch.int64)
-                self._pos = torch.empty(n, dtype=torch.long)
-            return native.unique_rows(index, n, self._mark, self._pos)
+        if n <= 1024 * len(index) and native.serves(indices=(index,)):  # a bitmap of n bits, scanned once: no sort
+            if self._slot is None or len(self._slot) != n:
+                self._bits = torch.zeros((n + 63) // 64, dtype=torch.int64)
+                self._slot = torch.empty(n, dtype=torch.long)
+            return native.unique_rows(index, n, self._bits, self._slot)
         if n > 32 * len(index):
             return torch.unique(index, return_inverse=True)
-        if self._mark is None or len(self._mark) != n or self._mark.dtype != torch.bool or \
-                self._mark.device != index.device:
+        if self._mark is None or len(self._mark) != n or self._mark.device != index.device:
             self._mark = torch.zeros(n, dtype=torch.bool, device=index.device)
             self._pos = torch.empty(n, dtype=torch.long, device=index.device)
         self._mark.index_fill_(0, index, True)
@@ -139,7 +140,7 @@ class RowAdam(_RowOptimizer):
             state["steps"] = torch.zeros(len(weight), device=weight.device, dtype=weight.dtype)
         (b1, b2), lr, eps, wd = group["betas"], group["lr"], group["eps"], group["weight_decay"]
         moments, steps = state["moments"], state["steps"]
-        if weight.dtype == torch.float32 and native.serves(weight, moments, steps, rows, grad):
+        if native.serves((weight, moments, steps, grad), (rows,)):
             native.adam_rows(weight, moments, steps, rows, grad, lr, (b1, b2), eps, wd)  # the same update, one pass
             return
         if wd:
