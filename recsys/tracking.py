@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from lightning_utilities.core.apply_func import apply_to_collection
 
 from recsys.io import atomic_file
 
@@ -245,7 +244,7 @@ class BestCheckpoint(ModelCheckpoint):
             return into.copy_(weight) if fits else weight.detach().clone()
 
         weights = checkpoint.pop("state_dict")
-        copy = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        copy = _snapshot(checkpoint)
         copy["state_dict"] = type(weights)((k, copied(k, v)) for k, v in weights.items())
         self._pending, self._spare = (filepath, copy), {}
         self._last_global_step_saved = trainer.global_step
@@ -282,6 +281,29 @@ class BestCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         self.flush()
+
+
+_PLAIN = frozenset((str, int, float, bool, bytes, type(None)))
+
+
+def _snapshot(obj):
+    """``obj`` with each tensor in it replaced by a detached copy and each container on the way rebuilt. A list or
+    tuple of plain values (a data module's id list, 10⁵ entries) is copied whole, not walked entry by entry as
+    ``apply_to_collection`` walks it (a second per checkpoint on the long-tail shape)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, Mapping):
+        items = {key: _snapshot(value) for key, value in obj.items()}
+        try:
+            return type(obj)(items)
+        except TypeError:  # a mapping that is not built from a dict
+            return items
+    if isinstance(obj, (list, tuple)):
+        if all(type(x) in _PLAIN for x in obj):
+            return list(obj) if isinstance(obj, list) else obj
+        items = [_snapshot(x) for x in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    return obj
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

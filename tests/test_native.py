@@ -126,3 +126,67 @@ def test_the_kernels_flush_denormals_inside_and_leave_the_callers_mode_alone():
 
 def test_switched_off_it_is_not_loaded(torch_path):
     assert native.library() is None
+
+
+@pytest.fixture
+def threads():
+    """Restores torch's (and so the kernels') thread count after a test that sets it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_kernels_run_on_torchs_threads_and_give_the_serial_result(threads):
+    """Built with OpenMP (torch's runtime), the kernels split a batch over torch's threads; each thread owns whole
+    rows, so row gradients and updates are the serial ones exactly, the sums of squares to float rounding."""
+    if native._openmp_flags():
+        torch.set_num_threads(1)
+        assert native.threads() == 1
+        torch.set_num_threads(3)
+        assert native.threads() == 3
+    g = torch.Generator().manual_seed(0)
+    P, Q = torch.randn(700, 16, generator=g), torch.randn(900, 16, generator=g)
+    users, items = torch.randint(0, 700, (3000,), generator=g), (torch.rand(3000, generator=g) ** 3 * 900).long()
+    d = torch.randn(3000, generator=g)
+    user_rows, item_rows = RowIndex()(users, 700), RowIndex()(items, 900)
+
+    def run():
+        score, sp, sq = native.dot_rows(P, Q, users, items)
+        gu, gq = native.accumulate_rows(P, Q, users, items, d, 0.03, user_rows[1], item_rows[1],
+                                        len(user_rows[0]), len(item_rows[0]))
+        W, M, S = Q.clone(), torch.rand(900, 2, 16, generator=torch.Generator().manual_seed(1)), torch.zeros(900)
+        native.adam_rows(W, M, S, item_rows[0], gq, 0.01, (0.9, 0.999), 1e-8, 0.1)
+        return score, sp, sq, gu, gq, W, M, S
+
+    torch.set_num_threads(1)
+    serial = run()
+    torch.set_num_threads(4)
+    parallel = run()
+    for name, a, b in zip(("score", "Σp²", "Σq²", "user rows", "item rows", "weights", "moments", "steps"),
+                          serial, parallel):
+        if isinstance(a, float):
+            assert a == pytest.approx(b, rel=1e-9), name
+        else:
+            assert torch.equal(a, b), name
+    want_gu = torch.zeros_like(parallel[3]).index_add_(0, user_rows[1], d[:, None] * Q[items] + 0.03 * P[users])
+    assert torch.allclose(parallel[3], want_gu, atol=1e-5)  # and it is the gradient
+    assert parallel[1] == pytest.approx(float(P[users].double().square().sum()), rel=1e-6)
+    assert parallel[2] == pytest.approx(float(Q[items].double().square().sum()), rel=1e-6)
+
+
+def test_tables_in_huge_pages_keep_their_values_and_train_as_the_torch_path(monkeypatch):
+    big = native.huge_page_zeros((3000, 700))  # 8.4 MB: anonymous memory advised for huge pages
+    assert big.shape == (3000, 700) and not big.any()
+    big[-1, -1] = 5.0
+    assert big.sum() == 5.0
+    param = torch.nn.Parameter(torch.randn(3000, 700))
+    values = param.detach().clone()
+    native.on_huge_pages(param)
+    assert torch.equal(param.detach(), values) and param.is_contiguous()
+    monkeypatch.setattr(native, "HUGE_PAGES_FROM", 0)  # every table of the small model in huge pages
+    fast, fast_opt, fast_losses = _train(BiasedMF, 20, reg=0.05)
+    monkeypatch.setenv("RECSYS_NATIVE", "0")
+    slow, slow_opt, slow_losses = _train(BiasedMF, 20, reg=0.05)
+    assert fast_losses == pytest.approx(slow_losses, rel=1e-5)
+    for key, want in slow.state_dict().items():
+        assert torch.allclose(fast.state_dict()[key], want, atol=1e-5), key

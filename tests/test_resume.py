@@ -154,3 +154,24 @@ def test_the_best_checkpoint_is_held_in_memory_and_written_with_last_ckpt_and_at
     assert sorted(os.listdir(os.path.dirname(best))) == sorted(["last.ckpt", os.path.basename(best)])
     saved = torch.load(best, weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], copies[best][k]) for k in saved)  # that epoch's weights, not the last ones
+
+
+def test_the_best_checkpoints_copy_detaches_every_tensor_and_keeps_plain_lists_whole():
+    """The in-memory best is a snapshot: later steps change none of its tensors, whatever container holds them,
+    and its lists are copies (a list of ids is copied whole, not walked entry by entry)."""
+    from collections import OrderedDict, namedtuple
+
+    from recsys.tracking import _snapshot
+
+    Pair = namedtuple("Pair", "a b")
+    ids = list(range(1000)) + ["x"]
+    live = {"state_dict": OrderedDict(w=torch.ones(3)), "loops": {"pair": Pair(torch.zeros(2), 7)},
+            "DataModule": {"user_ids": ids, "nested": [torch.ones(1), "s"]}, "epoch": 3}
+    snap = _snapshot(live)
+    for t in (live["state_dict"]["w"], live["loops"]["pair"].a, live["DataModule"]["nested"][0]):
+        t.add_(5)
+    ids.append(-1)
+    assert torch.equal(snap["state_dict"]["w"], torch.ones(3)) and isinstance(snap["state_dict"], OrderedDict)
+    assert isinstance(snap["loops"]["pair"], Pair) and torch.equal(snap["loops"]["pair"].a, torch.zeros(2))
+    assert torch.equal(snap["DataModule"]["nested"][0], torch.ones(1)) and snap["DataModule"]["nested"][1] == "s"
+    assert snap["DataModule"]["user_ids"] == list(range(1000)) + ["x"] and snap["epoch"] == 3

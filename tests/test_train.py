@@ -46,7 +46,8 @@ def test_training_learns_and_checkpoints_load(compose_cfg, model, tmp_path):
     loaded = cls.load_from_checkpoint(ckpt, weights_only=True)
     # the id maps travel with the checkpoint, in original ids
     state = torch.load(ckpt, weights_only=True)
-    assert sorted(state["RatingsDataModule"]["user_ids"]) == list(range(1, 61))
+    ids = state["RatingsDataModule"]["user_ids"]  # integer ids: one tensor, not a list of 10⁵ Python ints
+    assert isinstance(ids, torch.Tensor) and sorted(ids.tolist()) == list(range(1, 61))
     assert loaded.data.num_users == 60 and loaded.hparams.data["num_users"] == 60
     u, i = torch.tensor([0, 1]), torch.tensor([0, 1])
     assert torch.allclose(loaded.predict(u, i), loaded.predict(u, i).clamp(1, 5))

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -363,7 +364,15 @@ class RatingsDataModule(L.LightningDataModule):
 
     # -- id maps travel with checkpoints --------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"user_ids": self.user_map.ids.tolist(), "item_ids": self.item_map.ids.tolist()}
+        # integer ids as one tensor (a list of 10⁵ ints costs a second to load with weights_only); others as a list
+        return {"user_ids": _saved_ids(self.user_map.ids), "item_ids": _saved_ids(self.item_map.ids)}
 
     def load_state_dict(self, state: dict) -> None:
         self.user_map, self.item_map = IdMap(state["user_ids"]), IdMap(state["item_ids"])
+
+
+def _saved_ids(ids: np.ndarray) -> torch.Tensor | list:
+    """Ids as a checkpoint holds them: integers as an int64 tensor, others (strings) as a list."""
+    if ids.dtype.kind in "iu" and (ids.dtype.kind == "i" or len(ids) == 0 or ids.max() <= np.iinfo(np.int64).max):
+        return torch.from_numpy(ids.astype(np.int64, copy=True))
+    return ids.tolist()

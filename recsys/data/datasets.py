@@ -58,6 +58,8 @@ class IdMap:
     """Original ids <-> contiguous indices 0..n-1 (order of first appearance in the file)."""
 
     def __init__(self, ids):
+        if hasattr(ids, "numpy"):  # a checkpoint's id tensor, wherever it was loaded
+            ids = ids.cpu().numpy()
         self.ids = np.asarray(ids)
         self._index = pd.Index(self.ids)
         if not self._index.is_unique:

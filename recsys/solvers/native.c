@@ -10,10 +10,18 @@
 #include <stdint.h>
 
 #define PF 8 /* rows prefetched ahead */
+#define PARALLEL_FROM 256 /* fewer rows or ratings than this: one thread (waking the others costs more) */
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_get_num_threads(void) { return 1; }
+static int omp_get_thread_num(void) { return 0; }
+#endif
 
 /* Denormal floats (below 1.2e-38: the moments of rows whose gradients have died away) are flushed to zero inside
  * the kernels, as GPUs do by default: on x86 each operation on one costs about a hundred normal ones, and a
- * trained model's epochs would slow by half. The caller's floating-point mode is restored on return. */
+ * trained model's epochs would slow by half. Each thread sets the mode inside the parallel region and restores
+ * its own on leaving it. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #define FLUSH_DENORMALS const unsigned int saved_csr = _mm_getcsr(); _mm_setcsr(saved_csr | 0x8040u);
@@ -29,6 +37,15 @@ static inline void prefetch_row(const float *row, int64_t k, int write) {
         if (write) __builtin_prefetch(p + o, 1);
         else __builtin_prefetch(p + o, 0);
     }
+}
+
+/* the threads a parallel kernel uses (OpenMP's count, which torch.set_num_threads sets); 0: built serial */
+int64_t rows_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 0;
+#endif
 }
 
 static int64_t out_of_range(const int64_t *index, int64_t B, int64_t n) {
@@ -68,8 +85,11 @@ int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const i
     int64_t bad = out_of_range(u, B, nu);
     if (bad >= 0) return bad;
     if ((bad = out_of_range(it, B, ni)) >= 0) return bad;
-    FLUSH_DENORMALS
     double sp = 0, sq_ = 0;
+    #pragma omp parallel if (B >= PARALLEL_FROM) reduction(+ : sp, sq_)
+    {
+    FLUSH_DENORMALS
+    #pragma omp for schedule(static)
     for (int64_t b = 0; b < B; b++) {
         if (b + PF < B) {
             prefetch_row(P + u[b + PF] * k, k, 0);
@@ -99,15 +119,17 @@ int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const i
         sp += a;
         sq_ += c;
     }
+    RESTORE_MODE
+    }
     sq[0] = sp;
     sq[1] = sq_;
-    RESTORE_MODE
     return -1;
 }
 
 /* The factor tables' row gradients, summed per distinct row:
  *   GU[iu[b]] += d[b] * Q[i[b]] + a * P[u[b]],   GQ[ii[b]] += d[b] * P[u[b]] + a * Q[i[b]]
- * (iu, ii: each rating's position among its side's distinct rows; GU, GQ zeroed by the caller). */
+ * (iu, ii: each rating's position among its side's distinct rows; GU, GQ zeroed by the caller). Each thread owns
+ * a range of each side's distinct rows and scans the whole batch for the ratings that land in them. */
 int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, const int64_t *u, const int64_t *it,
                         const float *d, int64_t B, int64_t k, float a, const int64_t *iu, int64_t ru,
                         const int64_t *ii, int64_t ri, float *GU, float *GQ) {
@@ -115,22 +137,31 @@ int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, 
     if ((bad = out_of_range(u, B, nu)) >= 0 || (bad = out_of_range(it, B, ni)) >= 0 ||
         (bad = out_of_range(iu, B, ru)) >= 0 || (bad = out_of_range(ii, B, ri)) >= 0)
         return bad;
+    #pragma omp parallel if (B >= PARALLEL_FROM)
+    {
     FLUSH_DENORMALS
+    const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t u_lo = ru * t / T, u_hi = ru * (t + 1) / T, i_lo = ri * t / T, i_hi = ri * (t + 1) / T;
     for (int64_t b = 0; b < B; b++) {
         if (b + PF < B) {
             prefetch_row(P + u[b + PF] * k, k, 0);
             prefetch_row(Q + it[b + PF] * k, k, 0);
         }
+        const int mine_u = iu[b] >= u_lo && iu[b] < u_hi, mine_i = ii[b] >= i_lo && ii[b] < i_hi;
+        if (!mine_u && !mine_i) continue;
         const float *p = P + u[b] * k, *q = Q + it[b] * k;
-        float *gu = GU + iu[b] * k, *gq = GQ + ii[b] * k;
         const float db = d[b];
-        for (int64_t j = 0; j < k; j++) {
-            const float pj = p[j], qj = q[j];
-            gu[j] += db * qj + a * pj;
-            gq[j] += db * pj + a * qj;
+        if (mine_u) {
+            float *gu = GU + iu[b] * k;
+            for (int64_t j = 0; j < k; j++) gu[j] += db * q[j] + a * p[j];
+        }
+        if (mine_i) {
+            float *gq = GQ + ii[b] * k;
+            for (int64_t j = 0; j < k; j++) gq[j] += db * p[j] + a * q[j];
         }
     }
     RESTORE_MODE
+    }
     return -1;
 }
 
@@ -142,7 +173,10 @@ int64_t rows_adam(float *W, int64_t n, float *M, float *S, const int64_t *rows, 
                   float lr, float b1, float b2, float eps, float wd) {
     const int64_t bad = out_of_range(rows, R, n);
     if (bad >= 0) return bad;
+    #pragma omp parallel if (R >= PARALLEL_FROM)
+    {
     FLUSH_DENORMALS
+    #pragma omp for schedule(static)
     for (int64_t r = 0; r < R; r++) {
         if (r + PF < R) {
             const int64_t ahead = rows[r + PF];
@@ -166,5 +200,6 @@ int64_t rows_adam(float *W, int64_t n, float *M, float *S, const int64_t *rows, 
         }
     }
     RESTORE_MODE
+    }
     return -1;
 }

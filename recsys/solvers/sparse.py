@@ -135,8 +135,12 @@ class RowAdam(_RowOptimizer):
     def update(self, weight, grad, rows, group, key):
         state = self.state[key]
         if not state:  # m and v side by side: one gather and one scatter of a row's moments per step
-            state["moments"] = torch.zeros((len(weight), 2, *weight.shape[1:]), device=weight.device,
-                                           dtype=weight.dtype)
+            if weight is key and native.serves((weight,)):  # the kernels' tables in huge pages: fewer TLB misses
+                native.on_huge_pages(key)
+                state["moments"] = native.huge_page_zeros((len(weight), 2, *weight.shape[1:]), weight.dtype)
+            else:
+                state["moments"] = torch.zeros((len(weight), 2, *weight.shape[1:]), device=weight.device,
+                                               dtype=weight.dtype)
             state["steps"] = torch.zeros(len(weight), device=weight.device, dtype=weight.dtype)
         (b1, b2), lr, eps, wd = group["betas"], group["lr"], group["eps"], group["weight_decay"]
         moments, steps = state["moments"], state["steps"]
