@@ -147,31 +147,35 @@ def test_the_kernels_run_on_torchs_threads_and_give_the_serial_result(threads):
     g = torch.Generator().manual_seed(0)
     P, Q = torch.randn(700, 16, generator=g), torch.randn(900, 16, generator=g)
     users, items = torch.randint(0, 700, (3000,), generator=g), (torch.rand(3000, generator=g) ** 3 * 900).long()
+    BU, BI = torch.randn(700, 1, generator=g), torch.randn(900, 1, generator=g)
     d = torch.randn(3000, generator=g)
     user_rows, item_rows = RowIndex()(users, 700), RowIndex()(items, 900)
 
     def run():
-        score, sp, sq = native.dot_rows(P, Q, users, items)
-        gu, gq = native.accumulate_rows(P, Q, users, items, d, 0.03, user_rows[1], item_rows[1],
-                                        len(user_rows[0]), len(item_rows[0]))
+        score, sums = native.dot_rows(P, Q, users, items, (BU, BI))
+        gu, gq, gbu, gbi = native.accumulate_rows(P, Q, users, items, d, 0.03, user_rows[1], item_rows[1],
+                                                  len(user_rows[0]), len(item_rows[0]), (BU, BI), 0.02)
         W, M, S = Q.clone(), torch.rand(900, 2, 16, generator=torch.Generator().manual_seed(1)), torch.zeros(900)
         native.adam_rows(W, M, S, item_rows[0], gq, 0.01, (0.9, 0.999), 1e-8, 0.1)
-        return score, sp, sq, gu, gq, W, M, S
+        return score, sums, gu, gq, gbu, gbi, W, M, S
 
     torch.set_num_threads(1)
     serial = run()
     torch.set_num_threads(4)
     parallel = run()
-    for name, a, b in zip(("score", "Σp²", "Σq²", "user rows", "item rows", "weights", "moments", "steps"),
-                          serial, parallel):
-        if isinstance(a, float):
+    for name, a, b in zip(("score", "sums", "user rows", "item rows", "user bias rows", "item bias rows", "weights",
+                           "moments", "steps"), serial, parallel):
+        if isinstance(a, tuple):
             assert a == pytest.approx(b, rel=1e-9), name
         else:
             assert torch.equal(a, b), name
-    want_gu = torch.zeros_like(parallel[3]).index_add_(0, user_rows[1], d[:, None] * Q[items] + 0.03 * P[users])
-    assert torch.allclose(parallel[3], want_gu, atol=1e-5)  # and it is the gradient
-    assert parallel[1] == pytest.approx(float(P[users].double().square().sum()), rel=1e-6)
-    assert parallel[2] == pytest.approx(float(Q[items].double().square().sum()), rel=1e-6)
+    # and they are the scores, the gradients and the sums of squares
+    assert torch.allclose(parallel[0], (P[users] * Q[items]).sum(1) + BU[users, 0] + BI[items, 0], atol=1e-5)
+    want_gu = torch.zeros_like(parallel[2]).index_add_(0, user_rows[1], d[:, None] * Q[items] + 0.03 * P[users])
+    want_gbi = torch.zeros_like(parallel[5]).index_add_(0, item_rows[1], d[:, None] + 0.02 * BI[items])
+    assert torch.allclose(parallel[2], want_gu, atol=1e-5) and torch.allclose(parallel[5], want_gbi, atol=1e-5)
+    want_sums = [float(t.double().square().sum()) for t in (P[users], Q[items], BU[users], BI[items])]
+    assert parallel[1] == pytest.approx(want_sums, rel=1e-6)
 
 
 def test_tables_in_huge_pages_keep_their_values_and_train_as_the_torch_path(monkeypatch):

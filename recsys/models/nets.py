@@ -103,37 +103,45 @@ class Bilinear(nn.Module):
         """
         c = 1.0 / max(len(users), 1)
         P, Q = self.user.weight, self.item.weight
-        # CPU float32 tables: the dot products and the rows' gradients in one pass each (recsys.solvers.native)
-        fused = sparse and P.shape[1] > 0 and native.serves((P, Q), (users, items))
-        if fused:
-            score, sq_p, sq_q = native.dot_rows(P, Q, users, items)
-        else:
-            p, q = P.index_select(0, users), Q.index_select(0, items)
-            score = torch.bmm(p.unsqueeze(1), q.unsqueeze(2)).view(-1)  # the rows' dot products: no B × d temporary
-        if self.user_bias is not None:
-            bu = self.user_bias.weight.index_select(0, users).squeeze(1)
-            bi = self.item_bias.weight.index_select(0, items).squeeze(1)
+        biases = (self.user_bias.weight, self.item_bias.weight) if self.user_bias is not None else None
+        if sparse and P.shape[1] > 0 and native.serves((P, Q, *(biases or ())), (users, items)):
+            return self._native_gradients(users, items, loss_of_score, reg, reg_bias, biases)
+        p, q = P.index_select(0, users), Q.index_select(0, items)
+        score = torch.bmm(p.unsqueeze(1), q.unsqueeze(2)).view(-1)  # the rows' dot products: no B × d temporary
+        if biases is not None:
+            bu, bi = biases[0].index_select(0, users).squeeze(1), biases[1].index_select(0, items).squeeze(1)
             score = score + bu + bi
         loss, d_score = loss_of_score(score)
         d = d_score.unsqueeze(1)
         # each side's distinct rows found once, shared by its factor and bias tables (None: dense gradients)
         user_rows = self._rows[0](users, self.user.num_embeddings) if sparse else None
         item_rows = self._rows[1](items, self.item.num_embeddings) if sparse else None
-        if fused:
-            grad_p, grad_q = native.accumulate_rows(P, Q, users, items, d_score, 2 * reg * c, user_rows[1],
-                                                    item_rows[1], len(user_rows[0]), len(item_rows[0]))
-            set_row_gradient(self.user.weight, user_rows[0], grad_p)
-            set_row_gradient(self.item.weight, item_rows[0], grad_q)
-            loss = loss + reg * c * (sq_p + sq_q)
-        elif P.shape[1]:  # d·q + 2λc·p: one broadcast product, one in-place add (two passes, not three)
+        if P.shape[1]:  # d·q + 2λc·p: one broadcast product, one in-place add (two passes, not three)
             _write(self.user, users, user_rows, torch.mul(q, d).add_(p, alpha=2 * reg * c))
             _write(self.item, items, item_rows, torch.mul(p, d).add_(q, alpha=2 * reg * c))
             loss = loss + reg * c * (_sq(p) + _sq(q))
-        if self.user_bias is not None:
+        if biases is not None:
             _write(self.user_bias, users, user_rows, (d_score + bu * (2 * reg_bias * c)).unsqueeze(1))
             _write(self.item_bias, items, item_rows, (d_score + bi * (2 * reg_bias * c)).unsqueeze(1))
             loss = loss + reg_bias * c * (_sq(bu) + _sq(bi))
         return loss
+
+    def _native_gradients(self, users: torch.Tensor, items: torch.Tensor, loss_of_score: Callable, reg: float,
+                          reg_bias: float, biases: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """:meth:`gradients` on CPU float32 tables through :mod:`recsys.solvers.native`: the scores (biases
+        included) in one pass over the batch's rows, every table's row gradients in a second."""
+        c = 1.0 / max(len(users), 1)
+        P, Q = self.user.weight, self.item.weight
+        score, sums = native.dot_rows(P, Q, users, items, biases)
+        loss, d_score = loss_of_score(score)
+        user_rows = self._rows[0](users, self.user.num_embeddings)
+        item_rows = self._rows[1](items, self.item.num_embeddings)
+        grads = native.accumulate_rows(P, Q, users, items, d_score, 2 * reg * c, user_rows[1], item_rows[1],
+                                       len(user_rows[0]), len(item_rows[0]), biases, 2 * reg_bias * c)
+        tables = (P, Q, *(biases or ()))
+        for table, rows, grad in zip(tables, (user_rows[0], item_rows[0]) * 2, grads):
+            set_row_gradient(table, rows, grad)
+        return loss + reg * c * (sums[0] + sums[1]) + reg_bias * c * (sums[2] + sums[3])
 
     def squared_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(‖P‖², ‖Q‖²) over all rows: PMF's Gaussian priors."""

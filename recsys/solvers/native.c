@@ -79,14 +79,15 @@ int64_t rows_unique(const int64_t *index, int64_t B, int64_t n, uint64_t *bits, 
     return -1;
 }
 
-/* score[b] = <P[u[b]], Q[i[b]]>; sq[0] = sum_b |P[u[b]]|^2, sq[1] = sum_b |Q[i[b]]|^2 (the ridge's loss terms) */
-int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const int64_t *u, const int64_t *it,
-                 int64_t B, int64_t k, float *score, double *sq) {
+/* score[b] = <P[u[b]], Q[i[b]]> (+ BU[u[b]] + BI[i[b]] where the bias tables are given, else NULL);
+ * sq = (sum_b |P[u[b]]|^2, sum_b |Q[i[b]]|^2, sum_b BU[u[b]]^2, sum_b BI[i[b]]^2): the ridge's loss terms */
+int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const float *BU, const float *BI,
+                 const int64_t *u, const int64_t *it, int64_t B, int64_t k, float *score, double *sq) {
     int64_t bad = out_of_range(u, B, nu);
     if (bad >= 0) return bad;
     if ((bad = out_of_range(it, B, ni)) >= 0) return bad;
-    double sp = 0, sq_ = 0;
-    #pragma omp parallel if (B >= PARALLEL_FROM) reduction(+ : sp, sq_)
+    double sp = 0, sq_ = 0, sbu = 0, sbi = 0;
+    #pragma omp parallel if (B >= PARALLEL_FROM) reduction(+ : sp, sq_, sbu, sbi)
     {
     FLUSH_DENORMALS
     #pragma omp for schedule(static)
@@ -115,6 +116,12 @@ int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const i
             a += pp[l];
             c += qq[l];
         }
+        if (BU) {
+            const float bu = BU[u[b]], bi = BI[it[b]];
+            s += bu + bi;
+            sbu += bu * bu;
+            sbi += bi * bi;
+        }
         score[b] = s;
         sp += a;
         sq_ += c;
@@ -123,16 +130,21 @@ int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const i
     }
     sq[0] = sp;
     sq[1] = sq_;
+    sq[2] = sbu;
+    sq[3] = sbi;
     return -1;
 }
 
 /* The factor tables' row gradients, summed per distinct row:
  *   GU[iu[b]] += d[b] * Q[i[b]] + a * P[u[b]],   GQ[ii[b]] += d[b] * P[u[b]] + a * Q[i[b]]
- * (iu, ii: each rating's position among its side's distinct rows; GU, GQ zeroed by the caller). Each thread owns
+ * and, where the bias tables are given (else NULL), the biases':
+ *   GBU[iu[b]] += d[b] + ab * BU[u[b]],           GBI[ii[b]] += d[b] + ab * BI[i[b]]
+ * (iu, ii: each rating's position among its side's distinct rows; the sums zeroed by the caller). Each thread owns
  * a range of each side's distinct rows and scans the whole batch for the ratings that land in them. */
-int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, const int64_t *u, const int64_t *it,
-                        const float *d, int64_t B, int64_t k, float a, const int64_t *iu, int64_t ru,
-                        const int64_t *ii, int64_t ri, float *GU, float *GQ) {
+int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, const float *BU, const float *BI,
+                        const int64_t *u, const int64_t *it, const float *d, int64_t B, int64_t k, float a, float ab,
+                        const int64_t *iu, int64_t ru, const int64_t *ii, int64_t ri, float *GU, float *GQ,
+                        float *GBU, float *GBI) {
     int64_t bad;
     if ((bad = out_of_range(u, B, nu)) >= 0 || (bad = out_of_range(it, B, ni)) >= 0 ||
         (bad = out_of_range(iu, B, ru)) >= 0 || (bad = out_of_range(ii, B, ri)) >= 0)
@@ -154,10 +166,12 @@ int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, 
         if (mine_u) {
             float *gu = GU + iu[b] * k;
             for (int64_t j = 0; j < k; j++) gu[j] += db * q[j] + a * p[j];
+            if (GBU) GBU[iu[b]] += db + ab * BU[u[b]];
         }
         if (mine_i) {
             float *gq = GQ + ii[b] * k;
             for (int64_t j = 0; j < k; j++) gq[j] += db * p[j] + a * q[j];
+            if (GBI) GBI[ii[b]] += db + ab * BI[it[b]];
         }
     }
     RESTORE_MODE

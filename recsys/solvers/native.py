@@ -91,8 +91,8 @@ def build() -> Path:
 def _load() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(build()))
     p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    lib.rows_dot.argtypes = [p, i64, p, i64, p, p, i64, i64, p, p]
-    lib.rows_accumulate.argtypes = [p, i64, p, i64, p, p, p, i64, i64, f32, p, i64, p, i64, p, p]
+    lib.rows_dot.argtypes = [p, i64, p, i64, p, p, p, p, i64, i64, p, p]
+    lib.rows_accumulate.argtypes = [p, i64, p, i64, p, p, p, p, p, i64, i64, f32, f32, p, i64, p, i64, p, p, p, p]
     lib.rows_adam.argtypes = [p, i64, p, p, p, p, i64, i64, f32, f32, f32, f32, f32]
     lib.rows_unique.argtypes = [p, i64, i64, p, p, p, p, p]
     for fn in (lib.rows_dot, lib.rows_accumulate, lib.rows_adam, lib.rows_unique):
@@ -152,29 +152,36 @@ def unique_rows(index: torch.Tensor, n: int, bits: torch.Tensor, slot: torch.Ten
     return rows[:int(count)], pos
 
 
-def dot_rows(P: torch.Tensor, Q: torch.Tensor, users: torch.Tensor, items: torch.Tensor
-             ) -> tuple[torch.Tensor, float, float]:
-    """(p_uᵀq_i for each rating, Σ_b ‖p_u‖², Σ_b ‖q_i‖²) over the batch, reading the rows from the tables."""
+def dot_rows(P: torch.Tensor, Q: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
+             biases: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """(p_uᵀq_i [+ b_u + b_i] for each rating, (Σ_b ‖p_u‖², Σ_b ‖q_i‖², Σ_b b_u², Σ_b b_i²)) over the batch, reading
+    the rows from the tables (``biases``: the user and item bias tables, one float a row; None: no biases)."""
     score = torch.empty(len(users), dtype=P.dtype)
-    sq = torch.zeros(2, dtype=torch.float64)
-    _checked(library().rows_dot(_ptr(P), len(P), _ptr(Q), len(Q), _ptr(users), _ptr(items), len(users), P.shape[1],
-                                _ptr(score), _ptr(sq)), "user or item", users, items)
-    return score, float(sq[0]), float(sq[1])
+    sq = torch.zeros(4, dtype=torch.float64)
+    bu, bi = (_ptr(b) for b in biases) if biases is not None else (None, None)
+    _checked(library().rows_dot(_ptr(P), len(P), _ptr(Q), len(Q), bu, bi, _ptr(users), _ptr(items), len(users),
+                                P.shape[1], _ptr(score), _ptr(sq)), "user or item", users, items)
+    return score, tuple(sq.tolist())
 
 
 def accumulate_rows(P: torch.Tensor, Q: torch.Tensor, users: torch.Tensor, items: torch.Tensor, d: torch.Tensor,
                     a: float, user_pos: torch.Tensor, item_pos: torch.Tensor, num_user_rows: int,
-                    num_item_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    num_item_rows: int, biases: tuple[torch.Tensor, torch.Tensor] | None = None, a_bias: float = 0.0
+                    ) -> tuple[torch.Tensor, ...]:
     """Each distinct row's summed gradient: user row ``user_pos[b]`` gets d_b·q_i + a·p_u, item row ``item_pos[b]``
-    gets d_b·p_u + a·q_i (positions as :class:`recsys.solvers.sparse.RowIndex` gives them)."""
+    gets d_b·p_u + a·q_i (positions as :class:`recsys.solvers.sparse.RowIndex` gives them); with ``biases``, their
+    rows get d_b + a_bias·b_u and d_b + a_bias·b_i. Returns the (user, item[, user bias, item bias]) gradients."""
     k = P.shape[1]
-    grad_users, grad_items = P.new_zeros((num_user_rows, k)), Q.new_zeros((num_item_rows, k))
+    grads = [P.new_zeros((num_user_rows, k)), Q.new_zeros((num_item_rows, k))]
+    if biases is not None:
+        grads += [P.new_zeros((num_user_rows, 1)), Q.new_zeros((num_item_rows, 1))]
+    bu, bi, gbu, gbi = (*map(_ptr, biases), *map(_ptr, grads[2:])) if biases is not None else (None,) * 4
     d = d.contiguous()
-    _checked(library().rows_accumulate(_ptr(P), len(P), _ptr(Q), len(Q), _ptr(users), _ptr(items), _ptr(d),
-                                       len(users), k, a, _ptr(user_pos), num_user_rows, _ptr(item_pos),
-                                       num_item_rows, _ptr(grad_users), _ptr(grad_items)),
+    _checked(library().rows_accumulate(_ptr(P), len(P), _ptr(Q), len(Q), bu, bi, _ptr(users), _ptr(items), _ptr(d),
+                                       len(users), k, a, a_bias, _ptr(user_pos), num_user_rows, _ptr(item_pos),
+                                       num_item_rows, _ptr(grads[0]), _ptr(grads[1]), gbu, gbi),
              "user, item or row position", users, items, user_pos, item_pos)
-    return grad_users, grad_items
+    return tuple(grads)
 
 
 def adam_rows(weight: torch.Tensor, moments: torch.Tensor, steps: torch.Tensor, rows: torch.Tensor,
