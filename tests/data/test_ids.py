@@ -1,5 +1,6 @@
 """Ids stay exactly as in the file: integer columns stay int64 (never float), anything else is text."""
 
+import numpy as np
 import pytest
 
 from recsys.data import RatingsDataModule, load_ratings
@@ -44,3 +45,22 @@ def test_an_empty_id_names_its_line(tmp_path):
     path.write_text("user\titem\trating\n1\t2\t3\n4\t\t4\n")
     with pytest.raises(RatingsFormatError, match=r"gap.csv, line 3: missing item"):
         load_ratings(path=path, sep="\t")
+
+
+def test_checkpoints_hold_integer_ids_as_one_tensor_and_string_ids_as_a_list():
+    """The data module saves its id maps with every checkpoint: integers as one int64 tensor (a list of 10⁵ ints
+    costs a second to load with weights_only), strings as a list; either, and the lists older checkpoints hold,
+    give the same map back."""
+    import torch
+
+    from recsys.data.datamodule import _saved_ids
+    from recsys.data.datasets import IdMap
+
+    ints = np.array([7, 3, 11], dtype=np.int32)
+    saved = _saved_ids(ints)
+    assert isinstance(saved, torch.Tensor) and saved.dtype == torch.int64 and saved.tolist() == [7, 3, 11]
+    assert _saved_ids(np.array(["ann", "bob"])) == ["ann", "bob"]
+    assert _saved_ids(np.array([2**63 + 5], dtype=np.uint64)) == [2**63 + 5]  # beyond int64: kept exact
+    for ids in (saved, [7, 3, 11]):
+        assert IdMap(ids).to_index([11, 7]).tolist() == [2, 0]
+    assert IdMap(_saved_ids(np.array(["ann", "bob"]))).to_index(["bob"]).tolist() == [1]
