@@ -194,3 +194,34 @@ def test_tables_in_huge_pages_keep_their_values_and_train_as_the_torch_path(monk
     assert fast_losses == pytest.approx(slow_losses, rel=1e-5)
     for key, want in slow.state_dict().items():
         assert torch.allclose(fast.state_dict()[key], want, atol=1e-5), key
+
+
+def test_a_resumed_row_adam_continues_as_the_uninterrupted_one_with_its_tables_in_huge_pages(monkeypatch):
+    """Loading RowAdam's state moves the tables and moments back into huge pages, keeping every value: the resumed
+    optimizer takes the uninterrupted one's steps."""
+    monkeypatch.setattr(native, "HUGE_PAGES_FROM", 0)
+    users, items, ratings = _data()
+
+    def steps(model, opt, lo, hi):
+        for step in range(lo, hi):
+            b = slice(step * 256 % len(ratings), step * 256 % len(ratings) + 256)
+            Gradient().step(model, opt, (users[b], items[b], ratings[b]))
+
+    def fresh():
+        torch.manual_seed(0)
+        model = BiasedMF(data=fake_facts(300, 500, len(ratings), float(ratings.mean())), dim=16, reg=0.05)
+        return model, model.configure_optimizers()
+
+    whole, whole_opt = fresh()
+    steps(whole, whole_opt, 0, 20)
+    first, first_opt = fresh()
+    steps(first, first_opt, 0, 10)
+    saved_model, saved_opt = first.state_dict(), first_opt.state_dict()
+    resumed, resumed_opt = fresh()
+    resumed.load_state_dict(saved_model)
+    resumed_opt.load_state_dict(saved_opt)
+    moved = [s["moments"] for s in resumed_opt.state.values()]
+    assert moved and all(torch.equal(a, b["moments"]) for a, b in zip(moved, saved_opt["state"].values()))
+    steps(resumed, resumed_opt, 10, 20)
+    for key, want in whole.state_dict().items():
+        assert torch.allclose(resumed.state_dict()[key], want, atol=1e-6), key

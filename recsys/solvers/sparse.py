@@ -132,6 +132,14 @@ class RowAdam(_RowOptimizer):
                              f"weight_decay={weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for param, state in self.state.items():  # resumed: the kernels' tables back in huge pages, as a fresh run's
+            moments = state.get("moments")
+            if moments is not None and param.dim() >= 2 and native.serves((param, moments)):
+                native.on_huge_pages(param)
+                state["moments"] = native.huge_page_zeros(tuple(moments.shape), moments.dtype).copy_(moments)
+
     def update(self, weight, grad, rows, group, key):
         state = self.state[key]
         if not state:  # m and v side by side: one gather and one scatter of a row's moments per step
