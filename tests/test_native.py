@@ -103,6 +103,19 @@ def test_the_library_is_built_once_per_source_into_the_cache(tmp_path, monkeypat
     assert native.build() == path and path.stat().st_mtime_ns == stamp  # found, not rebuilt
 
 
+def test_where_openmp_cannot_be_built_the_serial_library_is_built_and_kept(tmp_path, monkeypatch):
+    """A compiler without OpenMP (here: a flag it rejects) gives the serial build, found again next time: the
+    OpenMP build is not retried at every start."""
+    monkeypatch.setenv("RECSYS_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_openmp_flags", lambda: ("-fno-such-openmp-flag",))
+    monkeypatch.setattr(native, "_state", {})
+    path = native.build()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert native.threads() == 0  # loaded: serial
+    monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: pytest.fail("rebuilt"))
+    assert native.build() == path
+
+
 def test_without_a_compiler_the_torch_path_serves_with_one_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("RECSYS_NATIVE_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a "compiler" that fails
