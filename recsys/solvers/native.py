@@ -15,7 +15,9 @@ serve float32 CPU tensors; CUDA tensors, other dtypes and machines without a C c
 library is built once per source version with the machine's C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
 into ``$RECSYS_NATIVE_CACHE`` (default ``~/.cache/recsys/native``), written atomically (DDP ranks building at once
 are safe), and loaded with ctypes; no build step at install time. ``RECSYS_NATIVE=0`` turns the kernels off;
-a failed build logs one warning and falls back.
+a failed build logs one warning and falls back. Built with OpenMP against torch's own runtime, the kernels split
+their work over torch's threads, each thread owning whole rows (the serial result exactly); :class:`RowAdam
+<recsys.solvers.sparse.RowAdam>` keeps the tables it updates in huge pages (:func:`huge_page_zeros`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native.c")
 FLAGS = ("-O3", "-fno-math-errno", "-shared", "-fPIC")  # -O3 vectorizes the row loops; sqrtf needs no errno
 
+OFF = ("0", "false", "off", "no")
+
+_state: dict = {}
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("RECSYS_NATIVE_CACHE", "~/.cache/recsys/native")).expanduser()
+
 
 def _openmp_flags() -> tuple[str, ...]:
     """Flags that build the kernels against torch's own OpenMP runtime (its threads, its ``set_num_threads``);
@@ -49,13 +59,6 @@ def _openmp_flags() -> tuple[str, ...]:
     if not (lib / "libgomp.so.1").exists():
         return ()
     return ("-fopenmp", f"-L{lib}", f"-Wl,-rpath,{lib}", "-l:libgomp.so.1")
-OFF = ("0", "false", "off", "no")
-
-_state: dict = {}
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("RECSYS_NATIVE_CACHE", "~/.cache/recsys/native")).expanduser()
 
 
 def _compiler() -> str:
@@ -70,7 +73,7 @@ def build() -> Path:
     (:func:`_openmp_flags`) where the compiler can, else serial (kept: not tried again)."""
     source = SOURCE.read_bytes()
     builds = []
-    for flags in ((*FLAGS, *_openmp_flags()), FLAGS):
+    for flags in dict.fromkeys(((*FLAGS, *_openmp_flags()), FLAGS)):  # (no libgomp: the serial build only)
         key = hashlib.sha256(source + " ".join(flags).encode() + platform.machine().encode()).hexdigest()[:16]
         builds.append((flags, _cache_dir() / f"rows-{key}.so"))
     for _, path in builds:
