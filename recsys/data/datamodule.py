@@ -376,6 +376,7 @@ class RatingsDataModule(L.LightningDataModule):
 
 def _saved_ids(ids: np.ndarray) -> torch.Tensor | list:
     """Ids as a checkpoint holds them: integers as an int64 tensor, others (strings) as a list."""
-    if ids.dtype.kind in "iu" and (ids.dtype.kind == "i" or len(ids) == 0 or ids.max() <= np.iinfo(np.int64).max):
+    fits = ids.dtype.kind == "i" or (ids.dtype.kind == "u" and (not len(ids) or ids.max() <= np.iinfo(np.int64).max))
+    if fits:
         return torch.from_numpy(ids.astype(np.int64, copy=True))
     return ids.tolist()

@@ -219,7 +219,14 @@ def huge_page_zeros(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) 
     return torch.frombuffer(buffer, dtype=dtype, count=count).view(shape)  # keeps the mapping alive
 
 
+def in_huge_pages(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s values in huge-page memory (:func:`huge_page_zeros`); ``t`` itself where it is small or not on the
+    CPU."""
+    if t.device.type != "cpu" or t.numel() * t.element_size() < HUGE_PAGES_FROM:
+        return t
+    return huge_page_zeros(tuple(t.shape), t.dtype).copy_(t)
+
+
 def on_huge_pages(param: torch.Tensor) -> None:
-    """Move a CPU parameter's data into huge-page memory (:func:`huge_page_zeros`), in place of its storage."""
-    if param.device.type == "cpu" and param.numel() * param.element_size() >= HUGE_PAGES_FROM:
-        param.data = huge_page_zeros(tuple(param.shape), param.dtype).copy_(param.data)
+    """Move a CPU parameter's data into huge-page memory, in place of its storage."""
+    param.data = in_huge_pages(param.data)

@@ -132,23 +132,27 @@ class RowAdam(_RowOptimizer):
                              f"weight_decay={weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
 
+    @staticmethod
+    def _native_table(param: torch.Tensor, *states: torch.Tensor) -> bool:
+        """A table the kernels update: it and its moments live in huge pages (fewer TLB misses a row)."""
+        return param.dim() >= 2 and native.serves((param, *states))
+
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        for param, state in self.state.items():  # resumed: the kernels' tables back in huge pages, as a fresh run's
-            moments = state.get("moments")
-            if moments is not None and param.dim() >= 2 and native.serves((param, moments)):
+        for param, state in self.state.items():  # resumed: back in huge pages, as a fresh run's
+            if "moments" in state and self._native_table(param, state["moments"]):
                 native.on_huge_pages(param)
-                state["moments"] = native.huge_page_zeros(tuple(moments.shape), moments.dtype).copy_(moments)
+                state["moments"] = native.in_huge_pages(state["moments"])
 
     def update(self, weight, grad, rows, group, key):
         state = self.state[key]
         if not state:  # m and v side by side: one gather and one scatter of a row's moments per step
-            if weight is key and native.serves((weight,)):  # the kernels' tables in huge pages: fewer TLB misses
+            shape = (len(weight), 2, *weight.shape[1:])
+            if self._native_table(key):  # (a vector comes as a one-row view: not a table)
                 native.on_huge_pages(key)
-                state["moments"] = native.huge_page_zeros((len(weight), 2, *weight.shape[1:]), weight.dtype)
+                state["moments"] = native.huge_page_zeros(shape, weight.dtype)
             else:
-                state["moments"] = torch.zeros((len(weight), 2, *weight.shape[1:]), device=weight.device,
-                                               dtype=weight.dtype)
+                state["moments"] = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
             state["steps"] = torch.zeros(len(weight), device=weight.device, dtype=weight.dtype)
         (b1, b2), lr, eps, wd = group["betas"], group["lr"], group["eps"], group["weight_decay"]
         moments, steps = state["moments"], state["steps"]
