@@ -115,7 +115,8 @@ class Gradient:
         """One step of the fast path: the closed-form gradients, averaged over ranks, made dense for an optimizer
         that takes only dense ones, then the optimizer's step (also what the speed benchmarks time)."""
         loss = model.gradients(*batch)
-        params = list(model.parameters())
+        # the optimizer's own parameter list: model.parameters() walks every submodule (metrics included) each step
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         if world_size > 1:
             self.all_reduce(params, world_size)
         if not takes_sparse_gradients(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer):

@@ -108,13 +108,15 @@ def library() -> ctypes.CDLL | None:
     """The loaded kernels, or None where they are off (``RECSYS_NATIVE=0``) or cannot be built (one warning)."""
     if os.environ.get("RECSYS_NATIVE", "1").lower() in OFF:
         return None
-    if "lib" not in _state:
+    lib = _state.get("lib", _state)
+    if lib is _state:  # not tried yet
         try:
-            _state["lib"] = _load()
+            lib = _load()
         except Exception as err:  # noqa: BLE001 - any failure to build or load means the torch path
             log.warning("native CPU kernels unavailable, using the torch path (slower on wide tables): %s", err)
-            _state["lib"] = None
-    return _state["lib"]
+            lib = None
+        _state["lib"] = lib
+    return lib
 
 
 def threads() -> int:
@@ -126,15 +128,18 @@ def threads() -> int:
 
 def serves(tables: tuple[torch.Tensor, ...] = (), indices: tuple[torch.Tensor, ...] = ()) -> bool:
     """Whether the kernels take these tensors: every one on CPU and contiguous, the tables (and states) float32,
-    the indices int64, and the library available."""
-    for group, dtype in ((tables, torch.float32), (indices, torch.int64)):
-        if any(t.device.type != "cpu" or not t.is_contiguous() or t.dtype != dtype for t in group):
+    the indices int64, and the library available. (Called a few times a step: plain loops, no generators.)"""
+    for t in tables:
+        if t.dtype is not torch.float32 or not t.is_cpu or not t.is_contiguous():
+            return False
+    for t in indices:
+        if t.dtype is not torch.int64 or not t.is_cpu or not t.is_contiguous():
             return False
     return library() is not None
 
 
-def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()  # ctypes takes the address as an int for a c_void_p argument
 
 
 def _checked(bad: int, what: str, *indices: torch.Tensor) -> None:
@@ -192,7 +197,7 @@ def adam_rows(weight: torch.Tensor, moments: torch.Tensor, steps: torch.Tensor, 
     """:class:`recsys.solvers.sparse.RowAdam`'s update of ``rows`` (distinct) in place."""
     grad = grad.contiguous()
     _checked(library().rows_adam(_ptr(weight), len(weight), _ptr(moments), _ptr(steps), _ptr(rows), _ptr(grad),
-                                 len(rows), weight[0].numel() if len(weight) else 0, lr, betas[0], betas[1], eps,
+                                 len(rows), weight.numel() // max(len(weight), 1), lr, betas[0], betas[1], eps,
                                  weight_decay), "row", rows)
 
 
