@@ -191,6 +191,27 @@ def test_the_kernels_run_on_torchs_threads_and_give_the_serial_result(threads):
     assert parallel[1] == pytest.approx(want_sums, rel=1e-6)
 
 
+def test_row_gradients_start_from_zero_whatever_their_memory_held():
+    """The kernel zeroes the gradient rows it owns (they come uninitialized): memory just freed with other values
+    in it, which the allocator hands back, does not leak into the sums."""
+    g = torch.Generator().manual_seed(3)
+    P, Q = torch.randn(300, 8, generator=g), torch.randn(400, 8, generator=g)
+    users, items = torch.randint(0, 300, (1000,), generator=g), torch.randint(0, 400, (1000,), generator=g)
+    BU, BI, d = torch.randn(300, 1, generator=g), torch.randn(400, 1, generator=g), torch.randn(1000, generator=g)
+    user_rows, item_rows = RowIndex()(users, 300), RowIndex()(items, 400)
+    want = (torch.zeros(len(user_rows[0]), 8).index_add_(0, user_rows[1], d[:, None] * Q[items] + 0.1 * P[users]),
+            torch.zeros(len(item_rows[0]), 8).index_add_(0, item_rows[1], d[:, None] * P[users] + 0.1 * Q[items]),
+            torch.zeros(len(user_rows[0]), 1).index_add_(0, user_rows[1], d[:, None] + 0.2 * BU[users]),
+            torch.zeros(len(item_rows[0]), 1).index_add_(0, item_rows[1], d[:, None] + 0.2 * BI[items]))
+    for _ in range(3):
+        junk = [torch.full(w.shape, 1e3) for w in want]  # freed below: the allocator's next blocks of these sizes
+        del junk
+        got = native.accumulate_rows(P, Q, users, items, d, 0.1, user_rows[1], item_rows[1], len(user_rows[0]),
+                                     len(item_rows[0]), (BU, BI), 0.2)
+        for name, a, b in zip(("user", "item", "user bias", "item bias"), got, want):
+            assert torch.allclose(a, b, atol=1e-5), name
+
+
 def test_tables_in_huge_pages_keep_their_values_and_train_as_the_torch_path(monkeypatch):
     big = native.huge_page_zeros((3000, 700))  # 8.4 MB: anonymous memory advised for huge pages
     assert big.shape == (3000, 700) and not big.any()

@@ -4,10 +4,12 @@
  * batch's rows with its own temporaries; on a wide table every pass misses the cache again. Each kernel here is
  * one pass that touches a row once, prefetching the rows PF entries ahead. Same math as the torch path
  * (recsys/models/nets.py Bilinear.gradients, recsys/solvers/sparse.py RowAdam); only the order of float
- * additions differs. Tables are row-major float32, indices int64; single-threaded. Each kernel first checks every
- * index against its table's rows and returns the position of the first one out of range (-1: all in range). */
+ * additions differs. Tables are row-major float32, indices int64; the work is split over OpenMP threads where the
+ * library is built with OpenMP (from PARALLEL_FROM rows or ratings). Each kernel first checks every index against
+ * its table's rows and returns the position of the first one out of range (-1: all in range). */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #define PF 8 /* rows prefetched ahead */
 #define PARALLEL_FROM 256 /* fewer rows or ratings than this: one thread (waking the others costs more) */
@@ -29,6 +31,14 @@ static int omp_get_thread_num(void) { return 0; }
 #else
 #define FLUSH_DENORMALS
 #define RESTORE_MODE
+#endif
+
+/* The row loops compiled twice where GCC can (x86-64 with ifunc): for AVX2 + FMA (x86-64-v3: 8 floats an
+ * instruction) and for the baseline; the loader picks the one this CPU runs. Elsewhere the baseline only. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define ROW_LOOPS __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define ROW_LOOPS
 #endif
 
 static inline void prefetch_row(const float *row, int64_t k, int write) {
@@ -81,7 +91,7 @@ int64_t rows_unique(const int64_t *index, int64_t B, int64_t n, uint64_t *bits, 
 
 /* score[b] = <P[u[b]], Q[i[b]]> (+ BU[u[b]] + BI[i[b]] where the bias tables are given, else NULL);
  * sq = (sum_b |P[u[b]]|^2, sum_b |Q[i[b]]|^2, sum_b BU[u[b]]^2, sum_b BI[i[b]]^2): the ridge's loss terms */
-int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const float *BU, const float *BI,
+ROW_LOOPS int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const float *BU, const float *BI,
                  const int64_t *u, const int64_t *it, int64_t B, int64_t k, float *score, double *sq) {
     int64_t bad = out_of_range(u, B, nu);
     if (bad >= 0) return bad;
@@ -139,9 +149,10 @@ int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const f
  *   GU[iu[b]] += d[b] * Q[i[b]] + a * P[u[b]],   GQ[ii[b]] += d[b] * P[u[b]] + a * Q[i[b]]
  * and, where the bias tables are given (else NULL), the biases':
  *   GBU[iu[b]] += d[b] + ab * BU[u[b]],           GBI[ii[b]] += d[b] + ab * BI[i[b]]
- * (iu, ii: each rating's position among its side's distinct rows; the sums zeroed by the caller). Each thread owns
- * a range of each side's distinct rows and scans the whole batch for the ratings that land in them. */
-int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, const float *BU, const float *BI,
+ * (iu, ii: each rating's position among its side's distinct rows). Each thread owns a range of each side's distinct
+ * rows: it zeroes their sums (GU, GQ, GBU, GBI come uninitialized) and scans the whole batch for the ratings that
+ * land in them. */
+ROW_LOOPS int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, const float *BU, const float *BI,
                         const int64_t *u, const int64_t *it, const float *d, int64_t B, int64_t k, float a, float ab,
                         const int64_t *iu, int64_t ru, const int64_t *ii, int64_t ri, float *GU, float *GQ,
                         float *GBU, float *GBI) {
@@ -154,6 +165,10 @@ int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, 
     FLUSH_DENORMALS
     const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t u_lo = ru * t / T, u_hi = ru * (t + 1) / T, i_lo = ri * t / T, i_hi = ri * (t + 1) / T;
+    memset(GU + u_lo * k, 0, (size_t)((u_hi - u_lo) * k) * sizeof(float));
+    memset(GQ + i_lo * k, 0, (size_t)((i_hi - i_lo) * k) * sizeof(float));
+    if (GBU) memset(GBU + u_lo, 0, (size_t)(u_hi - u_lo) * sizeof(float));
+    if (GBI) memset(GBI + i_lo, 0, (size_t)(i_hi - i_lo) * sizeof(float));
     for (int64_t b = 0; b < B; b++) {
         if (b + PF < B) {
             prefetch_row(P + u[b + PF] * k, k, 0);
@@ -183,7 +198,7 @@ int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, 
  * g <- G[r] + wd * w;  m <- m + (1 - b1)(g - m);  v <- b2 v + (1 - b2) g^2;  t <- t + 1;
  * w <- w - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps).   M holds m and v of a row side by side (n x 2 x k),
  * S the rows' step counts. */
-int64_t rows_adam(float *W, int64_t n, float *M, float *S, const int64_t *rows, const float *G, int64_t R, int64_t k,
+ROW_LOOPS int64_t rows_adam(float *W, int64_t n, float *M, float *S, const int64_t *rows, const float *G, int64_t R, int64_t k,
                   float lr, float b1, float b2, float eps, float wd) {
     const int64_t bad = out_of_range(rows, R, n);
     if (bad >= 0) return bad;

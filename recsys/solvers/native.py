@@ -180,9 +180,10 @@ def accumulate_rows(P: torch.Tensor, Q: torch.Tensor, users: torch.Tensor, items
     gets d_b·p_u + a·q_i (positions as :class:`recsys.solvers.sparse.RowIndex` gives them); with ``biases``, their
     rows get d_b + a_bias·b_u and d_b + a_bias·b_i. Returns the (user, item[, user bias, item bias]) gradients."""
     k = P.shape[1]
-    grads = [P.new_zeros((num_user_rows, k)), Q.new_zeros((num_item_rows, k))]
+    # uninitialized: each thread zeroes the rows it owns (in its cache, not a separate pass)
+    grads = [P.new_empty((num_user_rows, k)), Q.new_empty((num_item_rows, k))]
     if biases is not None:
-        grads += [P.new_zeros((num_user_rows, 1)), Q.new_zeros((num_item_rows, 1))]
+        grads += [P.new_empty((num_user_rows, 1)), Q.new_empty((num_item_rows, 1))]
     bu, bi, gbu, gbi = (*map(_ptr, biases), *map(_ptr, grads[2:])) if biases is not None else (None,) * 4
     d = d.contiguous()
     _checked(library().rows_accumulate(_ptr(P), len(P), _ptr(Q), len(Q), bu, bi, _ptr(users), _ptr(items), _ptr(d),
