@@ -170,9 +170,12 @@ ROW_LOOPS int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, in
     if (GBU) memset(GBU + u_lo, 0, (size_t)(u_hi - u_lo) * sizeof(float));
     if (GBI) memset(GBI + i_lo, 0, (size_t)(i_hi - i_lo) * sizeof(float));
     for (int64_t b = 0; b < B; b++) {
-        if (b + PF < B) {
-            prefetch_row(P + u[b + PF] * k, k, 0);
-            prefetch_row(Q + it[b + PF] * k, k, 0);
+        if (b + PF < B) {  /* the rows of a rating ahead that this thread will use (the other's are not read here) */
+            const int64_t a = b + PF;
+            if ((iu[a] >= u_lo && iu[a] < u_hi) || (ii[a] >= i_lo && ii[a] < i_hi)) {
+                prefetch_row(P + u[a] * k, k, 0);
+                prefetch_row(Q + it[a] * k, k, 0);
+            }
         }
         const int mine_u = iu[b] >= u_lo && iu[b] < u_hi, mine_i = ii[b] >= i_lo && ii[b] < i_hi;
         if (!mine_u && !mine_i) continue;
