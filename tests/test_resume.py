@@ -83,12 +83,14 @@ def test_last_checkpoint_is_written_every_epoch_and_the_curve_covers_every_epoch
     assert (tmp_path / "run" / "learning_curve.png").exists()
 
 
+@pytest.mark.parametrize("background", [True, False])
 @pytest.mark.parametrize("max_overhead", [0.1, 1.0])
 def test_slow_last_checkpoints_are_paced_and_the_ending_epoch_is_always_saved(compose_cfg, tmp_path, monkeypatch,
-                                                                              max_overhead):
+                                                                              max_overhead, background):
     """A last.ckpt that takes long to write is written as often as costs at most max_overhead of the time (here:
     after the first, only the epoch that ends the fit); max_overhead=1 writes every epoch; the best checkpoint
-    is not paced."""
+    is not paced. Written in the background or not, the same epochs are saved and the fit ends with the last one
+    on disk."""
     import time
 
     import lightning as L
@@ -96,20 +98,78 @@ def test_slow_last_checkpoints_are_paced_and_the_ending_epoch_is_always_saved(co
     from recsys.tracking import PacedCheckpoint
 
     monkeypatch.setattr(PacedCheckpoint, "ALWAYS_BELOW_S", 0.05)
-    saves, save = [], L.Trainer.save_checkpoint
+    saves, save = [], L.pytorch.strategies.SingleDeviceStrategy.save_checkpoint
 
-    def slow(trainer, filepath, *args, **kwargs):
+    def slow(strategy, checkpoint, filepath, *args, **kwargs):
         if str(filepath).endswith("last.ckpt"):
             time.sleep(0.3)  # 0.3 s at 10%: the next save waits 2.7 s, longer than the rest of this fit
-            saves.append(trainer.current_epoch)
-        return save(trainer, filepath, *args, **kwargs)
+            saves.append(checkpoint["epoch"])
+        return save(strategy, checkpoint, filepath, *args, **kwargs)
 
-    monkeypatch.setattr(L.Trainer, "save_checkpoint", slow)
+    monkeypatch.setattr(L.pytorch.strategies.SingleDeviceStrategy, "save_checkpoint", slow)
     metrics = train(compose_cfg("trainer.max_epochs=5", "~callbacks.early_stopping",
-                                f"callbacks.last_checkpoint.max_overhead={max_overhead}"))
+                                f"callbacks.last_checkpoint.max_overhead={max_overhead}",
+                                f"callbacks.last_checkpoint.background={background}"))
     assert saves == ([0, 4] if max_overhead < 1 else [0, 1, 2, 3, 4])
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
     assert metrics["epochs"] == 5 and os.path.exists(metrics["test_checkpoint"])
+
+
+def test_a_background_write_holds_the_epoch_it_was_taken_at_while_training_moves_on(compose_cfg, tmp_path,
+                                                                                    monkeypatch):
+    """The background write is of a copy: what it writes is the weights and optimizer state at the end of its
+    epoch, although the next epoch trains (and changes them) before it is written."""
+    import threading
+
+    import lightning as L
+
+    from recsys.tracking import PacedCheckpoint
+
+    at_end, written, live = {}, {}, {}
+    moved_on, save = threading.Event(), L.pytorch.strategies.SingleDeviceStrategy.save_checkpoint
+
+    class Watching(PacedCheckpoint):
+        def _save_checkpoint(self, trainer, filepath):
+            at_end[trainer.current_epoch] = {k: v.clone() for k, v in trainer.lightning_module.state_dict().items()}
+            live["module"] = trainer.lightning_module
+            super()._save_checkpoint(trainer, filepath)
+
+        def on_train_batch_end(self, trainer, *args):
+            super().on_train_batch_end(trainer, *args)
+            if trainer.current_epoch == 1 and trainer.global_step % trainer.num_training_batches == 3:
+                moved_on.set()  # three steps into epoch 1
+
+    def held(strategy, checkpoint, filepath, *args, **kwargs):
+        if str(filepath).endswith("last.ckpt") and checkpoint["epoch"] == 0:
+            assert moved_on.wait(60)  # the first write starts only once training has moved on
+            written.update({k: v.clone() for k, v in checkpoint["state_dict"].items()})
+            live.update(now={k: v.clone() for k, v in live["module"].state_dict().items()})
+        return save(strategy, checkpoint, filepath, *args, **kwargs)
+
+    monkeypatch.setattr("recsys.tracking.PacedCheckpoint", Watching)
+    monkeypatch.setattr(L.pytorch.strategies.SingleDeviceStrategy, "save_checkpoint", held)
+    train(compose_cfg("trainer.max_epochs=3", "~callbacks.early_stopping", "data.batch_size=64",
+                      "callbacks.last_checkpoint.max_overhead=1.0"))
+    assert any(not torch.equal(live["now"][k], at_end[0][k]) for k in written)  # training did change the weights
+    assert all(torch.equal(written[k], at_end[0][k]) for k in at_end[0])  # and epoch 0's were written
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_a_background_write_that_fails_fails_the_run(compose_cfg, monkeypatch):
+    """An error in the writing thread is not lost: the run raises it (at the next epoch end or when training
+    ends)."""
+    import lightning as L
+
+    save = L.pytorch.strategies.SingleDeviceStrategy.save_checkpoint
+
+    def failing(strategy, checkpoint, filepath, *args, **kwargs):
+        if str(filepath).endswith("last.ckpt"):
+            raise OSError("disk full (test)")
+        return save(strategy, checkpoint, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(L.pytorch.strategies.SingleDeviceStrategy, "save_checkpoint", failing)
+    with pytest.raises(OSError, match="disk full"):
+        train(compose_cfg("trainer.max_epochs=2", "~callbacks.early_stopping"))
 
 
 def test_the_best_checkpoint_is_held_in_memory_and_written_with_last_ckpt_and_at_the_end(compose_cfg, tmp_path,
@@ -128,21 +188,18 @@ def test_the_best_checkpoint_is_held_in_memory_and_written_with_last_ckpt_and_at
         copies[filepath] = {k: v.clone() for k, v in trainer.lightning_module.state_dict().items()}
         return take(self, trainer, filepath)
 
-    save = L.Trainer.save_checkpoint
+    strategy_save = L.pytorch.strategies.SingleDeviceStrategy.save_checkpoint
 
-    def saving(trainer, filepath, *args, **kwargs):
-        out = save(trainer, filepath, *args, **kwargs)
-        if str(filepath).endswith("last.ckpt"):
-            best = next(cb for cb in trainer.callbacks if isinstance(cb, BestCheckpoint))
-            last_records.append((trainer.current_epoch, best.best_model_path, os.path.exists(best.best_model_path)))
-        return out
+    def saving(strategy, checkpoint, filepath, *args, **kwargs):
+        if str(filepath).endswith("last.ckpt"):  # the best it records, and whether that file is on disk
+            best = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("BestCheckpoint"))
+            last_records.append((checkpoint["epoch"], best["best_model_path"],
+                                 os.path.exists(best["best_model_path"])))
+        written.append(os.path.basename(filepath))
+        return strategy_save(strategy, checkpoint, filepath, *args, **kwargs)
 
     monkeypatch.setattr(BestCheckpoint, "_save_checkpoint", taking)
-    monkeypatch.setattr(L.Trainer, "save_checkpoint", saving)
-    strategy_save = L.pytorch.strategies.SingleDeviceStrategy.save_checkpoint
-    monkeypatch.setattr(L.pytorch.strategies.SingleDeviceStrategy, "save_checkpoint",
-                        lambda self, ckpt, path, *a, **k: written.append(os.path.basename(path))
-                        or strategy_save(self, ckpt, path, *a, **k))
+    monkeypatch.setattr(L.pytorch.strategies.SingleDeviceStrategy, "save_checkpoint", saving)
     monkeypatch.setattr(PacedCheckpoint, "ALWAYS_BELOW_S", 0.0)  # pace last.ckpt: every save counts
     metrics = train(compose_cfg("trainer.max_epochs=6", "~callbacks.early_stopping", "data.batch_size=64",
                                 "callbacks.last_checkpoint.max_overhead=0.0001"))  # last.ckpt: first and ending epoch
