@@ -232,8 +232,13 @@ class PacedCheckpoint(ModelCheckpoint):
             return
         self._collect(trainer, wait=True)  # one write in flight at a time
         start = time.perf_counter()
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
         with trainer.profiler.profile("save_checkpoint"):
-            copy = _snapshot(trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only), self._spare)
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)  # every rank's hooks
+            if not trainer.is_global_zero:  # rank 0 writes: the others neither copy nor write
+                return
+            copy = _snapshot(checkpoint, self._spare)
         self._spare = None
         if self._writer is None:
             from concurrent.futures import ThreadPoolExecutor
@@ -242,12 +247,10 @@ class PacedCheckpoint(ModelCheckpoint):
 
         def write() -> float:
             began = time.perf_counter()
-            trainer.strategy.save_checkpoint(copy, filepath)  # rank 0 writes (atomically); no collective
+            trainer.strategy.save_checkpoint(copy, filepath)  # atomically (AtomicCheckpointIO); no collective
             return time.perf_counter() - began
 
         self._writing = (self._writer.submit(write), time.perf_counter() - start, copy)
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
 
     def _collect(self, trainer: L.Trainer, wait: bool) -> None:
         """The write in flight, once done (``wait``: waiting for it): its error raised, its time counted, the
