@@ -33,9 +33,9 @@ static int omp_get_thread_num(void) { return 0; }
 #define RESTORE_MODE
 #endif
 
-/* The row loops compiled twice where GCC can (x86-64 with ifunc): for AVX2 + FMA (x86-64-v3: 8 floats an
+/* The row loops compiled twice where GCC can (x86-64 with glibc's ifunc): for AVX2 + FMA (x86-64-v3: 8 floats an
  * instruction) and for the baseline; the loader picks the one this CPU runs. Elsewhere the baseline only. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
 #define ROW_LOOPS __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define ROW_LOOPS
