@@ -163,6 +163,15 @@ class RunClock(L.Callback):
         self.before, self.restarts = float(state_dict["fit_seconds"]), int(state_dict["restarts"]) + 1
 
 
+def _tell_loggers(trainer: L.Trainer, callback: ModelCheckpoint) -> None:
+    """A checkpoint is on disk: the loggers hear of it, as Lightning's own save tells them (W&B's ``log_model``)."""
+    if trainer.is_global_zero:
+        from weakref import proxy
+
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(proxy(callback))
+
+
 class PacedCheckpoint(ModelCheckpoint):
     """``last.ckpt`` at the end of an epoch, as often as costs at most ``max_overhead`` of the run's time, written
     while training goes on.
@@ -224,8 +233,8 @@ class PacedCheckpoint(ModelCheckpoint):
         return self.background and type(trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        start = time.perf_counter()
         if not self._in_background(trainer):
+            start = time.perf_counter()
             super()._save_checkpoint(trainer, filepath)
             self._saved_at = time.perf_counter()
             self._save_seconds = self._saved_at - start
@@ -261,11 +270,7 @@ class PacedCheckpoint(ModelCheckpoint):
         self._writing = None
         write_seconds = future.result()  # raises the write's error
         self._saved_at, self._save_seconds, self._spare = time.perf_counter(), copy_seconds + write_seconds, copy
-        if trainer.is_global_zero:
-            from weakref import proxy
-
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
+        _tell_loggers(trainer, self)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
@@ -332,11 +337,7 @@ class BestCheckpoint(ModelCheckpoint):
             with trainer.profiler.profile("save_best_checkpoint"):
                 trainer.strategy.save_checkpoint(checkpoint, filepath)
                 trainer.strategy.barrier("BestCheckpoint.flush")
-            if trainer.is_global_zero:
-                from weakref import proxy
-
-                for logger in trainer.loggers:
-                    logger.after_save_checkpoint(proxy(self))
+            _tell_loggers(trainer, self)
         for path in self._stale:
             if path != self.best_model_path:
                 trainer.strategy.remove_checkpoint(path)

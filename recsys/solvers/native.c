@@ -58,6 +58,9 @@ int64_t rows_threads(void) {
 #endif
 }
 
+/* whether a rating's row position pos[b] is among the rows [lo, hi) this thread owns */
+static inline int owns(const int64_t *pos, int64_t b, int64_t lo, int64_t hi) { return pos[b] >= lo && pos[b] < hi; }
+
 static int64_t out_of_range(const int64_t *index, int64_t B, int64_t n) {
     for (int64_t b = 0; b < B; b++)
         if (index[b] < 0 || index[b] >= n) return b;
@@ -91,7 +94,8 @@ int64_t rows_unique(const int64_t *index, int64_t B, int64_t n, uint64_t *bits, 
 
 /* score[b] = <P[u[b]], Q[i[b]]> (+ BU[u[b]] + BI[i[b]] where the bias tables are given, else NULL);
  * sq = (sum_b |P[u[b]]|^2, sum_b |Q[i[b]]|^2, sum_b BU[u[b]]^2, sum_b BI[i[b]]^2): the ridge's loss terms */
-ROW_LOOPS int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const float *BU, const float *BI,
+ROW_LOOPS
+int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t ni, const float *BU, const float *BI,
                  const int64_t *u, const int64_t *it, int64_t B, int64_t k, float *score, double *sq) {
     int64_t bad = out_of_range(u, B, nu);
     if (bad >= 0) return bad;
@@ -152,7 +156,8 @@ ROW_LOOPS int64_t rows_dot(const float *P, int64_t nu, const float *Q, int64_t n
  * (iu, ii: each rating's position among its side's distinct rows). Each thread owns a range of each side's distinct
  * rows: it zeroes their sums (GU, GQ, GBU, GBI come uninitialized) and scans the whole batch for the ratings that
  * land in them. */
-ROW_LOOPS int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, const float *BU, const float *BI,
+ROW_LOOPS
+int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, int64_t ni, const float *BU, const float *BI,
                         const int64_t *u, const int64_t *it, const float *d, int64_t B, int64_t k, float a, float ab,
                         const int64_t *iu, int64_t ru, const int64_t *ii, int64_t ri, float *GU, float *GQ,
                         float *GBU, float *GBI) {
@@ -170,14 +175,12 @@ ROW_LOOPS int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, in
     if (GBU) memset(GBU + u_lo, 0, (size_t)(u_hi - u_lo) * sizeof(float));
     if (GBI) memset(GBI + i_lo, 0, (size_t)(i_hi - i_lo) * sizeof(float));
     for (int64_t b = 0; b < B; b++) {
-        if (b + PF < B) {  /* the rows of a rating ahead that this thread will use (the other's are not read here) */
-            const int64_t a = b + PF;
-            if ((iu[a] >= u_lo && iu[a] < u_hi) || (ii[a] >= i_lo && ii[a] < i_hi)) {
-                prefetch_row(P + u[a] * k, k, 0);
-                prefetch_row(Q + it[a] * k, k, 0);
-            }
+        const int64_t ahead = b + PF;  /* prefetched: the rows of a rating ahead that this thread will use */
+        if (ahead < B && (owns(iu, ahead, u_lo, u_hi) || owns(ii, ahead, i_lo, i_hi))) {
+            prefetch_row(P + u[ahead] * k, k, 0);
+            prefetch_row(Q + it[ahead] * k, k, 0);
         }
-        const int mine_u = iu[b] >= u_lo && iu[b] < u_hi, mine_i = ii[b] >= i_lo && ii[b] < i_hi;
+        const int mine_u = owns(iu, b, u_lo, u_hi), mine_i = owns(ii, b, i_lo, i_hi);
         if (!mine_u && !mine_i) continue;
         const float *p = P + u[b] * k, *q = Q + it[b] * k;
         const float db = d[b];
@@ -201,7 +204,8 @@ ROW_LOOPS int64_t rows_accumulate(const float *P, int64_t nu, const float *Q, in
  * g <- G[r] + wd * w;  m <- m + (1 - b1)(g - m);  v <- b2 v + (1 - b2) g^2;  t <- t + 1;
  * w <- w - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps).   M holds m and v of a row side by side (n x 2 x k),
  * S the rows' step counts. */
-ROW_LOOPS int64_t rows_adam(float *W, int64_t n, float *M, float *S, const int64_t *rows, const float *G, int64_t R, int64_t k,
+ROW_LOOPS
+int64_t rows_adam(float *W, int64_t n, float *M, float *S, const int64_t *rows, const float *G, int64_t R, int64_t k,
                   float lr, float b1, float b2, float eps, float wd) {
     const int64_t bad = out_of_range(rows, R, n);
     if (bad >= 0) return bad;

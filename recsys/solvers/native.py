@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.c")
 FLAGS = ("-O3", "-fno-math-errno", "-shared", "-fPIC")  # -O3 vectorizes the row loops; sqrtf needs no errno
-
 OFF = ("0", "false", "off", "no")
 
 _state: dict = {}
@@ -108,15 +107,13 @@ def library() -> ctypes.CDLL | None:
     """The loaded kernels, or None where they are off (``RECSYS_NATIVE=0``) or cannot be built (one warning)."""
     if os.environ.get("RECSYS_NATIVE", "1").lower() in OFF:
         return None
-    lib = _state.get("lib", _state)
-    if lib is _state:  # not tried yet
+    if "lib" not in _state:
         try:
-            lib = _load()
+            _state["lib"] = _load()
         except Exception as err:  # noqa: BLE001 - any failure to build or load means the torch path
             log.warning("native CPU kernels unavailable, using the torch path (slower on wide tables): %s", err)
-            lib = None
-        _state["lib"] = lib
-    return lib
+            _state["lib"] = None
+    return _state["lib"]
 
 
 def threads() -> int:
@@ -216,7 +213,7 @@ def huge_page_zeros(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) 
     count = 1
     for size in shape:
         count *= int(size)
-    nbytes = count * torch.empty((), dtype=dtype).element_size()
+    nbytes = count * dtype.itemsize
     if nbytes < max(HUGE_PAGES_FROM, 1) or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.zeros(shape, dtype=dtype)
     buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # zero-filled by the kernel
