@@ -7,9 +7,9 @@ Ratings come from ``recsys.data.synthetic.generate_ratings`` (MovieLens-like ske
 like ML-25M's ratios: ~150 ratings per user, ~400 per item). Each (size, solver) runs in a fresh process
 that loads the ratings and trains, so its peak resident memory (``ru_maxrss``) is that solver's at that
 size. Gradient mf: the gradient solver's step (closed-form gradients and the optimizer) over a shuffled epoch at a
-batch of 16384 (ml-1m's); ALS mf: one epoch of user and item
-half-sweeps (``model.als_solve=cg``) after the row systems are built (build time printed apart). Times are
-the fastest of ``--epochs`` epochs. Writes
+batch of 16384 (ml-1m's), its batches drawn as training draws them (the epoch's permutation and gathers
+included); ALS mf: one epoch of user and item half-sweeps (``model.als_solve=cg``) after the row systems are
+built (build time printed apart). Times are the fastest of ``--epochs`` epochs. Writes
 ``benchmarks/results/scaling.md`` and ``scaling.png`` (log-log) with the fitted exponent b of
 seconds ∝ ratings^b: linear cost is b ≈ 1.
 
@@ -74,19 +74,18 @@ def child(path: str, solver: str, epochs: int, dim: int) -> dict:
 
 def gradient_epochs(model, users, items, ratings, batch: int, epochs: int, sync=lambda: None) -> list[float]:
     """Seconds of each shuffled epoch of the gradient solver's step (``Gradient.step``) on ``model``'s default
-    optimizer; ``sync`` waits for the device (``torch.cuda.synchronize`` on a GPU)."""
-    import torch
-
+    optimizer, over the batches training draws (:class:`recsys.data.datamodule.RatingBatches`: the epoch's
+    permutation and gathers included); ``sync`` waits for the device (``torch.cuda.synchronize`` on a GPU)."""
+    from recsys.data.datamodule import RatingBatches
     from recsys.solvers.gradient import Gradient
 
     solver, opt, seconds = Gradient(), model.configure_optimizers(), []
+    batches = RatingBatches((users, items, ratings), batch, shuffle=True)
     for _ in range(epochs):
         sync()
         start = time.perf_counter()
-        perm = torch.randperm(len(ratings), device=ratings.device)
-        u, i, r = users[perm], items[perm], ratings[perm]
-        for lo in range(0, len(r), batch):
-            solver.step(model, opt, (u[lo:lo + batch], i[lo:lo + batch], r[lo:lo + batch]))
+        for step in batches:
+            solver.step(model, opt, step)
         sync()
         seconds.append(time.perf_counter() - start)
     return seconds
