@@ -68,19 +68,19 @@ def child(path: str, solver: str, epochs: int, dim: int) -> dict:
             sweeper.epoch(model.least_squares())
             times.append(time.perf_counter() - start)
     else:
-        times = gradient_epochs(model, users, items, ratings, BATCH, epochs)
+        from recsys.data.datamodule import RatingBatches
+
+        times = gradient_epochs(model, RatingBatches((users, items, ratings), BATCH, shuffle=True), epochs)
     return {"seconds": min(times), "build": build, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def gradient_epochs(model, users, items, ratings, batch: int, epochs: int, sync=lambda: None) -> list[float]:
-    """Seconds of each shuffled epoch of the gradient solver's step (``Gradient.step``) on ``model``'s default
-    optimizer, over the batches training draws (:class:`recsys.data.datamodule.RatingBatches`: the epoch's
-    permutation and gathers included); ``sync`` waits for the device (``torch.cuda.synchronize`` on a GPU)."""
-    from recsys.data.datamodule import RatingBatches
+def gradient_epochs(model, batches, epochs: int, sync=lambda: None) -> list[float]:
+    """Seconds of each epoch of the gradient solver's step (``Gradient.step``) on ``model``'s default optimizer over
+    ``batches`` (iterated once an epoch: :class:`recsys.data.datamodule.RatingBatches` draws them as training does,
+    the epoch's permutation and gathers included); ``sync`` waits for the device (``torch.cuda.synchronize``)."""
     from recsys.solvers.gradient import Gradient
 
     solver, opt, seconds = Gradient(), model.configure_optimizers(), []
-    batches = RatingBatches((users, items, ratings), batch, shuffle=True)
     for _ in range(epochs):
         sync()
         start = time.perf_counter()
