@@ -163,6 +163,13 @@ class RunClock(L.Callback):
         self.before, self.restarts = float(state_dict["fit_seconds"]), int(state_dict["restarts"]) + 1
 
 
+def _mark_saved(trainer: L.Trainer, callback: ModelCheckpoint, filepath: str) -> None:
+    """What Lightning's own ``_save_checkpoint`` records of a save (the step and file it was for), for the two
+    callbacks below, which copy the checkpoint now and write it later."""
+    callback._last_global_step_saved = trainer.global_step
+    callback._last_checkpoint_saved = filepath
+
+
 def _tell_loggers(trainer: L.Trainer, callback: ModelCheckpoint) -> None:
     """A checkpoint is on disk: the loggers hear of it, as Lightning's own save tells them (W&B's ``log_model``)."""
     if trainer.is_global_zero:
@@ -241,8 +248,7 @@ class PacedCheckpoint(ModelCheckpoint):
             return
         self._collect(trainer, wait=True)  # one write in flight at a time
         start = time.perf_counter()
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
+        _mark_saved(trainer, self, filepath)
         with trainer.profiler.profile("save_checkpoint"):
             checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)  # every rank's hooks
             if not trainer.is_global_zero:  # rank 0 writes: the others neither copy nor write
@@ -320,8 +326,7 @@ class BestCheckpoint(ModelCheckpoint):
         # allocation of the tables' size each time)
         spare = self._pending[1] if self._pending else self._spare
         self._pending, self._spare = (filepath, _snapshot(checkpoint, spare)), None
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
+        _mark_saved(trainer, self, filepath)
 
     def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         self._stale.append(filepath)
