@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsys import recommender
+from recsys import memory, recommender
+from recsys.evaluation import users_per_chunk
 from recsys.io import atomic_write_json
 
 BLEND_FILE = "blend.json"
@@ -213,10 +214,19 @@ def _blend_ranking(runs: list[Path], recs: list, dm, cfg, metric: str, out) -> d
     n_users, n_items = dm.num_users, dm.num_items
     everyone = torch.arange(n_users)
 
+    budget = float(cfg.get("eval", {}).get("max_memory_mb", memory.MAX_MEMORY_MB))
+
     def z_scores(models) -> list[torch.Tensor]:
+        """Each model's standardized scores of every user (the weight search needs them all), in chunks whose
+        working memory stays within the run's eval.max_memory_mb."""
+        out = []
         with torch.no_grad():
-            return [torch.cat([standardized(m.score_all_items(chunk)).float() for chunk in everyone.split(4096)])
-                    for m in models]
+            for m in models:
+                work = lambda rows, m=m: standardized(m.score_all_items(rows)).float()  # noqa: E731
+                step = users_per_chunk(n_items, budget, work, everyone)
+                with memory.budget(budget):
+                    out.append(torch.cat([work(chunk) for chunk in everyone.split(step)]))
+        return out
 
     val_models, owns = [], [_metrics_json(run) for run in runs]
     for own, rec in zip(owns, recs):  # a refit member is weighed by the model validation chose (fitted on train)

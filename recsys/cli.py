@@ -67,6 +67,7 @@ def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,)
     """
     from omegaconf import OmegaConf
 
+    from recsys import memory
     from recsys.data import RatingsDataModule
     from recsys.data.datasets import prepare
     from recsys.evaluation import ranking_metrics
@@ -89,7 +90,8 @@ def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,)
         dm.setup()
         u, i, r = dm.test_set
         users, items, ratings = dm.user_map.to_ids(u.numpy()), dm.item_map.to_ids(i.numpy()), r.numpy()
-    with warnings.catch_warnings():
+    budget = float(OmegaConf.select(cfg, "eval.max_memory_mb", default=memory.MAX_MEMORY_MB))
+    with warnings.catch_warnings(), memory.budget(budget):  # the run's scoring budget holds here too
         warnings.simplefilter("ignore")  # unknown ids are expected in another file: counted below
         pred = rec.predict(users, items)
     err = pred - ratings.astype(np.float64)
@@ -102,7 +104,7 @@ def evaluate(rec: Recommender, overrides: list[str], ks: tuple[int, ...] = (10,)
     test = (u.cpu()[known], i.cpu()[known], torch.tensor(ratings, dtype=torch.float32)[known])
     with torch.no_grad():
         out.update(ranking_metrics(rec.model.score_all_items, test, rec.seen, torch.as_tensor(rec.popularity),
-                                   len(rec.items), ks, relevance_threshold, rec.device,
+                                   len(rec.items), ks, relevance_threshold, rec.device, max_memory_mb=budget,
                                    ranking_factors=rec.model.ranking_factors))
     return out
 

@@ -10,8 +10,9 @@ unclipped score. Per user, at each k:
 averaged over those users, logged as ``test/ndcg@10`` etc. The same from a popularity ranking (items by
 training count) as ``test/ndcg@10_popularity`` and ``test/recall@10_popularity``, so every run shows
 whether it ranks better than popularity. Users are scored in chunks on the model's device, as many as fit in
-``eval.max_memory_mb`` (default 512) of scores: no users × items matrix beyond it, and the same figures whatever
-the chunk. Under DDP each rank takes every world_size-th user and the sums and counts are all-reduced, so each
+``eval.max_memory_mb`` with the whole working memory of scoring them, measured on a probe chunk
+(:mod:`recsys.memory`): no users × items matrix beyond it, no users × items × hidden tensor, and the same figures
+whatever the chunk. Under DDP each rank takes every world_size-th user and the sums and counts are all-reduced, so each
 user counts once.
 """
 
@@ -20,16 +21,32 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from recsys import memory
 from recsys.data.interactions import Seen
+from recsys.memory import MAX_MEMORY_MB
 
-MAX_MEMORY_MB = 512  # eval.max_memory_mb: the budget of one chunk of users scored against every item
-BYTES_PER_CELL = 16  # a chunk's float32 scores, the temporaries of scoring them (bias sums) and cold-pair flags
+BYTES_PER_CELL = 16  # without a probe: a chunk's float32 scores, the temporaries of scoring them and cold flags
+PROBE_SHARE = 32  # a scorer's working memory is first probed on 1/32 of the chunk BYTES_PER_CELL would give
 METRICS = ("ndcg", "recall", "hit_rate", "mrr")
 
 
-def users_per_chunk(num_items: int, max_memory_mb: float = MAX_MEMORY_MB) -> int:
-    """How many users are scored against all ``num_items`` items at once within ``max_memory_mb`` (at least one)."""
-    return max(1, int(max_memory_mb * 2**20 // (max(num_items, 1) * BYTES_PER_CELL)))
+def users_per_chunk(num_items: int, max_memory_mb: float = MAX_MEMORY_MB, work=None,
+                    users: torch.Tensor | None = None) -> int:
+    """How many users are scored against all ``num_items`` items at once within ``max_memory_mb`` (at least one).
+
+    With ``work(rows)`` (a chunk's whole computation: its scores, what excludes the seen items, the top-k, the
+    hits) and the ``users`` it will be asked for, heaviest first (:meth:`Seen.heaviest_first`: a chunk's work
+    grows with its users' histories, so the probe is the costliest chunk), its working memory is measured
+    (:func:`recsys.memory.peak_bytes`, with the budget in force as it will be) on the first 1/32 of the chunk
+    ``BYTES_PER_CELL`` a score would give, then on as many as that says fit an eighth of the budget
+    (:func:`recsys.memory.linear_cost`), and the chunk sized by that; without, by ``BYTES_PER_CELL`` a score."""
+    with memory.budget(max_memory_mb):
+        guess = memory.units_within(0.0, float(max(num_items, 1) * BYTES_PER_CELL))
+        small = max(1, guess // PROBE_SHARE)
+        if work is None or users is None or len(users) <= 2 * small:
+            return guess
+        fixed, per_user = memory.linear_cost(lambda n: memory.peak_bytes(work, users[:n])[1], small, len(users))
+        return memory.units_within(fixed, max(per_user, 4.0 * num_items))  # never less than the float32 scores
 
 
 def _sums_from_hits(hits: torch.Tensor, n_rel: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
@@ -168,7 +185,8 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
 
     ``users``/``items`` (indices) are the relevant test pairs; ``score_all_items(rows)`` gives the model's
     (len(rows), num_items) scores; ``seen`` is each user's training and validation items. Users are scored in
-    chunks of :func:`users_per_chunk` (``max_memory_mb``): the chunk's scores are the only users × items matrix;
+    chunks of :func:`users_per_chunk` (``max_memory_mb``, measured on a probe chunk of this very scorer): the
+    chunk's scores are the only users × items matrix;
     seen items are set to -inf in place, the top-k found by ``topk`` and looked up among the relevant pairs (no
     dense relevance matrix). Popularity ranks every user by one order, so its top-k is read off that order.
     ``ranking_factors(users)`` (a model's, where it has them): the top-k comes from :class:`BoundedTop` instead of
@@ -183,13 +201,13 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
         order = torch.sort(popularity.to(torch.float64), descending=True, stable=True).indices.to(device)
         rank_of = torch.empty_like(order)
         rank_of[order] = torch.arange(len(order), device=order.device)
-    step = users_per_chunk(num_items, max_memory_mb)
     keys = keys.to(device)
     factors = ranking_factors(mine.to(device)) if ranking_factors is not None and len(mine) else None
     bounded = BoundedTop(factors, device) if factors is not None else None
-    for lo in range(0, len(mine), step):
-        rows = mine[lo:lo + step].to(device)
-        n_rel = n_rel_all[lo:lo + step].to(device)
+
+    def chunk_sums(lo: int, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The metric sums of users ``rows`` (rows ``lo:`` of ``mine``): the whole work of one chunk."""
+        n_rel = n_rel_all[lo:lo + len(rows)].to(device)
         if bounded is not None:  # closing each user once k items beat its best relevant item
             top = {"": bounded(lo, lo + len(rows), seen.entries(rows), k_max, _best_relevant(bounded, keys, rows, lo,
                                                                                           num_items))}
@@ -198,12 +216,20 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
         if popularity is not None:  # the same users ranked by training counts
             top["_popularity"] = _popular_top(seen.entries(rows), len(rows), order, rank_of, k_max)
         found = rows.long().unsqueeze(1) * num_items
+        sums = {}
         for suffix, items_top in top.items():
             pair = (found + items_top).reshape(-1)
             at = torch.searchsorted(keys, pair).clamp(max=max(len(keys) - 1, 0))
             hits = ((keys[at] == pair) & (items_top.reshape(-1) >= 0)).view(len(rows), -1)
-            for name, value in _sums_from_hits(hits, n_rel, ks).items():
-                totals[name + suffix] = totals.get(name + suffix, 0) + value
+            sums.update({name + suffix: value for name, value in _sums_from_hits(hits, n_rel, ks).items()})
+        return sums
+
+    rows_all = mine.to(device)
+    step = users_per_chunk(num_items, max_memory_mb, lambda rows: chunk_sums(0, rows), seen.heaviest_first(rows_all))
+    for lo in range(0, len(mine), step):
+        with memory.budget(max_memory_mb):  # a model's default pairwise path blocks within it
+            for name, value in chunk_sums(lo, rows_all[lo:lo + step]).items():
+                totals[name] = totals.get(name, 0) + value
     return totals
 
 

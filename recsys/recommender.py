@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recsys import memory
 from recsys.data.datasets import IdMap
 from recsys.data.interactions import Seen
-from recsys.evaluation import MAX_MEMORY_MB, users_per_chunk
+from recsys.evaluation import users_per_chunk
 from recsys.io import atomic_file
 from recsys.models.base import RatingModel, load_checkpoint
 from recsys.models.nets import Bilinear
@@ -55,10 +56,11 @@ def load_seen(run_dir: str | Path) -> tuple[Seen, np.ndarray]:
 
 def _checkpoint_path(path: Path) -> Path:
     if path.is_dir():
-        metrics = path / "metrics.json"
-        named = json.loads(metrics.read_text()).get("test_checkpoint") if metrics.exists() else None
-        if named and named != "last" and Path(named).exists():
-            return Path(named)
+        # the tested checkpoint: metrics.json's, or failed.json's where the test phase failed after the fit
+        for record in (path / "metrics.json", path / "failed.json"):
+            named = json.loads(record.read_text()).get("test_checkpoint") if record.exists() else None
+            if named and named != "last" and Path(named).exists():
+                return Path(named)
         last = path / "checkpoints" / "last.ckpt"
         if not last.exists():
             raise ValueError(f"{path}: a run directory needs checkpoints/last.ckpt (or metrics.json naming one)")
@@ -155,9 +157,10 @@ class Recommender:
 
     @torch.no_grad()
     def recommend(self, users, n: int = 10, exclude_seen: bool = True, seen: pd.DataFrame | None = None,
-                  strict: bool = False, max_memory_mb: float = MAX_MEMORY_MB) -> pd.DataFrame:
+                  strict: bool = False, max_memory_mb: float = memory.MAX_MEMORY_MB) -> pd.DataFrame:
         """Top-``n`` items per user: DataFrame ``user, item, score, rank`` (score unclipped, rank 1 best). Users are
-        scored in chunks of at most ``max_memory_mb`` of scores (:func:`recsys.evaluation.users_per_chunk`)."""
+        scored in chunks whose whole working memory stays within ``max_memory_mb``, measured on a probe chunk
+        (:func:`recsys.evaluation.users_per_chunk`)."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n={n!r}: must be a positive integer")
         csr = self._seen_from(seen) if seen is not None else self._seen
@@ -169,14 +172,20 @@ class Recommender:
             warnings.warn(f"recommend: {len(unknown)} unknown user ids are ranked by the cold-start fallback "
                           "(the training mean plus item biases)", stacklevel=2)
         k = min(n, len(self.items))
-        frames = []
-        step = users_per_chunk(len(self.items), max_memory_mb)
-        for lo in range(0, len(u), step):
-            rows, known = u[lo:lo + step], uk[lo:lo + step]
+
+        def top_of(rows: torch.Tensor, known: torch.Tensor) -> torch.return_types.topk:
             scores = self.model.score_all_items(rows, known)
             if exclude_seen:  # the known users' seen items
                 csr.exclude(scores, rows, only=known)
-            top = torch.topk(scores, k, dim=1)
+            return torch.topk(scores, k, dim=1)
+
+        frames = []
+        probe = csr.heaviest_first(u[uk]) if csr is not None else u[uk]  # the costliest chunk of known users
+        step = users_per_chunk(len(self.items), max_memory_mb,
+                               lambda rows: top_of(rows, torch.ones_like(rows, dtype=torch.bool)), probe)
+        for lo in range(0, len(u), step):
+            with memory.budget(max_memory_mb):
+                top = top_of(u[lo:lo + step], uk[lo:lo + step])
             frames.append((lo, top.values.cpu().numpy(), top.indices.cpu().numpy()))
         values = np.concatenate([v for _, v, _ in frames]) if frames else np.zeros((0, k))
         indices = np.concatenate([i for _, _, i in frames]) if frames else np.zeros((0, k), dtype=np.int64)

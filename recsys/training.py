@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -17,7 +18,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from recsys import evaluation, rundir, tracking, validation
+from recsys import evaluation, memory, rundir, tracking, validation
 from recsys.io import atomic_write_json
 from recsys.models.base import RatingModel
 from recsys.recommender import save_seen
@@ -116,9 +117,11 @@ def train(cfg: DictConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rank_zero = rank_zero_only.rank == 0
-    phase, loggers, failed = "config", [], True
+    phase, loggers, failed, scope = "config", [], True, contextlib.ExitStack()
+    tested = None  # the test phase's checkpoint, once the fit is done
     try:
         check_settings(cfg)
+        scope.enter_context(memory.budget(cfg.eval.max_memory_mb))  # every bulk scoring of the run keeps to it
         # checks the data settings; reads nothing yet. ALS takes the whole training set each epoch.
         datamodule = instantiate(cfg.data, **({"batch_size": None} if SOLVERS[cfg.model.solver].full_batch else {}))
         resume_from = rundir.prepare(cfg, out, set_aside=rank_zero)
@@ -151,7 +154,7 @@ def train(cfg: DictConfig) -> dict:
             k = int(str(cfg.optimized_metric).rsplit("@", 1)[1])
             trainer.callbacks.append(evaluation.RankingValidation(datamodule.val_set, datamodule.seen("train"), (k,),
                                                                   cfg.eval.relevance_threshold,
-                                                                  cfg.eval.get("max_memory_mb", 512)))
+                                                                  cfg.eval.max_memory_mb))
         refit = bool(cfg.get("refit", False))
         chosen = _read_choice(out) if refit else None  # a resumed refit: the first fit and its choice are done
         if refit:
@@ -166,11 +169,12 @@ def train(cfg: DictConfig) -> dict:
             trainer, datamodule, model, clock = _refit(cfg, datamodule, chosen, out)
             facts = datamodule.facts()
         phase = "test"
+        tested = str(out / "checkpoints" / "refit.ckpt") if refit else _test_checkpoint(cfg, trainer, out)
         if cfg.eval.ranking:  # handed the test set, seen items and popularity: logged with the test metrics
             ks = (cfg.eval.k,) if isinstance(cfg.eval.k, int) else tuple(cfg.eval.k)
             trainer.callbacks.append(evaluation.RankingMetrics(datamodule.test_set, seen, facts.item_counts, ks,
                                                                cfg.eval.relevance_threshold,
-                                                               cfg.eval.get("max_memory_mb", 512)))
+                                                               cfg.eval.max_memory_mb))
         if refit:
             metrics = _test_and_report_refit(cfg, trainer, datamodule, model, loggers, chosen, clock, out)
         else:
@@ -182,11 +186,18 @@ def train(cfg: DictConfig) -> dict:
     except BaseException as err:
         if rank_zero:
             cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-            atomic_write_json(out / "failed.json", {
-                "error": f"{type(cause).__name__}: {cause}"[:4000], "error_type": type(cause).__name__,
-                "message": str(cause)[:4000], "phase": phase})
+            record = {"error": f"{type(cause).__name__}: {cause}"[:4000], "error_type": type(cause).__name__,
+                      "message": str(cause)[:4000], "phase": phase}
+            if phase == "test" and tested is not None:  # the fit is done and kept: evaluate it without refitting
+                record.update({"test_checkpoint": tested, "evaluate": f"recsys evaluate {out}",
+                               "kept": "the fit's checkpoints; recsys evaluate RUN (or recsys.load(RUN)) uses "
+                                       "test_checkpoint"})
+                log.error("the test phase failed after the fit; the fit is kept (%s). Evaluate it alone with: "
+                          "recsys evaluate %s", tested, out)
+            atomic_write_json(out / "failed.json", record)
         raise
     finally:
+        scope.close()
         if tracking.wandb_loggers(loggers):
             import wandb
 
@@ -218,14 +229,23 @@ def _last_checkpoint(out: Path) -> Path | str:
     return last if last.exists() else "last"
 
 
+def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, out: Path) -> str:
+    """The weights the test phase uses (``test_ckpt``): the best checkpoint by ``optimized_metric``, else the
+    last weights (``last.ckpt``)."""
+    ckpt = trainer.checkpoint_callback
+    if cfg.get("test_ckpt", "best") == "best" and ckpt is not None and ckpt.best_model_path:
+        return str(ckpt.best_model_path)
+    return str(_last_checkpoint(out))
+
+
 def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list,
                      history: tracking.History, clock: tracking.RunClock, out: Path) -> dict:
     fit_seconds = clock.seconds  # every part of the run, resumed ones included
     ckpt = trainer.checkpoint_callback
-    test_ckpt = cfg.get("test_ckpt", "best")
-    use_best = test_ckpt == "best" and ckpt is not None and ckpt.best_model_path
+    tested = _test_checkpoint(cfg, trainer, out)
+    use_best = ckpt is not None and bool(ckpt.best_model_path) and tested == str(ckpt.best_model_path)
     start = time.perf_counter()
-    results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt.best_model_path if use_best else None,
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=tested if use_best else None,
                            verbose=False)[0]
     test_seconds = time.perf_counter() - start
 
@@ -241,7 +261,7 @@ def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, log
         "num_train": n_train,
         "restarts": clock.restarts,
         "world_size": trainer.world_size,
-        "test_checkpoint": str(ckpt.best_model_path) if use_best else str(_last_checkpoint(out)),
+        "test_checkpoint": tested,
     })
     _write_report(cfg, trainer, loggers, metrics, history.rows, out, epochs)
     return metrics

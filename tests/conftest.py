@@ -50,8 +50,8 @@ def model_configs() -> dict[str, Path]:
 
 @pytest.fixture(autouse=True)
 def _private_data_root(request, tmp_path, monkeypatch):
-    """Parse caches and stamps of tmp files go to tmp, not ~/.cache/recsys (slow real-data tests use it)."""
-    if "slow" not in request.keywords:
+    """Parse caches and stamps of tmp files go to tmp, not ~/.cache/recsys (slow and preset real-data tests use it)."""
+    if "slow" not in request.keywords and "presets" not in request.keywords:
         monkeypatch.setenv("RECSYS_DATA", str(tmp_path / "recsys-data"))
 
 

@@ -4,6 +4,7 @@ file permissions and strict JSON."""
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,33 @@ def test_the_parts_of_a_run_share_one_wandb_run_id(tmp_path, compose_cfg):
     logger = OmegaConf.create({"wandb": {"id": None}})
     tracking.wandb_resume_id(logger, run)
     assert logger.wandb.id != ids[0] and (run / "previous").exists()
+
+
+def test_a_test_phase_failure_keeps_the_fit_and_recsys_evaluate_then_gives_its_metrics(compose_cfg, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """The ml1m_autorec regression: the fit finished, the ranking metrics ran out of memory. The checkpoints stay,
+    failed.json names the tested checkpoint and the command, and that command gives the metrics the run would
+    have written (those of the same run without the failure)."""
+    from recsys import evaluation
+    from recsys.cli import main
+
+    whole = train(compose_cfg(*QUICK, f"output_dir={tmp_path / 'whole'}"))
+
+    def out_of_memory(self, trainer, pl_module):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 42596764000 bytes")
+
+    monkeypatch.setattr(evaluation.RankingMetrics, "on_test_epoch_end", out_of_memory)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        train(compose_cfg(*QUICK))
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    failed = json.loads((run / "failed.json").read_text())
+    assert failed["phase"] == "test" and failed["evaluate"] == f"recsys evaluate {run}"
+    assert Path(failed["test_checkpoint"]).exists() and (run / "checkpoints" / "last.ckpt").exists()
+    assert Path(failed["test_checkpoint"]).name == Path(whole["test_checkpoint"]).name  # the one a test would use
+    assert not (run / "metrics.json").exists()
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    printed = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
+    for key in ("test/rmse", "test/mae", "test/ndcg@10", "test/recall@10"):
+        assert float(printed[key]) == pytest.approx(whole[key], abs=1e-4), key

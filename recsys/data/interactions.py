@@ -139,6 +139,14 @@ class Seen:
             which, cols = which[keep], cols[keep]
         return which.to(rows.device), cols.to(rows.device)
 
+    def heaviest_first(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows`` ordered by how many items each has seen, most first (ties by row): the chunk whose work is
+        largest, which a memory probe measures (rows past the table count as none seen)."""
+        counts = torch.as_tensor(np.diff(self.indptr))
+        inside = rows.cpu().clamp(0, len(counts) - 1)
+        seen = torch.where(rows.cpu() < len(counts), counts[inside], 0)
+        return rows[torch.sort(seen, descending=True, stable=True).indices.to(rows.device)]
+
     def exclude(self, scores: torch.Tensor, rows: torch.Tensor, only: torch.Tensor | None = None) -> torch.Tensor:
         """``scores`` (len(rows) × items) with each row's seen items set to -inf, in place (see :meth:`entries`)."""
         return scores.index_put_(self.entries(rows, only), scores.new_tensor(float("-inf")))

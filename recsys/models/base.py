@@ -66,7 +66,7 @@ import lightning as L
 import torch
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
 
-from recsys import validation
+from recsys import memory, validation
 from recsys.data.facts import DataFacts
 from recsys.data.interactions import Interactions
 from recsys.models.nets import Bilinear, take_saved_sizes
@@ -76,6 +76,7 @@ from recsys.solvers.gibbs import Chain
 from recsys.solvers.gradient import optimizer_spec
 
 SHARED = ("data", "optimizer", "solver")
+PROBE_PAIRS = (64, 1024)  # forward's working memory is first probed on 64 pairs; calls of ≤ 1024 pairs run whole
 _BUILDING: contextvars.ContextVar = contextvars.ContextVar("recsys_model_shared")
 
 
@@ -173,6 +174,7 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
             raise TypeError("a RatingModel is built by calling its class: Model(data=facts, ...)") from None
         self.data: DataFacts = facts
         self._data_buffers: set[str] = set()
+        self._pair_cost: dict[tuple, tuple[float, float]] = {}  # forward's (fixed, per-pair) bytes (pairs_per_block)
         self.solver = SOLVERS[solver]()
         metrics = MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
         self.val_metrics = metrics.clone(prefix="val/")
@@ -249,11 +251,47 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         return torch.full(users.shape, float(self.data.global_mean), device=users.device)
 
     def all_item_scores(self, users: torch.Tensor) -> torch.Tensor:
-        """(len(users), num_items): ``forward`` of each user against every item. Override only with a faster
-        path that gives the same scores (a test compares them)."""
+        """(len(users), num_items): ``forward`` of each user against every item. The default scores the pairs in
+        blocks that keep ``forward``'s working memory within half the scoring budget (:mod:`recsys.memory`; the
+        other half holds the scores). Override only with a faster path that gives the same scores (a test
+        compares them)."""
         n_items = len(self.item_seen)
-        items = torch.arange(n_items, device=users.device)
-        return self(users.repeat_interleave(n_items), items.repeat(len(users))).view(len(users), n_items)
+        out = None
+        for lo, hi, u, i in self._pair_blocks(users, n_items, share=0.5):
+            block = self(u, i)
+            if out is None:
+                out = block.new_empty(len(users) * n_items)
+            out[lo:hi] = block
+        return (out if out is not None else torch.empty(0, device=users.device)).view(len(users), n_items)
+
+    def _pair_blocks(self, users: torch.Tensor, n_items: int, share: float):
+        """``(lo, hi, users, items)`` blocks of the flattened users × items pairs (pair p is user ``p // n_items``
+        and item ``p % n_items``), never materializing every pair's indices at once."""
+        total = len(users) * n_items
+
+        def pairs(lo: int, hi: int):
+            p = torch.arange(lo, hi, device=users.device)
+            return users[p // n_items], p % n_items
+
+        step = self.pairs_per_block(pairs, total, share, pattern="grid")
+        for lo in range(0, total, step):
+            hi = min(total, lo + step)
+            yield (lo, hi, *pairs(lo, hi))
+
+    def pairs_per_block(self, pairs, total: int, share: float = 1.0, pattern: str = "pairs") -> int:
+        """How many of ``total`` pairs ``forward`` scores at once within ``share`` of the scoring budget
+        (:func:`recsys.memory.budget_bytes`), from its working memory measured on ``pairs(0, n)`` for two probe
+        sizes (:func:`recsys.memory.linear_cost`), once per model, grad mode and ``pattern`` (``grid``: one
+        user's items, as ``all_item_scores`` asks; ``pairs``: pairs in user order). Calls of at most 1024 pairs
+        run whole."""
+        small, large = PROBE_PAIRS
+        if total <= large:
+            return max(total, 1)
+        key = (torch.is_grad_enabled(), pattern)
+        if key not in self._pair_cost:
+            self._pair_cost[key] = memory.linear_cost(lambda n: memory.peak_bytes(self, *pairs(0, n))[1],
+                                                      small, total)
+        return memory.units_within(*self._pair_cost[key], limit=total, share=share)
 
     def ranking_factors(self, users: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
         """``(user_vectors, user_constants, item_vectors, item_constants)`` — (len(users), d), (len(users),),
@@ -320,7 +358,21 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         """
         uk = self.user_seen[users] if user_known is None else user_known & self.user_seen[users]
         ik = self.item_seen[items] if item_known is None else item_known & self.item_seen[items]
-        return torch.where(uk & ik, self(users, items), self.fallback(users, items, uk, ik))
+        return torch.where(uk & ik, self._pairwise(users, items), self.fallback(users, items, uk, ik))
+
+    def _pairwise(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``forward`` of the pairs in blocks within the scoring budget; a call that needs several blocks takes
+        them in user order, so a model whose work grows with a block's distinct users (EASE scores X_u·B) meets
+        each user about once."""
+        if len(users) <= PROBE_PAIRS[1]:
+            return self(users, items)
+        order = torch.argsort(users, stable=True)
+        su, si = users[order], items[order]
+        step = self.pairs_per_block(lambda lo, hi: (su[lo:hi], si[lo:hi]), len(users))
+        if step >= len(users):
+            return self(users, items)
+        pred = torch.cat([self(su[lo:lo + step], si[lo:lo + step]) for lo in range(0, len(users), step)])
+        return torch.empty_like(pred).index_copy_(0, order, pred)
 
     def score_all_items(self, users: torch.Tensor, user_known: torch.Tensor | None = None) -> torch.Tensor:
         """(len(users), num_items) unclipped scores against every item, as :meth:`score` gives them:
