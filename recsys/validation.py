@@ -48,8 +48,21 @@ class OneOf:
         return None if value in self.values else f"must be one of {list(self.values)}"
 
 
+@dataclass(frozen=True)
+class Regularizes:
+    """Marks a hyperparameter as a regularizer (a prior's strength, a penalty's weight): what the generic tests
+    weaken to let a model fit a target exactly, and what a search space should cover. It constrains nothing."""
+
+    def check(self, value) -> None:
+        return None
+
+
+REGULARIZER = Regularizes()
+
 Size = Annotated[int, AtLeast(1)]
 NonNegative = Annotated[float, AtLeast(0)]
+Reg = Annotated[float, AtLeast(0), REGULARIZER]  # a regularizer: ≥ 0
+PositiveReg = Annotated[float, AtLeast(0, strict=True), REGULARIZER]  # a regularizer that must be > 0
 Positive = Annotated[float, AtLeast(0, strict=True)]
 Fraction = Annotated[float, AtLeast(0, strict=True), Below(1)]
 
@@ -95,6 +108,18 @@ def check(key: str, annotation, value) -> None:
             return
         problems.append(" and ".join(failed))
     raise ValueError(f"{key}={value!r}: {' or '.join(problems)}")
+
+
+def regularizers(func) -> tuple[str, ...]:
+    """The parameters of ``func`` annotated as regularizers (:data:`Reg`, :data:`PositiveReg`, or any annotation
+    carrying :data:`REGULARIZER`, ``Reg | None`` included), in signature order."""
+
+    def marked(annotation) -> bool:
+        if typing.get_origin(annotation) is Annotated:
+            return any(isinstance(m, Regularizes) for m in annotation.__metadata__)
+        return any(marked(a) for a in typing.get_args(annotation))
+
+    return tuple(name for name, annotation in hints(func).items() if name != "return" and marked(annotation))
 
 
 def hints(func) -> dict:

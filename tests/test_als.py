@@ -163,7 +163,7 @@ def test_gradient_and_als_reach_the_same_objective():
     (lambda: PMF(data=fake_facts(), lambda_u=0.0, solver="als"), "model.lambda_u=0.0, .* with model.solver=als"),
     (lambda: BiasedMF(data=fake_facts(), reg=0.0, solver="als"), "model.reg=0.0, .* with model.solver=als"),
     (lambda: Baseline(data=fake_facts(), reg=0.0, solver="als"), "model.reg=0.0 with model.solver=als"),
-    (lambda: SigmoidPMF(data=fake_facts(), solver="als"), "SigmoidPMF is not bilinear"),
+    (lambda: SigmoidPMF(data=fake_facts(), solver="als"), "SigmoidPMF is fitted by model.solver=gradient only"),
     (lambda: PMF(data=fake_facts(), solver="newton"), "model.solver='newton'"),
     (lambda: PMF(data=fake_facts(), reg_scaling="both"), "model.reg_scaling='both'"),
 ])

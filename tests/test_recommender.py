@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import model_configs
 
 import recsys
@@ -33,7 +34,8 @@ def _split(udata):
 @pytest.mark.parametrize("name", model_configs())
 def test_load_predicts_by_original_ids_for_every_model(run, udata, name):
     rec = recsys.load(run(f"model={name}"))
-    assert isinstance(rec, recsys.Recommender) and type(rec.model).__module__ == f"recsys.models.{name}"
+    target = yaml.safe_load(model_configs()[name].read_text())["_target_"]
+    assert isinstance(rec, recsys.Recommender) and f"{type(rec.model).__module__}.{type(rec.model).__name__}" == target
     dm = _split(udata)
     users, items, _ = dm.test_set
     ids_u, ids_i = dm.user_map.to_ids(users.numpy()), dm.item_map.to_ids(items.numpy())

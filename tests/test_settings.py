@@ -22,7 +22,8 @@ BAD = [
     ("seed=abc", "seed='abc': must be an integer"),
     ("data.split_seed=1.5", "data.split_seed=1.5: must be an integer"),
     ("callbacks.early_stopping.patience=-1", "callbacks.early_stopping.patience=-1: must be >= 0"),
-    ("model.solver=newton", "model.solver='newton': choose one of ['als', 'closed_form', 'gibbs', 'gradient']"),
+    ("model.solver=newton", "model.solver='newton': BiasedMF is fitted by model.solver=gradient or "
+                            "model.solver=als only"),
     ("data.split=nope", "data.split='nope': must be one of ['random', 'user', 'temporal', 'leave_last']"),
     ("data.duplicates=first", "data.duplicates='first': must be one of ['last', 'error']"),
     ("resume=maybe", "resume='maybe': must be one of ['auto', 'never', 'must']"),

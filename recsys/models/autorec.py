@@ -31,7 +31,7 @@ from torch import nn
 
 from recsys.data.interactions import Interactions
 from recsys.models.base import RatingModel
-from recsys.validation import NonNegative, Size
+from recsys.validation import NonNegative, Reg, Size
 
 CHUNK = 1 << 16  # training ratings encoded at once when refreshing the codes: bounds memory at O(CHUNK · hidden)
 # A batch is computed densely (its items' full rating rows: two matmuls over items × users) when that
@@ -44,7 +44,7 @@ DENSE_PER_RATING = 64
 class AutoRec(RatingModel):
     default_optimizer = {"_target_": "torch.optim.Rprop", "lr": 0.01}
 
-    def __init__(self, hidden: Size = 500, reg: NonNegative = 100.0, init_std: NonNegative = 0.03):
+    def __init__(self, hidden: Size = 500, reg: Reg = 100.0, init_std: NonNegative = 0.03):
         super().__init__()
         n_users, n_items = self.data.num_users, self.data.num_items
         self.encoder = nn.Embedding(n_users, hidden)  # V's column per user

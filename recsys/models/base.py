@@ -14,8 +14,16 @@ loads with ``weights_only=True``) and checks the combination (e.g. ALS on a mode
 **The hooks.** A model must implement the two abstract methods; every other ability is a method declared
 here whose default is correct for any model. Nothing is looked up by attribute name.
 
-- ``forward(users, items)`` (required): predicted ratings of the pairs, on the rating scale, unclipped.
-- ``objective(users, items, ratings)`` (required): the minibatch training loss (autograd).
+**The declarations** (class attributes, checked when the class is defined): ``task`` (``rating`` | ``ranking``:
+the feedback it trains on, the metric that selects it, the metrics it reports), ``solvers`` (the solvers that
+fit it, the first the default; the contract refuses any other), ``training_input`` (``ratings`` | ``pairs``
+with sampled negatives), and the regularizers, annotated in the ``__init__`` signature
+(:data:`recsys.validation.Reg`).
+
+- ``forward(users, items)`` (required): the scores of the pairs (a rating model: ratings on the rating scale,
+  unclipped).
+- ``objective(users, items, ratings)``: the minibatch training loss (autograd); required with the ``gradient``
+  solver.
 - ``setup_interactions(train)``: receives the training :class:`Interactions` before fitting (every DDP rank,
   once per fit); derived state needed for scoring goes into buffers (``register_data_buffer``), saved with the
   weights. Default: nothing.
@@ -90,13 +98,26 @@ def _primitive(value) -> bool:
     return False
 
 
+TASKS = ("rating", "ranking")  # what a model is for: predicting ratings, or ordering items (see RatingModel.task)
+INPUTS = ("ratings", "pairs")  # what a training batch holds: rated pairs, or positives with sampled negatives
+#: the hook each solver fits a model through: a model declaring the solver must implement it
+SOLVER_HOOKS = {"gradient": "objective", "als": "least_squares", "gibbs": "chain", "closed_form": "fit_closed_form"}
+
+
 class _Contract(abc.ABCMeta):
-    """Checks each model class's ``__init__`` when it is defined, and builds each model in one call."""
+    """Checks each model class's declarations and ``__init__`` when it is defined, and builds each model in one
+    call."""
 
     def __init__(cls, name, bases, namespace, **kw):
         super().__init__(name, bases, namespace, **kw)
-        if "__init__" not in namespace or not any(isinstance(b, _Contract) for b in bases):
-            return  # RatingModel itself, or a subclass that keeps its parent's hyperparameters
+        if not any(isinstance(b, _Contract) for b in bases):
+            return  # RatingModel itself
+        if "__init__" in namespace:  # a subclass that keeps its parent's hyperparameters has nothing new here
+            cls._check_init()
+        cls._check_declarations()
+
+    def _check_init(cls) -> None:
+        name = cls.__name__
         for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
             where = f"{cls.__module__}.{name}.__init__ argument {p.name!r}"
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -106,14 +127,32 @@ class _Contract(abc.ABCMeta):
             if p.default is p.empty:
                 raise TypeError(f"{where}: give it a default, so that {name}(data=facts) builds a model")
 
-    def __call__(cls, *args, data=None, optimizer=None, solver: str = "gradient", **kwargs):
+    def _check_declarations(cls) -> None:
+        """``task``, ``solvers`` and ``training_input`` are valid, and every declared solver's hook is implemented."""
+        where = f"{cls.__module__}.{cls.__name__}"
+        if cls.task not in TASKS:
+            raise TypeError(f"{where}.task={cls.task!r}: declare one of {list(TASKS)}")
+        if cls.training_input not in INPUTS:
+            raise TypeError(f"{where}.training_input={cls.training_input!r}: declare one of {list(INPUTS)}")
+        solvers = cls.solvers
+        if not isinstance(solvers, tuple) or not solvers or any(s not in SOLVER_HOOKS for s in solvers):
+            raise TypeError(f"{where}.solvers={solvers!r}: declare a tuple of one or more of {list(SOLVER_HOOKS)}")
+        for solver in solvers:
+            hook = SOLVER_HOOKS[solver]
+            if getattr(cls, hook) is getattr(RatingModel, hook):
+                raise TypeError(f"{where} declares solver {solver!r} but does not implement {hook}(), which that "
+                                "solver fits it through")
+
+    def __call__(cls, *args, data=None, optimizer=None, solver: str | None = None, **kwargs):
         if data is None:
             raise TypeError(f"{cls.__name__} needs data=...: the datamodule's DataFacts (RatingsDataModule.facts())")
         own = cls._own_hyperparameters(args, kwargs)
         facts = DataFacts.coerce(data)
         spec = optimizer_spec(cls.default_optimizer if optimizer is None else optimizer)
-        if solver not in SOLVERS:
-            raise ValueError(f"model.solver={solver!r}: choose one of {sorted(SOLVERS)}")
+        solver = cls.solvers[0] if solver is None else solver
+        if solver not in cls.solvers:
+            fitted = " or ".join(f"model.solver={s}" for s in cls.solvers)
+            raise ValueError(f"model.solver={solver!r}: {cls.__name__} is fitted by {fitted} only")
         token = _BUILDING.set((facts, solver))
         try:
             model = super().__call__(*args, **kwargs)
@@ -125,6 +164,10 @@ class _Contract(abc.ABCMeta):
         model.automatic_optimization = model.solver.automatic(model)
         model.least_squares()  # builds (and so checks) the least-squares form, e.g. reg_scaling, whatever the solver
         model.solver.check(model)
+        if (model.negatives_per_positive() > 0) != (cls.training_input == "pairs"):
+            raise TypeError(f"{cls.__name__} declares training_input={cls.training_input!r} but "
+                            f"negatives_per_positive() is {model.negatives_per_positive()}: pairs need one or more "
+                            "sampled negatives a positive, ratings none")
         return model
 
     def _own_hyperparameters(cls, args, kwargs) -> dict:
@@ -165,6 +208,17 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
 
     #: the optimizer when none is given; each model config repeats it as its ``optimizer:`` block
     default_optimizer: ClassVar[dict] = {"_target_": "torch.optim.Adam", "lr": 0.001, "weight_decay": 0.0}
+    #: what the model is for, checked when the class is defined. ``rating``: it predicts ratings, trains on explicit
+    #: feedback, is selected by ``val/rmse`` and reports RMSE/MAE beside the ranking metrics; ``ranking``: it orders
+    #: items, trains on implicit feedback (every training rating a positive), is selected by ``val/ndcg@10`` and
+    #: reports ranking metrics only (configs/train.yaml reads this through the ``recsys.*`` resolvers)
+    task: ClassVar[str] = "rating"
+    #: the solvers that can fit it, the first the default (``model.solver``); any other is refused when the model
+    #: is built, with one message naming the model and these. Each needs its hook (SOLVER_HOOKS) implemented.
+    solvers: ClassVar[tuple[str, ...]] = ("gradient",)
+    #: what a training batch holds: ``ratings`` (users, items, ratings) or ``pairs`` (a fourth tensor of
+    #: ``negatives_per_positive()`` sampled negative items per positive)
+    training_input: ClassVar[str] = "ratings"
 
     def __init__(self) -> None:
         super().__init__()
@@ -192,9 +246,11 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Predicted ratings on the rating scale, unclipped."""
 
-    @abc.abstractmethod
     def objective(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
-        """The minibatch training loss."""
+        """The minibatch training loss: required of every model that declares the ``gradient`` solver (checked when
+        the class is defined); a model fitted otherwise (ALS, Gibbs, a closed form) has none."""
+        raise NotImplementedError(f"{type(self).__name__} has no minibatch objective: it is fitted by "
+                                  f"{' or '.join(self.solvers)}")
 
     # -- optional abilities, each with a default correct for any model (see the module docstring) ----------
     def setup_interactions(self, train: Interactions) -> None:
@@ -417,7 +473,11 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
                 self.log("train/loss", tally["loss"] / tally["weight"], on_step=False, on_epoch=True)
         return loss if self.automatic_optimization else None
 
-    def _eval_step(self, batch, metrics: MetricCollection) -> torch.Tensor:
+    def _eval_step(self, batch, metrics: MetricCollection) -> torch.Tensor | None:
+        """RMSE/MAE of a rating model's predictions; a ranking model predicts no rating (its validation and test
+        are the ranking metrics, :mod:`recsys.evaluation`)."""
+        if self.task != "rating":
+            return None
         users, items, ratings = batch
         pred = self.predict(users, items)
         metrics.update(pred, ratings)
@@ -433,13 +493,14 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         cold_u, cold_i = ~self.user_seen[users], ~self.item_seen[items]
         self.test_cold_user.update(cold_u.float())
         self.test_cold_item.update(cold_i.float())
-        err = (pred - ratings).square()
-        self.test_warm_mse.update(err, weight=(~(cold_u | cold_i)).float())
+        if pred is not None:
+            self.test_warm_mse.update((pred - ratings).square(), weight=(~(cold_u | cold_i)).float())
         self.log("test/cold_user_fraction", self.test_cold_user, on_step=False, on_epoch=True)
         self.log("test/cold_item_fraction", self.test_cold_item, on_step=False, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:
-        self.log("test/rmse_warm", self.test_warm_mse.compute().sqrt())
+        if self.task == "rating":
+            self.log("test/rmse_warm", self.test_warm_mse.compute().sqrt())
         self.test_warm_mse.reset()
 
     def predict_step(self, batch, batch_idx):

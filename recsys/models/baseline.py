@@ -15,13 +15,14 @@ from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
 from recsys.models.objectives import per_rating_ridge, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
-from recsys.validation import NonNegative
+from recsys.validation import Reg
 
 
 class Baseline(RatingModel):
+    solvers = ("gradient", "als")
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.01, "weight_decay": 0.0}
 
-    def __init__(self, reg: NonNegative = 0.01, reg_scaling: RegScaling = "frequency",
+    def __init__(self, reg: Reg = 0.01, reg_scaling: RegScaling = "frequency",
                  als_solve: Solve = "cg", als_tol: Tolerance = 1e-4):
         super().__init__()
         self.net = Bilinear(self.data.num_users, self.data.num_items, 0, bias=True, init_std=0.0)

@@ -29,18 +29,16 @@ import torch
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
 from recsys.solvers.als import LeastSquares
-from recsys.solvers.gibbs import HYPERS, Chain, Gibbs
+from recsys.solvers.gibbs import HYPERS, Chain
 from recsys.validation import AtLeast, NonNegative, OneOf, Size
 
 
 class BPMF(RatingModel):
-    default_optimizer = {"_target_": "torch.optim.SGD", "lr": 1.0}  # unused: the sampler sets the tables
+    solvers = ("gibbs",)  # the posterior is sampled: the sampler sets the tables, no optimizer steps
 
     def __init__(self, dim: Size = 10, burn_in: Annotated[int, AtLeast(0)] = 50,
                  hyper: Annotated[str, OneOf(*HYPERS)] = "gamma", init_std: NonNegative = 0.1, seed: int = 0):
         super().__init__()
-        if not isinstance(self.solver, Gibbs):
-            raise ValueError("model=bpmf is fitted by sampling its posterior: model.solver=gibbs")
         n_users, n_items = self.data.num_users, self.data.num_items
         self.net = Bilinear(n_users, n_items, dim, bias=True, init_std=init_std)  # the chain's current sample
         self.mean_net = Bilinear(n_users, n_items, dim, bias=True, init_std=0.0).requires_grad_(False)
@@ -109,10 +107,6 @@ class BPMF(RatingModel):
     def fallback(self, users, items, user_known, item_known):
         """Cold pairs: μ plus the (averaged) bias of whichever side has training ratings."""
         return self.link.rating(self.factor_tables().known_bias(users, items, user_known, item_known))
-
-    def objective(self, users, items, ratings):
-        """The mean squared error of the current sample (reported; the sampler does not minimize anything)."""
-        return (self.link.target(ratings) - self.net(users, items)).square().mean()
 
     def least_squares(self) -> LeastSquares:
         """The posterior-mean tables with the prior's precision over α as ridge: ``fold_in`` solves a new

@@ -23,13 +23,15 @@ from torch import nn
 
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, grad_buffer
-from recsys.validation import NonNegative, Size
+from recsys.validation import NonNegative, Reg, Size
 
 
 class BPR(RatingModel):
+    task = "ranking"
+    training_input = "pairs"  # each positive with negatives_per_positive() sampled negatives
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.005, "fused": True}
 
-    def __init__(self, dim: Size = 64, reg: NonNegative = 0.01, reg_bias: NonNegative | None = None,
+    def __init__(self, dim: Size = 64, reg: Reg = 0.01, reg_bias: Reg | None = None,
                  negatives: Size = 1, init_std: NonNegative = 0.1):
         super().__init__()
         self.net = Bilinear(self.data.num_users, self.data.num_items, dim, bias=False, init_std=init_std)

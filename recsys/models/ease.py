@@ -26,8 +26,7 @@ import torch
 from recsys.data.interactions import Interactions
 from recsys.models.base import RatingModel
 from recsys.models.nets import Histories
-from recsys.solvers.closed_form import ClosedForm
-from recsys.validation import NonNegative, OneOf
+from recsys.validation import OneOf, Reg
 
 #: float32 matrices of n_items² the fit holds at once: the Gram matrix (factored in place), its inverse and B
 WORK_MATRICES = 3
@@ -54,12 +53,11 @@ def check_fits(n_items: int, device: torch.device) -> None:
 
 
 class EASE(RatingModel):
-    default_optimizer = {"_target_": "torch.optim.SGD", "lr": 1.0}  # unused: B is solved in closed form
+    task = "ranking"
+    solvers = ("closed_form",)  # B in one solve: no optimizer steps
 
-    def __init__(self, reg: NonNegative = 250.0, values: Annotated[str, OneOf("binary", "rating")] = "binary"):
+    def __init__(self, reg: Reg = 250.0, values: Annotated[str, OneOf("binary", "rating")] = "binary"):
         super().__init__()
-        if not isinstance(self.solver, ClosedForm):
-            raise ValueError("model=ease is fitted in closed form: model.solver=closed_form")
         n_users, n_items = self.data.num_users, self.data.num_items
         check_fits(n_items, torch.device("cpu"))
         self.reg, self.values = reg, values
@@ -111,10 +109,6 @@ class EASE(RatingModel):
     def fallback(self, users, items, user_known, item_known):
         """Cold pairs score as the model scores them: X_u·B, 0 without a history or for an item never seen."""
         return torch.zeros(users.shape, dtype=self.weights.dtype, device=users.device)
-
-    def objective(self, users, items, ratings):
-        """The batch's reconstruction error of its observed 1s, (1 − X_u·B_:i)² (reported; the fit is closed)."""
-        return (1.0 - self(users, items)).square().mean()
 
     def item_similarity(self, items):
         """B's rows: how much having item i raises each item's score (Steck's item-item weights)."""

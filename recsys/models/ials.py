@@ -26,20 +26,19 @@ import torch
 
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear
-from recsys.solvers.als import ALS, LeastSquares, RegScaling, Solve
-from recsys.validation import NonNegative, OneOf, Positive, Size
+from recsys.solvers.als import LeastSquares, RegScaling, Solve
+from recsys.validation import NonNegative, OneOf, Positive, PositiveReg, Size
 
 
 class IALS(RatingModel):
-    default_optimizer = {"_target_": "torch.optim.SGD", "lr": 1.0}  # unused: the factors are solved
+    task = "ranking"
+    solvers = ("als",)  # the factors are solved: no optimizer steps
 
-    def __init__(self, dim: Size = 64, reg: Positive = 40.0, alpha: NonNegative = 1.0,
+    def __init__(self, dim: Size = 64, reg: PositiveReg = 40.0, alpha: NonNegative = 1.0,
                  confidence: Annotated[str, OneOf("linear", "log")] = "linear", epsilon: Positive = 1.0,
                  reg_scaling: RegScaling = "row", init_std: NonNegative = 0.01, als_solve: Solve = "cg",
                  unobserved_weight: Positive = 1.0):
         super().__init__()
-        if type(self.solver) is not ALS:
-            raise ValueError("model=ials is fitted by alternating least squares: model.solver=als")
         self.net = Bilinear(self.data.num_users, self.data.num_items, dim, bias=False, init_std=init_std)
         self.reg, self.alpha, self.epsilon = reg, alpha, epsilon
         self.confidence, self.reg_scaling, self.als_solve = confidence, reg_scaling, als_solve
@@ -78,10 +77,4 @@ class IALS(RatingModel):
     def fallback(self, users, items, user_known, item_known):
         """Cold pairs score 0: no preference either way."""
         return torch.zeros(users.shape, dtype=self.net.user.weight.dtype, device=users.device)
-
-    def objective(self, users, items, ratings):
-        """The batch's confidence-weighted error on its observed entries, c(1 − x_uᵀy_i)² (reported: ALS solves
-        the objective over all pairs)."""
-        c = self._target(ratings)
-        return (c * (1.0 - self.net(users, items)).square()).mean()
 

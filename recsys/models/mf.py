@@ -23,14 +23,15 @@ from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
 from recsys.models.objectives import per_rating_ridge, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
-from recsys.validation import NonNegative, Size
+from recsys.validation import NonNegative, Reg, Size
 
 
 class BiasedMF(RatingModel):
+    solvers = ("gradient", "als")
     # lazy Adam on the batch's rows (recsys.solvers.sparse): a step's cost is its batch's, whatever the tables' size
     default_optimizer = {"_target_": "recsys.solvers.sparse.RowAdam", "lr": 0.005, "weight_decay": 0.0}
 
-    def __init__(self, dim: Size = 64, reg: NonNegative = 0.1, reg_bias: NonNegative | None = 0.01,
+    def __init__(self, dim: Size = 64, reg: Reg = 0.1, reg_bias: Reg | None = 0.01,
                  init_std: NonNegative = 0.01, use_global_mean: bool = True, use_bias: bool = True,
                  reg_scaling: RegScaling = "frequency",
                  als_solve: Solve = "cg", als_tol: Tolerance = 1e-4):

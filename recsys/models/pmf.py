@@ -24,13 +24,14 @@ from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered
 from recsys.models.objectives import gaussian_prior, map_estimate, map_objective, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
-from recsys.validation import NonNegative, Size
+from recsys.validation import NonNegative, Reg, Size
 
 
 class PMF(RatingModel):
+    solvers = ("gradient", "als")
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.1, "weight_decay": 0.0}
 
-    def __init__(self, dim: Size = 4, lambda_u: NonNegative = 3.0, lambda_v: NonNegative = 3.0,
+    def __init__(self, dim: Size = 4, lambda_u: Reg = 3.0, lambda_v: Reg = 3.0,
                  init_std: NonNegative = 0.1, center: bool = True, reg_scaling: RegScaling = "row",
                  als_solve: Solve = "cg", als_tol: Tolerance = 1e-4):
         super().__init__()

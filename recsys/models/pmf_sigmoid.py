@@ -23,13 +23,14 @@ import torch
 
 from recsys.models.nets import ScaledSigmoid
 from recsys.models.pmf import PMF
-from recsys.validation import NonNegative, Size
+from recsys.validation import NonNegative, Reg, Size
 
 
 class SigmoidPMF(PMF):
+    solvers = ("gradient",)  # the logistic link has no least-squares form
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.05, "weight_decay": 0.0}
 
-    def __init__(self, dim: Size = 4, lambda_u: NonNegative = 0.3, lambda_v: NonNegative = 0.3,
+    def __init__(self, dim: Size = 4, lambda_u: Reg = 0.3, lambda_v: Reg = 0.3,
                  init_std: NonNegative = 0.1, center: bool = False, round_step: NonNegative = 0.0):
         super().__init__(dim=dim, lambda_u=lambda_u, lambda_v=lambda_v, init_std=init_std)
         d = self.data

@@ -28,14 +28,14 @@ from torch import nn
 from recsys.data.interactions import Interactions
 from recsys.models.base import RatingModel
 from recsys.models.nets import Bilinear, Centered, Histories
-from recsys.validation import NonNegative, Size
+from recsys.validation import NonNegative, Reg, Size
 
 
 class SVDpp(RatingModel):
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.005, "weight_decay": 0.0}
 
-    def __init__(self, dim: Size = 64, reg: NonNegative = 0.1, reg_bias: NonNegative | None = 0.01,
-                 reg_implicit: NonNegative | None = 1.0, init_std: NonNegative = 0.01):
+    def __init__(self, dim: Size = 64, reg: Reg = 0.1, reg_bias: Reg | None = 0.01,
+                 reg_implicit: Reg | None = 1.0, init_std: NonNegative = 0.01):
         super().__init__()
         n_users, n_items = self.data.num_users, self.data.num_items
         self.net = Bilinear(n_users, n_items, dim, bias=True, init_std=init_std)  # p_u, q_i, b_u, b_i

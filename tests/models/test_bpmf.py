@@ -157,5 +157,5 @@ def test_bpmf_refuses_other_solvers_and_other_models_refuse_gibbs():
         BPMF(data=fake_facts(), solver="als")
     from recsys.models.mf import BiasedMF
 
-    with pytest.raises(ValueError, match="not a Bayesian model"):
+    with pytest.raises(ValueError, match="BiasedMF is fitted by model.solver=gradient or model.solver=als only"):
         BiasedMF(data=fake_facts(), solver="gibbs")

@@ -41,15 +41,60 @@ def test_a_model_without_data_facts_cannot_be_built():
 
 
 def test_a_model_missing_its_math_cannot_be_built():
-    class NoObjective(RatingModel):
-        def __init__(self, dim: int = 3):
-            super().__init__()
+    class NoForward(RatingModel):
+        def objective(self, users, items, ratings):
+            return ratings.sum()
 
-        def forward(self, users, items):
-            return users.float()
+    with pytest.raises(TypeError, match="abstract method.*forward"):
+        NoForward(data=fake_facts())
+    with pytest.raises(TypeError, match="NoObjective declares solver 'gradient' but does not implement objective"):
+        class NoObjective(RatingModel):  # noqa: F841 - refused where it is defined
+            def forward(self, users, items):
+                return users.float()
 
-    with pytest.raises(TypeError, match="abstract method.*objective"):
-        NoObjective(data=fake_facts())
+
+@pytest.mark.parametrize("declaration,match", [
+    ("task = 'regression'", r"task='regression': declare one of \['rating', 'ranking'\]"),
+    ("solvers = ('gradient', 'newton')", "solvers=.*declare a tuple of one or more of"),
+    ("solvers = 'gradient'", "solvers='gradient': declare a tuple"),
+    ("training_input = 'triples'", "training_input='triples': declare one of"),
+    ("solvers = ('als',)", "declares solver 'als' but does not implement least_squares"),
+    ("solvers = ('closed_form',)", "declares solver 'closed_form' but does not implement fit_closed_form"),
+])
+def test_a_model_declares_what_it_is_and_the_contract_checks_it_when_the_class_is_defined(declaration, match):
+    source = f"class Declared(Dot):\n    {declaration}\n"
+    with pytest.raises(TypeError, match=match):
+        exec(source, {"Dot": Dot})
+
+
+def test_the_contract_refuses_an_undeclared_solver_with_one_message():
+    class Ranked(Dot):
+        task = "ranking"
+
+    with pytest.raises(ValueError, match=r"model.solver='als': Ranked is fitted by model.solver=gradient only"):
+        Ranked(data=fake_facts(), solver="als")
+    assert Ranked(data=fake_facts()).hparams.solver == "gradient"  # the first declared solver is the default
+
+
+def test_pairs_as_training_input_need_sampled_negatives():
+    class Pairwise(Dot):
+        training_input = "pairs"
+
+    with pytest.raises(TypeError, match="Pairwise declares training_input='pairs' but negatives_per_positive"):
+        Pairwise(data=fake_facts())
+
+
+def test_regularizers_are_read_from_the_signature():
+    from recsys import validation
+    from recsys.validation import NonNegative, PositiveReg, Reg
+
+    def settings(dim: int = 3, reg: Reg = 0.1, reg_bias: Reg | None = None, strong: PositiveReg = 1.0,
+                 init_std: NonNegative = 0.1):
+        pass
+
+    assert validation.regularizers(settings) == ("reg", "reg_bias", "strong")
+    with pytest.raises(ValueError, match="model.reg=-1: must be >= 0"):
+        validation.check("model.reg", validation.hints(settings)["reg"], -1)
 
 
 @pytest.mark.parametrize("signature,match", [

@@ -167,8 +167,8 @@ def test_ease_refuses_an_item_count_whose_matrices_do_not_fit(monkeypatch):
     with pytest.raises(MemoryError, match=r"model=ease needs 13.7 GiB on cpu for 35000 items .* and 10.0 GiB is free: "
                                           r"use a factor model"):
         ease.EASE(data=fake_facts(10, 35000, 100), solver="closed_form")
-    with pytest.raises(ValueError, match="model=ease is fitted in closed form: model.solver=closed_form"):
-        ease.EASE(data=fake_facts(10, 5, 100))
+    with pytest.raises(ValueError, match="model.solver='gradient': EASE is fitted by model.solver=closed_form only"):
+        ease.EASE(data=fake_facts(10, 5, 100), solver="gradient")
 
 
 @pytest.mark.parametrize("w0", [1.0, 0.2])

@@ -14,24 +14,29 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, fake_facts, model_configs
+from conftest import fake_facts, model_configs
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
+from recsys import validation
 from recsys.data.interactions import Interactions
 from recsys.solvers import als
 
 MODELS = model_configs()
-REGULARIZERS = ("reg", "reg_bias", "lambda_u", "lambda_v")
+#: each config's model class: what a model is (task, solvers, training input, regularizers) is read from it
+CLASSES = {name: get_class(yaml.safe_load(path.read_text())["_target_"]) for name, path in MODELS.items()}
 #: models fitted by sampling their posterior (model.solver=gibbs): no gradient or ALS fit, no fixed regularizer
-SAMPLED = {name for name, path in MODELS.items() if yaml.safe_load(path.read_text()).get("solver") == "gibbs"}
+SAMPLED = {name for name, cls in CLASSES.items() if "gibbs" in cls.solvers}
 #: models fitted in one solve (model.solver=closed_form)
-CLOSED = {name for name, path in MODELS.items() if yaml.safe_load(path.read_text()).get("solver") == "closed_form"}
-#: ranking models: their regime trains them on implicit feedback (configs/regime/<name>.yaml)
-RANKING = {name for name in MODELS if (CONFIGS / "regime" / f"{name}.yaml").exists() and
-           (yaml.safe_load((CONFIGS / "regime" / f"{name}.yaml").read_text()) or {}).get("data", {}).get("feedback")
-           == "implicit"}
+CLOSED = {name for name, cls in CLASSES.items() if "closed_form" in cls.solvers}
+#: ranking models: trained on implicit feedback, selected and judged by ranking
+RANKING = {name for name, cls in CLASSES.items() if cls.task == "ranking"}
+
+
+def regularizers(name: str) -> tuple[str, ...]:
+    """The hyperparameters the model's signature annotates as regularizers (recsys.validation.Reg)."""
+    return validation.regularizers(CLASSES[name].__init__)
 
 
 def build(name: str, facts, **overrides):
@@ -91,8 +96,7 @@ def rmse(model, users, items, ratings) -> float:
 
 
 def tiny(name: str, ratings, prior: float = 1e-6, **overrides):
-    spec = yaml.safe_load(MODELS[name].read_text())
-    weak = {k: prior for k in REGULARIZERS if k in spec}  # (almost) no prior: the set can be fit exactly
+    weak = dict.fromkeys(regularizers(name), prior)  # (almost) no prior: the set can be fit exactly
     return build(name, fake_facts(20, 15, len(ratings), float(ratings.mean())), **weak, **overrides)
 
 
@@ -103,8 +107,8 @@ def test_model_fits_a_target_of_its_own_terms_by_gradient(name):
     users, items, ratings = structured_ratings(name)
     train = interactions(users, items, ratings)
     if name in RANKING:  # fitted by its own solver on implicit feedback: it ranks each user's group of items first
-        if yaml.safe_load(MODELS[name].read_text())["solver"] != "gradient":
-            with pytest.raises(ValueError, match="model.solver="):
+        if "gradient" not in CLASSES[name].solvers:
+            with pytest.raises(ValueError, match=f"{CLASSES[name].__name__} is fitted by model.solver=.* only"):
                 tiny(name, ratings, solver="gradient")
         g_users, g_items, held_out = grouped_interactions()
         model = tiny(name, ratings, prior=1.0).double()  # a ridge of the data's scale
@@ -119,7 +123,10 @@ def test_model_fits_a_target_of_its_own_terms_by_gradient(name):
             for _ in range(300):
                 neg = train_g.sample_negatives(g_users, model.negatives_per_positive(), gen)
                 opt.zero_grad()
-                model.gradients(g_users, g_items, torch.ones(len(g_users)), neg)
+                if model.has_closed_form_gradients():  # the solver's fast path where the model has one
+                    model.gradients(g_users, g_items, torch.ones(len(g_users)), neg)
+                else:
+                    model.objective(g_users, g_items, torch.ones(len(g_users)), neg).backward()
                 opt.step()
         else:
             for _ in range(20):
@@ -163,12 +170,10 @@ def test_model_fits_a_target_of_its_own_terms_by_gradient(name):
 def test_model_fits_a_target_of_its_own_terms_by_als_or_refuses_it(name):
     torch.manual_seed(0)
     users, items, ratings = structured_ratings(name)
-    if name in SAMPLED or name in CLOSED:
-        with pytest.raises(ValueError, match="model.solver=gibbs|model.solver=closed_form"):
-            tiny(name, ratings, solver="als")
-        return
-    if name in RANKING and tiny(name, ratings).least_squares() is None:  # not bilinear in ALS's form: refused
-        with pytest.raises(ValueError, match="is not bilinear"):
+    cls = CLASSES[name]
+    if "als" not in cls.solvers:  # the contract refuses it, naming the model and the solvers it declares
+        fitted = " or ".join(f"model.solver={s}" for s in cls.solvers)
+        with pytest.raises(ValueError, match=f"model.solver='als': {cls.__name__} is fitted by {fitted} only"):
             tiny(name, ratings, solver="als")
         return
     if name in RANKING:  # its ALS fit on implicit feedback is the test above's; here: the form ALS solves
@@ -176,11 +181,7 @@ def test_model_fits_a_target_of_its_own_terms_by_als_or_refuses_it(name):
         assert problem is not None and problem.all_pairs and problem.weight is not None
         return
     model = tiny(name, ratings)
-    problem = model.least_squares()
-    if problem is None:  # not bilinear: ALS must be refused, naming the model
-        with pytest.raises(ValueError, match=f"{type(model).__name__} is not bilinear"):
-            tiny(name, ratings, solver="als")
-        return
+    assert model.least_squares() is not None  # declared: the contract checked the hook exists
     model = tiny(name, ratings, prior=1e-3, solver="als").double()  # a ridge that keeps k > n_r solvable
     model.setup_interactions(interactions(users, items, ratings))
     for _ in range(100):
@@ -254,23 +255,24 @@ def test_loaded_model_scores_without_the_training_data(name, tmp_path):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_model_rejects_bad_hyperparameters(name):
-    spec = yaml.safe_load(MODELS[name].read_text())
-    regularizers = [k for k in REGULARIZERS if k in spec]
+    annotated = regularizers(name)
     if name in SAMPLED:  # its priors' precisions are sampled; the settings it has are checked instead
-        regularizers = []
+        assert not annotated
         with pytest.raises(ValueError, match="model.burn_in=-1"):
             build(name, fake_facts(), burn_in=-1)
         with pytest.raises(ValueError, match="model.hyper='normal'"):
             build(name, fake_facts(), hyper="normal")
     else:
-        assert regularizers, f"{name}: a rating model should expose its regularization"
-    for key in regularizers:
+        assert annotated, f"{name}: a fitted model should annotate its regularizers (recsys.validation.Reg)"
+    for key in annotated:
         with pytest.raises(ValueError, match=f"model.{key}=-1.0"):
             build(name, fake_facts(), **{key: -1.0})
     with pytest.raises(TypeError, match="unexpected keyword argument 'nope'.* its hyperparameters are"):
         build(name, fake_facts(), nope=1)
     with pytest.raises(ValueError, match="model.solver='newton'"):
         build(name, fake_facts(), solver="newton")
+    if "gradient" not in CLASSES[name].solvers:
+        return  # nothing steps it: no optimizer setting to check
     with pytest.raises(ValueError, match=r"(torch.optim|recsys.solvers).* takes no argument \[.nope.\]"):
         build(name, fake_facts(), optimizer={"nope": 0.9})
     with pytest.raises(ValueError, match="model.optimizer._target_='collections.OrderedDict': name an optimizer"):
@@ -293,7 +295,8 @@ def test_model_saves_primitives_and_loads_from_a_lightning_checkpoint(name, udat
     json.dumps(dict(model.hparams))  # primitives only: weights_only loading needs nothing else
     spec = yaml.safe_load(MODELS[name].read_text())
     assert model.hparams.data == dm.facts().as_dict()
-    assert model.hparams.optimizer["_target_"] == spec["optimizer"]["_target_"]
+    if "gradient" in CLASSES[name].solvers:
+        assert model.hparams.optimizer["_target_"] == spec["optimizer"]["_target_"]
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
