@@ -7,6 +7,8 @@ Configuration lives in configs/ (Hydra); see the README for the groups and keys.
 import hydra
 from omegaconf import DictConfig
 
+import recsys  # noqa: F401 - registers the config resolvers (recsys.resolvers) before Hydra composes
+
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:

@@ -3,8 +3,12 @@
 ``recsys.load(run)`` returns a :class:`recsys.Recommender` that answers in the data set's own ids.
 """
 
+from recsys import resolvers as _resolvers
+
 __version__ = "0.1.0"
 __all__ = ["Recommender", "load"]
+
+_resolvers.register()  # ${recsys.feedback:...} and the rest, for every config composed in this process
 
 
 def __getattr__(name: str):

@@ -400,8 +400,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, out)
 
 
-def save_learning_curve(rows: list[dict], path: Path, title: str = "") -> Path | None:
-    """Train loss and validation RMSE against epoch (the D2L chapter's plot), written atomically as PNG."""
+def save_learning_curve(rows: list[dict], path: Path, title: str = "", metric: str = "val/rmse") -> Path | None:
+    """Train loss and the validation ``metric`` (the run's optimized_metric) against epoch (the D2L chapter's
+    plot), written atomically as PNG."""
     if not rows:
         return None
     import matplotlib
@@ -410,14 +411,17 @@ def save_learning_curve(rows: list[dict], path: Path, title: str = "") -> Path |
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    for key, style in (("train/loss", "-"), ("val/rmse", "--")):
+    drawn = 0
+    for key, style in (("train/loss", "-"), (metric, "--")):
         pts = [(r["epoch"] + 1, r[key]) for r in rows if key in r]
         if pts:
             ax.plot(*zip(*pts), style, label=key)
+            drawn += 1
     ax.set_xlabel("epoch")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if drawn:
+        ax.legend()
     fig.tight_layout()
     with atomic_file(path) as out:
         fig.savefig(out, format="png")

@@ -147,7 +147,7 @@ def train(cfg: DictConfig) -> dict:
             save_seen(out, seen, facts.item_counts.numpy())
         model = instantiate(cfg.model, data=facts)
         # the contract's data channel: the training interactions, and the pairs the run will ask about
-        model.setup_interactions(datamodule.interactions("train"))
+        model.attach_interactions(datamodule.interactions("train"))
         datamodule.sample_negatives(model.negatives_per_positive())  # pairwise models: negatives in the batches
         model.track(*(torch.cat([datamodule.val_set[k], datamodule.test_set[k]]) for k in (0, 1)))
         if is_ranking_metric(cfg.optimized_metric):  # ranking on validation each epoch: what selects the model
@@ -274,7 +274,8 @@ def _write_report(cfg: DictConfig, trainer: L.Trainer, loggers: list, metrics: d
         return
     atomic_write_json(out / "metrics.json", metrics)
     curve = tracking.save_learning_curve(rows, out / "learning_curve.png",
-                                         title=f"{cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name}")
+                                         title=f"{cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name}",
+                                         metric=str(cfg.optimized_metric))
     for lg in tracking.wandb_loggers(loggers):
         lg.experiment.summary.update(metrics)
         if curve is not None:
@@ -328,7 +329,7 @@ def _refit(cfg: DictConfig, datamodule, chosen: dict, out: Path):
         save_seen(out, full.seen(), facts.item_counts.numpy())
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = instantiate(cfg.model, data=facts)
-    model.setup_interactions(full.interactions("train"))
+    model.attach_interactions(full.interactions("train"))
     model.track(*(full.test_set[k] for k in (0, 1)))
     full.sample_negatives(model.negatives_per_positive())
     clock = tracking.RunClock()

@@ -62,9 +62,9 @@ def main(name: str, max_memory_mb: float) -> dict:
                       user_counts=torch.bincount(users[~test], minlength=USERS),
                       item_counts=torch.bincount(items[~test], minlength=ITEMS))
     model = instantiate(OmegaConf.load(CONFIGS / "model" / f"{name}.yaml"), data=facts)
-    model.setup_interactions(train)
+    model.attach_interactions(train)
     if model.has_closed_form():
-        model.fit_closed_form()
+        model.fit_closed_form(train)
     model.track(users[test], items[test])
     model.record(10**6)  # a sampler past its burn-in: its running means and tracked pair sums in use
     model.eval().refresh()

@@ -93,8 +93,10 @@ def test_a_ranking_metric_selects_the_model_on_validation(compose_cfg, tmp_path)
 
 
 def test_a_ranking_metric_with_the_wrong_direction_is_refused(compose_cfg):
+    cfg = compose_cfg("optimized_metric=val/ndcg@10")
+    assert cfg.optimized_mode == "max"  # the direction follows the metric unless set
     with pytest.raises(ValueError, match="val/ndcg@10 is better when higher; set optimized_mode=max"):
-        train(compose_cfg("optimized_metric=val/ndcg@10"))
+        train(compose_cfg("optimized_metric=val/ndcg@10", "optimized_mode=min"))
     with pytest.raises(ValueError, match="val/rmse is better when lower; set optimized_mode=min"):
         train(compose_cfg("optimized_mode=max"))
 

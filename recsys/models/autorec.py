@@ -42,6 +42,7 @@ DENSE_PER_RATING = 64
 
 
 class AutoRec(RatingModel):
+    """I-AutoRec: items' rating vectors through a sigmoid layer, r̂ = W·g(V r_i + μ) + b (Sedhain et al. 2015)."""
     default_optimizer = {"_target_": "torch.optim.Rprop", "lr": 0.01}
 
     def __init__(self, hidden: Size = 500, reg: Reg = 100.0, init_std: NonNegative = 0.03):

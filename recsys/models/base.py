@@ -11,47 +11,18 @@ and the contract (the metaclass) does the rest in order: it takes the shared arg
 ``__init__``, saves every hyperparameter as primitives (so ``load_from_checkpoint`` needs nothing else and
 loads with ``weights_only=True``) and checks the combination (e.g. ALS on a model without a bilinear form).
 
-**The hooks.** A model must implement the two abstract methods; every other ability is a method declared
-here whose default is correct for any model. Nothing is looked up by attribute name.
-
 **The declarations** (class attributes, checked when the class is defined): ``task`` (``rating`` | ``ranking``:
-the feedback it trains on, the metric that selects it, the metrics it reports), ``solvers`` (the solvers that
-fit it, the first the default; the contract refuses any other), ``training_input`` (``ratings`` | ``pairs``
-with sampled negatives), and the regularizers, annotated in the ``__init__`` signature
-(:data:`recsys.validation.Reg`).
+the feedback it trains on, the metric that selects it, the metrics it reports; :mod:`recsys.resolvers`),
+``solvers`` (the solvers that fit it, the first the default; the contract refuses any other with one message),
+``training_input`` (``ratings`` | ``pairs`` with sampled negatives), and the regularizers, annotated in the
+``__init__`` signature (:data:`recsys.validation.Reg`). The data reaches a model through one channel,
+:meth:`RatingModel.attach_interactions` (``setup_interactions`` for what scoring keeps, ``fit_closed_form(train)``
+for a one-solve fit).
 
-- ``forward(users, items)`` (required): the scores of the pairs (a rating model: ratings on the rating scale,
-  unclipped).
-- ``objective(users, items, ratings)``: the minibatch training loss (autograd); required with the ``gradient``
-  solver.
-- ``setup_interactions(train)``: receives the training :class:`Interactions` before fitting (every DDP rank,
-  once per fit); derived state needed for scoring goes into buffers (``register_data_buffer``), saved with the
-  weights. Default: nothing.
-- ``track(users, items)``: the pairs whose predictions the run will ask (validation and test). Default: nothing.
-- ``refresh()``: brings state derived from weights and data up to date; called before every validation, test
-  and predict epoch. Default: nothing.
-- ``gradients(users, items, ratings)``: the loss with its gradient written into ``.grad`` (the gradient
-  solver's fast path). Default: autograd on ``objective``.
-- ``negatives_per_positive()``: how many sampled negative items each training rating comes with; the data
-  pipeline draws them uniformly among the user's non-interacted items, per (seed, epoch), and ``objective`` and
-  ``gradients`` take them as a fourth argument. Default: 0 (none).
-- ``least_squares()``: the objective in ALS's form (:class:`LeastSquares`). Default: None (ALS refused).
-- ``fit_closed_form()``: fits the model in one solve from its interactions (``model.solver=closed_form``).
-  Default: none (that solver refused).
-- ``chain()`` and ``record(epoch)``: the Gibbs sampler's state (:class:`~recsys.solvers.gibbs.Chain`) and the
-  call after each sample. Default: None (no sampling) and nothing.
-- ``fallback(users, items, uk, ik)``: the prediction of a cold pair. Default: the training mean μ.
-- ``all_item_scores(users)``: (len(users), num_items) ``forward`` of every pair. Default: ``forward`` on every
-  pair; override only with a faster path that gives the same scores.
-- ``factor_tables()``: a :class:`Bilinear` for ``similar_items``/``user_factors``. Default: None.
-- ``ranking_factors(users)``: vectors and constants whose bilinear form orders items as ``score_all_items`` does,
-  cold pairs included, so the ranking evaluation can skip items exactly by norm bounds. Default: None.
-- ``item_similarity(items)``: each item's similarity to every item, for ``similar_items``. Default: cosine of
-  ``factor_tables()``'s item factors; None without them.
-- ``fold_in(items, ratings, row)``: fits one user's row from ratings, the items fixed. Default: the exact
-  solve of ``least_squares()``'s user step; refused without one.
-- ``add_user_row()``: appends a cold user, returns its row. Default: grows ``factor_tables()``.
-- ``predict(users, items, uk, ik)``: clipped predictions (e.g. rounding). Default: ``score`` clipped.
+**The hooks** are the methods of :class:`RatingModel` below, each with a default correct for any model except
+``forward`` (abstract) and ``objective`` (required with the ``gradient`` solver); their docstrings are the
+reference, and docs/adding-a-model.md's hook table is generated from them (``python -m
+recsys.models.catalogue --write``; a test keeps it in step). Nothing is looked up by attribute name.
 
 A model that overrides ``all_item_scores`` with a faster path must give exactly ``forward``'s scores: a test
 compares the two for every model, for users with histories.
@@ -228,6 +199,8 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
             raise TypeError("a RatingModel is built by calling its class: Model(data=facts, ...)") from None
         self.data: DataFacts = facts
         self._data_buffers: set[str] = set()
+        #: the training interactions of the run (attach_interactions); None in a loaded model
+        self.interactions: Interactions | None = None
         self._pair_cost: dict[tuple, tuple[float, float]] = {}  # forward's (fixed, per-pair) bytes (pairs_per_block)
         self.solver = SOLVERS[solver]()
         metrics = MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
@@ -244,13 +217,21 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
     # -- to implement -------------------------------------------------------------------------------
     @abc.abstractmethod
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Predicted ratings on the rating scale, unclipped."""
+        """The scores of the pairs: a rating model's predicted ratings on the rating scale, unclipped; a ranking
+        model's preferences (higher ranks first)."""
 
     def objective(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
         """The minibatch training loss: required of every model that declares the ``gradient`` solver (checked when
         the class is defined); a model fitted otherwise (ALS, Gibbs, a closed form) has none."""
         raise NotImplementedError(f"{type(self).__name__} has no minibatch objective: it is fitted by "
                                   f"{' or '.join(self.solvers)}")
+
+    # -- the data channel ---------------------------------------------------------------------------------
+    def attach_interactions(self, train: Interactions) -> None:
+        """The contract's one data channel (train.py calls it for the fit and the refit): keeps ``train`` as
+        :attr:`interactions` (what a closed-form fit receives) and hands it to :meth:`setup_interactions`."""
+        self.interactions = train
+        self.setup_interactions(train)
 
     # -- optional abilities, each with a default correct for any model (see the module docstring) ----------
     def setup_interactions(self, train: Interactions) -> None:
@@ -282,9 +263,9 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         """The model's objective in ALS's form, if it has one (bilinear models); None otherwise."""
         return None
 
-    def fit_closed_form(self) -> None:
-        """Fit the model in closed form from the interactions it received (``model.solver=closed_form``: EASE).
-        Not overridden: the model has no closed-form fit."""
+    def fit_closed_form(self, train: Interactions) -> None:
+        """Fit the model in one solve from the training interactions (``model.solver=closed_form``: EASE); the
+        solver passes the run's :attr:`interactions`. Not overridden: the model has no closed-form fit."""
         raise NotImplementedError(f"{type(self).__name__} has no closed-form fit")
 
     def has_closed_form(self) -> bool:

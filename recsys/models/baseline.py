@@ -19,6 +19,7 @@ from recsys.validation import Reg
 
 
 class Baseline(RatingModel):
+    """The baseline predictor μ + b_u + b_i (Koren 2008): the floor to beat."""
     solvers = ("gradient", "als")
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.01, "weight_decay": 0.0}
 

@@ -34,6 +34,7 @@ from recsys.validation import AtLeast, NonNegative, OneOf, Size
 
 
 class BPMF(RatingModel):
+    """Bayesian PMF with biases: the posterior mean of Gibbs samples (Salakhutdinov & Mnih 2008)."""
     solvers = ("gibbs",)  # the posterior is sampled: the sampler sets the tables, no optimizer steps
 
     def __init__(self, dim: Size = 10, burn_in: Annotated[int, AtLeast(0)] = 50,

@@ -12,8 +12,8 @@ draw disjoint work), because the model asks for them (:meth:`negatives_per_posit
 every difference, so there is none. λ (``reg``) and λ_b (``reg_bias``) are paid per sampled pair, as in the
 paper's SGD. Minibatch gradient: ``gradients`` writes the loss's gradient in closed form (no autograd).
 
-Scores are preferences, not ratings (RMSE is reported but means nothing); the model is selected and judged by
-ranking (configs/regime/bpr.yaml: implicit feedback, ``val/ndcg@10``).
+Scores are preferences, not ratings (no RMSE is reported); the model declares ``task = "ranking"``: it trains on
+implicit feedback and is selected and judged by ranking (``val/ndcg@10``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from recsys.validation import NonNegative, Reg, Size
 
 
 class BPR(RatingModel):
+    """BPR-MF: −ln σ(x_ui − x_uj) over sampled negatives, x = pᵀq + b_i (Rendle et al. 2009)."""
     task = "ranking"
     training_input = "pairs"  # each positive with negatives_per_positive() sampled negatives
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.005, "fused": True}

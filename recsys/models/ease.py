@@ -7,8 +7,9 @@ of 1s, a variant of ours that ranks ratings ≥ 4 better where ratings are given
 has the solution P = (XᵀX + λI)⁻¹, B = I − P·diag(1/diag P) (so B_ij = −P_ij / P_jj, B_jj = 0), and user u's
 score of item i is X_u·B_:i = Σ_{j∈N(u)} B_ji.
 
-The model receives the training interactions through the contract (``setup_interactions``; with
-``data.feedback=implicit``, configs/regime/ease.yaml, every positive is a 1), keeps each user's items
+The model receives the training interactions through the contract (``setup_interactions``, and
+``fit_closed_form(train)`` for the fit; with implicit feedback, which its ranking task sets, every positive is
+a 1), keeps each user's items
 (``history``, a :class:`Histories`) and B as buffers, so a loaded model scores without the data.
 ``model.solver=closed_form`` fits it once: the Gram matrix by one sparse product, then one float32 Cholesky
 factorization and inverse on the training device. Memory is O(n_items²): the model refuses, naming the size,
@@ -53,6 +54,7 @@ def check_fits(n_items: int, device: torch.device) -> None:
 
 
 class EASE(RatingModel):
+    """EASE: item-item B = I − P·diag(1/diag P), P = (XᵀX + λI)⁻¹, scores X_u·B (Steck 2019)."""
     task = "ranking"
     solvers = ("closed_form",)  # B in one solve: no optimizer steps
 
@@ -63,22 +65,19 @@ class EASE(RatingModel):
         self.reg, self.values = reg, values
         self.register_buffer("weights", torch.zeros(n_items, n_items))  # B, zero diagonal
         self.history = Histories(n_users)  # each user's row of X, saved with B
-        self._train: Interactions | None = None
 
     # -- the data and the fit ------------------------------------------------------------------------------
     def setup_interactions(self, train: Interactions) -> None:
         self.history.set(train.by_user)
-        self._train = train
 
     @torch.no_grad()
-    def fit_closed_form(self) -> None:
-        """B = I − P·diag(1/diag P), P = (XᵀX + λI)⁻¹: one Gram product, one Cholesky factorization and inverse."""
-        if self._train is None:
-            raise RuntimeError("EASE.fit_closed_form: no training data; call setup_interactions(train) first")
+    def fit_closed_form(self, train: Interactions) -> None:
+        """B = I − P·diag(1/diag P), P = (XᵀX + λI)⁻¹ of the training interactions X: one Gram product, one
+        Cholesky factorization and inverse."""
         device, n_items = self.weights.device, self.data.num_items
         check_fits(n_items, device)
-        users, items = self._train.users.to(device), self._train.items.to(device)
-        entries = self._train.ratings.to(device=device, dtype=torch.float32) if self.values == "rating" else \
+        users, items = train.users.to(device), train.items.to(device)
+        entries = train.ratings.to(device=device, dtype=torch.float32) if self.values == "rating" else \
             torch.ones(len(users), device=device)
         x = torch.sparse_coo_tensor(torch.stack([users, items]), entries, (self.data.num_users, n_items)).coalesce()
         if self.values == "binary":

@@ -14,8 +14,8 @@ project's ALS solver (``model.solver=als``: bucketed gather + batched matmul, wa
 steps, row-sharded under DDP) with per-entry weights and the shared Gram (:class:`LeastSquares` ``weight``,
 ``all_pairs``). ``reg_scaling=frequency`` scales λ by each row's number of interactions (Rendle et al. 2021,
 "Revisiting the Performance of iALS on Item Recommendation Benchmarks": frequency-scaled regularization).
-Scores are x_uᵀy_i: preferences, not ratings (its RMSE is reported but means nothing); it is selected and judged
-by ranking (configs/regime/ials.yaml: implicit feedback, ``val/ndcg@10``).
+Scores are x_uᵀy_i: preferences, not ratings (no RMSE is reported); it declares ``task = "ranking"``: implicit
+feedback, selected and judged by ranking (``val/ndcg@10``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from recsys.validation import NonNegative, OneOf, Positive, PositiveReg, Size
 
 
 class IALS(RatingModel):
+    """Implicit ALS: Σ_all c_ui (p_ui − x_uᵀy_i)², c = 1 + α·r, by the Gram trick (Hu, Koren & Volinsky 2008)."""
     task = "ranking"
     solvers = ("als",)  # the factors are solved: no optimizer steps
 

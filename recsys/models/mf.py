@@ -27,6 +27,7 @@ from recsys.validation import NonNegative, Reg, Size
 
 
 class BiasedMF(RatingModel):
+    """Biased MF: r̂ = μ + b_u + b_i + p_uᵀq_i, λ per observed rating (Koren et al. 2009)."""
     solvers = ("gradient", "als")
     # lazy Adam on the batch's rows (recsys.solvers.sparse): a step's cost is its batch's, whatever the tables' size
     default_optimizer = {"_target_": "recsys.solvers.sparse.RowAdam", "lr": 0.005, "weight_decay": 0.0}

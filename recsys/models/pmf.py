@@ -28,6 +28,7 @@ from recsys.validation import NonNegative, Reg, Size
 
 
 class PMF(RatingModel):
+    """PMF on its MAP objective with λ_U, λ_V: r̂ = μ + U_iᵀV_j (Salakhutdinov & Mnih 2007)."""
     solvers = ("gradient", "als")
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.1, "weight_decay": 0.0}
 

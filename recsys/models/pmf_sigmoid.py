@@ -27,6 +27,7 @@ from recsys.validation import NonNegative, Reg, Size
 
 
 class SigmoidPMF(PMF):
+    """PMF with a logistic link onto the rating scale: r̂ = 1 + (K − 1)·g(U_iᵀV_j)."""
     solvers = ("gradient",)  # the logistic link has no least-squares form
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.05, "weight_decay": 0.0}
 

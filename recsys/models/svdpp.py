@@ -32,6 +32,7 @@ from recsys.validation import NonNegative, Reg, Size
 
 
 class SVDpp(RatingModel):
+    """SVD++: biased MF plus the user's implicit feedback |N(u)|^-½ Σ y_j (Koren 2008)."""
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.005, "weight_decay": 0.0}
 
     def __init__(self, dim: Size = 64, reg: Reg = 0.1, reg_bias: Reg | None = 0.01,

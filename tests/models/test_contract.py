@@ -140,7 +140,7 @@ def test_every_optional_hook_has_a_default_that_is_correct_for_any_model():
 
     facts = fake_facts(4, 3)
     model = Scaled(data=facts)
-    model.setup_interactions(Interactions(torch.tensor([0, 1]), torch.tensor([2, 0]), torch.ones(2), 4, 3))
+    model.attach_interactions(Interactions(torch.tensor([0, 1]), torch.tensor([2, 0]), torch.ones(2), 4, 3))
     model.track(torch.tensor([0]), torch.tensor([1]))
     model.refresh()
     users = torch.arange(4)

@@ -102,7 +102,7 @@ def test_svdpp_adds_the_normalized_implicit_sum_of_the_users_history():
 
     model = _randomize(SVDpp(data=fake_facts(6, 5, global_mean=3.3), dim=3))
     hist_u, hist_i = torch.tensor([0, 0, 0, 1, 2, 2, 4]), torch.tensor([0, 2, 4, 1, 3, 0, 2])  # user 3, 5: none
-    model.setup_interactions(Interactions(hist_u, hist_i, torch.ones(7), 6, 5))
+    model.attach_interactions(Interactions(hist_u, hist_i, torch.ones(7), 6, 5))
     u, i = _pairs()
     n, y = model.net, model.implicit.weight
     implicit = torch.zeros(6, 3)
@@ -122,7 +122,7 @@ def test_autorec_decodes_the_sigmoid_code_of_each_items_rating_vector():
 
     model = _randomize(AutoRec(data=fake_facts(6, 5, global_mean=3.3), hidden=4))
     u_obs, i_obs, r_obs = _problem(6, 5, 18, seed=4)
-    model.setup_interactions(Interactions(u_obs, i_obs, r_obs, 6, 5))
+    model.attach_interactions(Interactions(u_obs, i_obs, r_obs, 6, 5))
     model.refresh()
     dense = torch.zeros(5, 6)  # r_i ∈ R^m, unobserved 0
     dense[i_obs, u_obs] = r_obs
@@ -144,8 +144,9 @@ def test_ease_solves_its_constrained_ridge_in_closed_form_and_scores_x_times_b(v
     users, items = cells // 6, cells % 6
     ratings = torch.randint(1, 6, (26,), generator=g).float()
     model = EASE(data=fake_facts(8, 6, 26), solver="closed_form", reg=2.5, values=values).double()
-    model.setup_interactions(Interactions(users, items, ratings, 8, 6))
-    model.fit_closed_form()
+    train = Interactions(users, items, ratings, 8, 6)
+    model.attach_interactions(train)
+    model.fit_closed_form(train)
     x = torch.zeros(8, 6, dtype=torch.float64)
     x[users, items] = 1.0 if values == "binary" else ratings.double()
     b = model.weights.double()

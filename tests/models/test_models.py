@@ -112,13 +112,14 @@ def test_model_fits_a_target_of_its_own_terms_by_gradient(name):
                 tiny(name, ratings, solver="gradient")
         g_users, g_items, held_out = grouped_interactions()
         model = tiny(name, ratings, prior=1.0).double()  # a ridge of the data's scale
-        model.setup_interactions(interactions(g_users, g_items, torch.ones(len(g_users))))
+        train_g = interactions(g_users, g_items, torch.ones(len(g_users)))
+        model.attach_interactions(train_g)
         if model.has_closed_form():
-            model.fit_closed_form()
+            model.fit_closed_form(train_g)
         elif model.negatives_per_positive():  # pairwise: gradient steps on positives with sampled negatives
             train_g, gen = interactions(g_users, g_items, torch.ones(len(g_users))), torch.Generator().manual_seed(0)
             model = tiny(name, ratings, prior=0.05, optimizer={"lr": 0.01}).double()
-            model.setup_interactions(train_g)
+            model.attach_interactions(train_g)
             opt = model.configure_optimizers()
             for _ in range(300):
                 neg = train_g.sample_negatives(g_users, model.negatives_per_positive(), gen)
@@ -143,7 +144,7 @@ def test_model_fits_a_target_of_its_own_terms_by_gradient(name):
         from recsys.solvers.gibbs import Gibbs
 
         model = tiny(name, ratings).double()
-        model.setup_interactions(train)
+        model.attach_interactions(train)
         sweeper = als.Sweeper(model.chain().problem, users, items, ratings.double())
         model.track(users, items)
         for epoch in range(200):
@@ -153,7 +154,7 @@ def test_model_fits_a_target_of_its_own_terms_by_gradient(name):
         return
     lr = min(0.05, 10 * yaml.safe_load(MODELS[name].read_text())["optimizer"]["lr"])  # fast, within its range
     model = tiny(name, ratings, optimizer={"lr": lr})
-    model.setup_interactions(train)
+    model.attach_interactions(train)
     opt = model.configure_optimizers()
     model.refresh()
     start = rmse(model, users, items, ratings)
@@ -183,7 +184,7 @@ def test_model_fits_a_target_of_its_own_terms_by_als_or_refuses_it(name):
     model = tiny(name, ratings)
     assert model.least_squares() is not None  # declared: the contract checked the hook exists
     model = tiny(name, ratings, prior=1e-3, solver="als").double()  # a ridge that keeps k > n_r solvable
-    model.setup_interactions(interactions(users, items, ratings))
+    model.attach_interactions(interactions(users, items, ratings))
     for _ in range(100):
         for side in ("user", "item"):
             als.half_sweep(model.least_squares(), side, users, items, ratings.double())
@@ -198,12 +199,13 @@ def _randomized(name: str, users, items, ratings, n_users=20, n_items=15):
     facts = fake_facts(n_users, n_items, len(ratings), float(ratings.mean()), user_counts=counts,
                        item_counts=torch.bincount(items, minlength=n_items))
     model = build(name, facts).double()
-    model.setup_interactions(interactions(users, items, ratings.double(), n_users, n_items))
+    train = interactions(users, items, ratings.double(), n_users, n_items)
+    model.attach_interactions(train)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.3).add_(0.05)
     if model.has_closed_form():  # its state is its fit
-        model.fit_closed_form()
+        model.fit_closed_form(train)
     model.refresh()
     return model
 
@@ -290,7 +292,7 @@ def test_model_saves_primitives_and_loads_from_a_lightning_checkpoint(name, udat
     dm = RatingsDataModule(path=str(udata), batch_size=512)
     dm.setup()
     model = build(name, dm.facts())
-    model.setup_interactions(dm.interactions("train"))  # the contract's data channel, as train.py hands it over
+    model.attach_interactions(dm.interactions("train"))  # the contract's data channel, as train.py hands it over
     dm.sample_negatives(model.negatives_per_positive())
     json.dumps(dict(model.hparams))  # primitives only: weights_only loading needs nothing else
     spec = yaml.safe_load(MODELS[name].read_text())
