@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from recsys import evaluation, memory, rundir, tracking, validation
+from recsys import checkpoints, evaluation, memory, rundir, tracking, validation, wandb_setup
 from recsys.io import atomic_write_json
 from recsys.models.base import RatingModel
 from recsys.recommender import save_seen
@@ -123,11 +123,15 @@ def train(cfg: DictConfig) -> dict:
         check_settings(cfg)
         scope.enter_context(memory.budget(cfg.eval.max_memory_mb))  # every bulk scoring of the run keeps to it
         # checks the data settings; reads nothing yet. ALS takes the whole training set each epoch.
-        datamodule = instantiate(cfg.data, **({"batch_size": None} if SOLVERS[cfg.model.solver].full_batch else {}))
+        full_batch = SOLVERS[cfg.model.solver].full_batch
+        if full_batch and cfg.data.batch_size is not None:  # said, not silent: the solver reads whole epochs
+            log.info("model.solver=%s takes the whole training set each epoch: data.batch_size=%s is not used",
+                     cfg.model.solver, cfg.data.batch_size)
+        datamodule = instantiate(cfg.data, **({"batch_size": None} if full_batch else {}))
         resume_from = rundir.prepare(cfg, out, set_aside=rank_zero)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        tracking.wandb_offline_unless_logged_in(cfg.get("logger"))
-        tracking.wandb_resume_id(cfg.get("logger"), out)
+        wandb_setup.wandb_offline_unless_logged_in(cfg.get("logger"))
+        wandb_setup.wandb_resume_id(cfg.get("logger"), out)
         loggers = _instantiate_all(cfg.get("logger"))
         history, clock = tracking.History(), tracking.RunClock()
         callbacks, bar = [*_instantiate_all(cfg.get("callbacks")), history, clock], True
@@ -136,7 +140,7 @@ def train(cfg: DictConfig) -> dict:
             callbacks, bar = [c for c in callbacks if not isinstance(c, ProgressBar)], False
             callbacks += [tracking.EpochLines()] if progress == "epoch" else []
         trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                         plugins=[tracking.AtomicCheckpointIO()],
+                                         plugins=[checkpoints.AtomicCheckpointIO()],
                                          enable_progress_bar=bar and cfg.trainer.get("enable_progress_bar", True))
         phase = "data"
         # the model is sized by the data: read and split first (downloads once: a file lock serializes ranks)
@@ -145,11 +149,7 @@ def train(cfg: DictConfig) -> dict:
         facts, seen = datamodule.facts(), datamodule.seen()
         if rank_zero:  # what each user rated in training and validation: recommend() excludes it
             save_seen(out, seen, facts.item_counts.numpy())
-        model = instantiate(cfg.model, data=facts)
-        # the contract's data channel: the training interactions, and the pairs the run will ask about
-        model.attach_interactions(datamodule.interactions("train"))
-        datamodule.sample_negatives(model.negatives_per_positive())  # pairwise models: negatives in the batches
-        model.track(*(torch.cat([datamodule.val_set[k], datamodule.test_set[k]]) for k in (0, 1)))
+        model = _build_model(cfg, datamodule, (datamodule.val_set, datamodule.test_set))
         if is_ranking_metric(cfg.optimized_metric):  # ranking on validation each epoch: what selects the model
             k = int(str(cfg.optimized_metric).rsplit("@", 1)[1])
             trainer.callbacks.append(evaluation.RankingValidation(datamodule.val_set, datamodule.seen("train"), (k,),
@@ -198,10 +198,21 @@ def train(cfg: DictConfig) -> dict:
         raise
     finally:
         scope.close()
-        if tracking.wandb_loggers(loggers):
+        if wandb_setup.wandb_loggers(loggers):
             import wandb
 
             wandb.finish(exit_code=1 if failed else 0)
+
+
+def _build_model(cfg: DictConfig, datamodule, asked: tuple) -> RatingModel:
+    """The configured model for ``datamodule`` (the fit's or the refit's), built and handed its data through the
+    contract: the training interactions, the sampled negatives its batches need, the pairs the run will ask about
+    (``asked``: the splits scored after the fit)."""
+    model = instantiate(cfg.model, data=datamodule.facts())
+    model.attach_interactions(datamodule.interactions("train"))
+    datamodule.sample_negatives(model.negatives_per_positive())  # pairwise models: negatives in the batches
+    model.track(*(torch.cat([split[k] for split in asked]) for k in (0, 1)))
+    return model
 
 
 def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, out: Path,
@@ -276,7 +287,7 @@ def _write_report(cfg: DictConfig, trainer: L.Trainer, loggers: list, metrics: d
     curve = tracking.save_learning_curve(rows, out / "learning_curve.png",
                                          title=f"{cfg.model._target_.rsplit('.', 1)[-1]} on {cfg.data.name}",
                                          metric=str(cfg.optimized_metric))
-    for lg in tracking.wandb_loggers(loggers):
+    for lg in wandb_setup.wandb_loggers(loggers):
         lg.experiment.summary.update(metrics)
         if curve is not None:
             lg.log_image(key="learning_curve", images=[str(curve)])
@@ -328,15 +339,12 @@ def _refit(cfg: DictConfig, datamodule, chosen: dict, out: Path):
     if rank_zero_only.rank == 0:  # seen items are unchanged; popularity now counts train+val
         save_seen(out, full.seen(), facts.item_counts.numpy())
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = instantiate(cfg.model, data=facts)
-    model.attach_interactions(full.interactions("train"))
-    model.track(*(full.test_set[k] for k in (0, 1)))
-    full.sample_negatives(model.negatives_per_positive())
+    model = _build_model(cfg, full, (full.test_set,))
     clock = tracking.RunClock()
     last = ModelCheckpoint(dirpath=out / "checkpoints", filename="refit", monitor=None, save_top_k=1,
                            enable_version_counter=False)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[clock, last], plugins=[tracking.AtomicCheckpointIO()],
-                          max_epochs=int(chosen["epochs"]),
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[clock, last],
+                          plugins=[checkpoints.AtomicCheckpointIO()], max_epochs=int(chosen["epochs"]),
                           min_epochs=None, limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
                           enable_model_summary=False)
     ckpt = out / "checkpoints" / "refit.ckpt"

@@ -112,3 +112,12 @@ def test_every_model_scores_ml1m_in_bulk_within_eval_max_memory_mb(name):
     for key in ("evaluation_mb", "recommend_mb", "predict_mb"):
         assert figures[key] <= bound, (key, figures)
     assert figures["recommended_rows"] == 6040 * 10
+
+
+def test_the_library_default_budget_is_the_configs():
+    """eval.max_memory_mb's default is written in configs/train.yaml; the library's (recommend, recsys evaluate of
+    runs without it) is that same number."""
+    import yaml
+    from conftest import CONFIGS
+
+    assert yaml.safe_load((CONFIGS / "train.yaml").read_text())["eval"]["max_memory_mb"] == memory.MAX_MEMORY_MB

@@ -95,7 +95,7 @@ def test_slow_last_checkpoints_are_paced_and_the_ending_epoch_is_always_saved(co
 
     import lightning as L
 
-    from recsys.tracking import PacedCheckpoint
+    from recsys.checkpoints import PacedCheckpoint
 
     monkeypatch.setattr(PacedCheckpoint, "ALWAYS_BELOW_S", 0.05)
     saves, save = [], L.pytorch.strategies.SingleDeviceStrategy.save_checkpoint
@@ -123,7 +123,7 @@ def test_a_background_write_holds_the_epoch_it_was_taken_at_while_training_moves
 
     import lightning as L
 
-    from recsys.tracking import PacedCheckpoint
+    from recsys.checkpoints import PacedCheckpoint
 
     at_end, written, live = {}, {}, {}
     moved_on, save = threading.Event(), L.pytorch.strategies.SingleDeviceStrategy.save_checkpoint
@@ -146,7 +146,7 @@ def test_a_background_write_holds_the_epoch_it_was_taken_at_while_training_moves
             live.update(now={k: v.clone() for k, v in live["module"].state_dict().items()})
         return save(strategy, checkpoint, filepath, *args, **kwargs)
 
-    monkeypatch.setattr("recsys.tracking.PacedCheckpoint", Watching)
+    monkeypatch.setattr("recsys.checkpoints.PacedCheckpoint", Watching)
     monkeypatch.setattr(L.pytorch.strategies.SingleDeviceStrategy, "save_checkpoint", held)
     train(compose_cfg("trainer.max_epochs=3", "~callbacks.early_stopping", "data.batch_size=64",
                       "callbacks.last_checkpoint.max_overhead=1.0"))
@@ -179,7 +179,7 @@ def test_the_best_checkpoint_is_held_in_memory_and_written_with_last_ckpt_and_at
     replaced are gone."""
     import lightning as L
 
-    from recsys.tracking import BestCheckpoint, PacedCheckpoint
+    from recsys.checkpoints import BestCheckpoint, PacedCheckpoint
 
     copies, written, last_records = {}, [], []
     take = BestCheckpoint._save_checkpoint
@@ -218,7 +218,7 @@ def test_the_best_checkpoints_copy_detaches_every_tensor_and_keeps_plain_lists_w
     and its lists are copies (a list of ids is copied whole, not walked entry by entry)."""
     from collections import OrderedDict, namedtuple
 
-    from recsys.tracking import _snapshot
+    from recsys.checkpoints import _snapshot
 
     Pair = namedtuple("Pair", "a b")
     ids = list(range(1000)) + ["x"]

@@ -102,18 +102,18 @@ def test_json_files_never_hold_nan(tmp_path, caplog):
 def test_the_parts_of_a_run_share_one_wandb_run_id(tmp_path, compose_cfg):
     from omegaconf import OmegaConf
 
-    from recsys import rundir, tracking
+    from recsys import rundir, wandb_setup
 
     run = tmp_path / "run"
     ids = []
     for _ in range(2):  # a run and its resumed part
         logger = OmegaConf.create({"wandb": {"id": None, "resume": "allow"}})
-        tracking.wandb_resume_id(logger, run)
+        wandb_setup.wandb_resume_id(logger, run)
         ids.append(logger.wandb.id)
     assert ids[0] == ids[1] and len(ids[0]) == 12
     rundir.prepare(compose_cfg("resume=never"), run)  # a fresh run: a new W&B run
     logger = OmegaConf.create({"wandb": {"id": None}})
-    tracking.wandb_resume_id(logger, run)
+    wandb_setup.wandb_resume_id(logger, run)
     assert logger.wandb.id != ids[0] and (run / "previous").exists()
 
 
