@@ -62,6 +62,28 @@ MUTATIONS = [
      "return v @ gram + diag_ridge * v + weighted @ feats", "return v @ gram + diag_ridge * v"),
     ("bpr: negatives sampled among all items (the user's positives not excluded)", "recsys/data/interactions.py",
      "return (r + before).clamp_(max=self.num_items - 1)", "return r.clamp_(max=self.num_items - 1)"),
+    # the generic reference suite (every model, every mode): one-line changes a model's own tests missed before
+    ("[ref] mf: use_global_mean=false ignored (μ always added)", "recsys/models/mf.py",
+     "self.link = Centered(self.data.global_mean if use_global_mean else 0.0)", "self.link = Centered(self.data.global_mean)"),
+    ("[ref] mf: item bias dropped from all_item_scores (nets.all_items)", "recsys/models/nets.py",
+     "score = score + self.user_bias(users) + self.item_bias.weight.T", "score = score + self.user_bias(users) + 0 * self.item_bias.weight.T"),
+    ("[ref] pmf_sigmoid: center=true's offset logit(t(μ)) ignored", "recsys/models/pmf_sigmoid.py",
+     "math.log(t_mu / (1 - t_mu)) if center else 0.0)", "0.0)"),
+    ("[ref] ease: values=rating ignored when scoring (X binary)", "recsys/models/ease.py",
+     "ratings=self.values == \"rating\")", "ratings=False)"),
+    ("[ref] autorec: output bias dropped from all_item_scores", "recsys/models/autorec.py",
+     "return torch.addmm(self.decoder_bias(users), self.decoder(users), self.codes.T)", "return self.decoder(users) @ self.codes.T"),
+    ("[ref] bpr: item bias dropped from all_item_scores", "recsys/models/bpr.py",
+     "return self.net.all_items(users) + self.item_bias.weight.T", "return self.net.all_items(users)"),
+    ("[ref] svdpp: fold-in keeps the old N(u)", "recsys/models/svdpp.py",
+     "        self.history.replace(row, items)\n        self.net.user.weight[row] = 0.0", "        self.net.user.weight[row] = 0.0"),
+    ("[ref] bpmf: tracked pairs' sample averages ignored in all_item_scores", "recsys/models/bpmf.py",
+     "        if int(self.kept) and len(self.pair_keys):  # the tracked pairs among them: their sample averages",
+     "        if False:  # the tracked pairs among them: their sample averages"),
+    ("[ref] ials: scores from the item factors' transpose (users scored by item rows)", "recsys/models/ials.py",
+     "        return self.net(users, items)\n", "        return (self.net.item(users % self.data.num_items) * self.net.item(items)).sum(-1)\n"),
+    ("[ref] baseline: μ dropped", "recsys/models/baseline.py",
+     "        self.link = Centered(self.data.global_mean)", "        self.link = Centered(0.0)"),
 ]
 TESTS = ["tests/models", "tests/data/test_datamodule.py", "tests/test_recommender.py", "tests/test_als.py", "tests/test_evaluation.py"]
 

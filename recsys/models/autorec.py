@@ -26,11 +26,13 @@ training mean, as the base does.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from recsys.data.interactions import Interactions
 from recsys.models.base import RatingModel
+from recsys.models.nets import plain
 from recsys.validation import NonNegative, Reg, Size
 
 CHUNK = 1 << 16  # training ratings encoded at once when refreshing the codes: bounds memory at O(CHUNK · hidden)
@@ -99,6 +101,22 @@ class AutoRec(RatingModel):
 
     def forward(self, users, items):
         return (self.decoder(users) * self.codes[items]).sum(1) + self.decoder_bias(users).squeeze(1)
+
+    def reference(self, users, items):
+        """Sedhain et al. 2015, eq. 2: r̂_i = f(W·g(V r_i + μ) + b), f the identity and g the logistic function,
+        r_i item i's vector of training ratings over users (unobserved 0); user u's prediction is its entry u."""
+        train = self.interactions
+        if train is None:
+            raise RuntimeError("AutoRec.reference needs the training ratings (attach_interactions)")
+        v, mu = plain(self.encoder.weight), plain(self.encoder_bias)
+        w, b = plain(self.decoder.weight), plain(self.decoder_bias.weight)[:, 0]
+        r = np.zeros((self.data.num_items, self.data.num_users))
+        r[train.items.numpy(), train.users.numpy()] = plain(train.ratings)
+        out = []
+        for u, i in zip(users.tolist(), items.tolist()):
+            h = 1 / (1 + np.exp(-(r[i] @ v + mu)))
+            out.append(float(w[u] @ h) + b[u])
+        return torch.tensor(out, dtype=torch.float64)
 
     def all_item_scores(self, users):
         """W_u·h_i + b_u for every item: the item codes are shared by every user, so one matrix product (no

@@ -233,6 +233,14 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         self.interactions = train
         self.setup_interactions(train)
 
+    def reference(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The paper's prediction for warm pairs (both sides with training data), written out plainly from the
+        model's parameters, hyperparameters and data (numpy, loops are fine; never the model's own scoring code).
+        The generic suite compares ``forward``, ``all_item_scores``, ``recommend`` and fold-in against it in every
+        mode a config can select: a model without one fails enrolment. Returns float64 on the CPU."""
+        raise NotImplementedError(f"{type(self).__name__} ships no reference(): write its paper's prediction out "
+                                  "plainly (docs/adding-a-model.md)")
+
     # -- optional abilities, each with a default correct for any model (see the module docstring) ----------
     def setup_interactions(self, train: Interactions) -> None:
         """Receive the training interactions before fitting (every DDP rank, once per fit). Keep what scoring

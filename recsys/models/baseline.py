@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from recsys.models.base import RatingModel
-from recsys.models.nets import Bilinear, Centered
+from recsys.models.nets import Bilinear, Centered, plain
 from recsys.models.objectives import per_rating_ridge, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import Reg
@@ -33,6 +33,12 @@ class Baseline(RatingModel):
 
     def forward(self, users, items):
         return self.link.rating(self.net(users, items))
+
+    def reference(self, users, items):
+        """Koren 2008, eq. 1: b_ui = μ + b_u + b_i."""
+        bu, bi = plain(self.net.user_bias.weight)[:, 0], plain(self.net.item_bias.weight)[:, 0]
+        return torch.tensor([self.data.global_mean + bu[u] + bi[i] for u, i in zip(users.tolist(), items.tolist())],
+                            dtype=torch.float64)
 
     def fallback(self, users, items, user_known, item_known):
         """Cold pairs: μ plus the bias of whichever side has training ratings."""

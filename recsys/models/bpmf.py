@@ -27,7 +27,7 @@ from typing import Annotated
 import torch
 
 from recsys.models.base import RatingModel
-from recsys.models.nets import Bilinear, Centered
+from recsys.models.nets import Bilinear, Centered, plain
 from recsys.solvers.als import LeastSquares
 from recsys.solvers.gibbs import HYPERS, Chain
 from recsys.validation import AtLeast, NonNegative, OneOf, Size
@@ -104,6 +104,23 @@ class BPMF(RatingModel):
             found = self.pair_keys[idx] == keys
             pred = torch.where(found, (self.pair_sums[idx] / self.kept).to(pred.dtype), pred)
         return pred
+
+    def reference(self, users, items):
+        """Salakhutdinov & Mnih 2008, eq. 10: the predictive mean, estimated by the mean over the kept samples of
+        μ + b_u + b_i + U_iᵀV_j: each tracked pair's own running average of its per-sample predictions, other pairs
+        from the samples' mean tables (the current sample before any is kept)."""
+        tables = self.mean_net if int(self.kept) else self.net
+        u_, v_ = plain(tables.user.weight), plain(tables.item.weight)
+        bu, bi = plain(tables.user_bias.weight)[:, 0], plain(tables.item_bias.weight)[:, 0]
+        tracked = dict(zip(self.pair_keys.tolist(), (plain(self.pair_sums) / max(int(self.kept), 1)).tolist()))
+        out = []
+        for u, i in zip(users.tolist(), items.tolist()):
+            key = u * self.data.num_items + i
+            if int(self.kept) and key in tracked:
+                out.append(tracked[key])
+            else:
+                out.append(self.data.global_mean + bu[u] + bi[i] + float(u_[u] @ v_[i]))
+        return torch.tensor(out, dtype=torch.float64)
 
     def fallback(self, users, items, user_known, item_known):
         """Cold pairs: μ plus the (averaged) bias of whichever side has training ratings."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from recsys.models.base import RatingModel
-from recsys.models.nets import Bilinear, grad_buffer
+from recsys.models.nets import Bilinear, grad_buffer, plain
 from recsys.validation import NonNegative, Reg, Size
 
 
@@ -47,6 +47,12 @@ class BPR(RatingModel):
     # -- scores ------------------------------------------------------------------------------------------------
     def forward(self, users, items):
         return self.net(users, items) + self.item_bias(items).squeeze(-1)
+
+    def reference(self, users, items):
+        """Rendle et al. 2009, section 4.3.1 with an item bias: x̂_ui = w_uᵀh_i + b_i."""
+        w, h, b = plain(self.net.user.weight), plain(self.net.item.weight), plain(self.item_bias.weight)[:, 0]
+        return torch.tensor([float(w[u] @ h[i]) + b[i] for u, i in zip(users.tolist(), items.tolist())],
+                            dtype=torch.float64)
 
     def all_item_scores(self, users):
         return self.net.all_items(users) + self.item_bias.weight.T

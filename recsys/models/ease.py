@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
+import numpy as np
 import torch
 
 from recsys.data.interactions import Interactions
 from recsys.models.base import RatingModel
-from recsys.models.nets import Histories
+from recsys.models.nets import Histories, plain
 from recsys.validation import OneOf, Reg
 
 #: float32 matrices of n_items² the fit holds at once: the Gram matrix (factored in place), its inverse and B
@@ -104,6 +105,17 @@ class EASE(RatingModel):
         unique, inverse = torch.unique(users, return_inverse=True)
         scores = self.all_item_scores(unique)
         return scores[inverse, items]
+
+    def reference(self, users, items):
+        """Steck 2019, eq. 1: S_u· = X_u·B, X_u the user's row (1 per interaction; the ratings with values=rating)."""
+        b = plain(self.weights)
+        indptr, held, values = self.history.indptr.tolist(), self.history.items.tolist(), plain(self.history.values)
+        out = []
+        for u, i in zip(users.tolist(), items.tolist()):
+            lo, hi = indptr[u], indptr[u + 1]
+            x = values[lo:hi] if self.values == "rating" else np.ones(hi - lo)
+            out.append(sum(x[k] * b[j, i] for k, j in enumerate(held[lo:hi])))
+        return torch.tensor(out, dtype=torch.float64)
 
     def fallback(self, users, items, user_known, item_known):
         """Cold pairs score as the model scores them: X_u·B, 0 without a history or for an item never seen."""

@@ -25,7 +25,7 @@ from typing import Annotated
 import torch
 
 from recsys.models.base import RatingModel
-from recsys.models.nets import Bilinear
+from recsys.models.nets import Bilinear, plain
 from recsys.solvers.als import LeastSquares, RegScaling, Solve
 from recsys.validation import NonNegative, OneOf, Positive, PositiveReg, Size
 
@@ -64,6 +64,11 @@ class IALS(RatingModel):
 
     def forward(self, users, items):
         return self.net(users, items)
+
+    def reference(self, users, items):
+        """Hu, Koren & Volinsky 2008, eq. 2: the preference p̂_ui = x_uᵀy_i."""
+        x, y = plain(self.net.user.weight), plain(self.net.item.weight)
+        return torch.tensor([float(x[u] @ y[i]) for u, i in zip(users.tolist(), items.tolist())], dtype=torch.float64)
 
     def all_item_scores(self, users):
         return self.net.all_items(users)

@@ -17,10 +17,11 @@ drops it, as the D2L chapter does).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from recsys.models.base import RatingModel
-from recsys.models.nets import Bilinear, Centered
+from recsys.models.nets import Bilinear, Centered, plain
 from recsys.models.objectives import per_rating_ridge, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import NonNegative, Reg, Size
@@ -45,6 +46,18 @@ class BiasedMF(RatingModel):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.link.rating(self.net(users, items))
+
+    def reference(self, users, items):
+        """Koren, Bell & Volinsky 2009, eq. 3: r̂_ui = μ + b_u + b_i + q_iᵀp_u (μ = 0 without use_global_mean, no
+        biases without use_bias)."""
+        p, q = plain(self.net.user.weight), plain(self.net.item.weight)
+        mu = self.data.global_mean if self.hparams.use_global_mean else 0.0
+        out = np.zeros(len(users))
+        for n, (u, i) in enumerate(zip(users.tolist(), items.tolist())):
+            out[n] = mu + sum(q[i, f] * p[u, f] for f in range(p.shape[1]))
+            if self.hparams.use_bias:
+                out[n] += plain(self.net.user_bias.weight)[u, 0] + plain(self.net.item_bias.weight)[i, 0]
+        return torch.from_numpy(out)
 
     def fallback(self, users, items, user_known, item_known):
         """Cold pairs: μ plus the bias of whichever side has training ratings."""

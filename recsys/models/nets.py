@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from recsys.data.interactions import CSR, csr_entries
 from recsys.solvers import native
 from recsys.solvers.sparse import RowIndex, row_gradient, set_row_gradient
+
+
+def plain(t: torch.Tensor) -> np.ndarray:
+    """A tensor as float64 numpy on the CPU: what a model's ``reference`` computes with."""
+    return t.detach().cpu().double().numpy()
 
 
 class Bilinear(nn.Module):

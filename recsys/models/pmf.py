@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from recsys.models.base import RatingModel
-from recsys.models.nets import Bilinear, Centered
+from recsys.models.nets import Bilinear, Centered, plain
 from recsys.models.objectives import gaussian_prior, map_estimate, map_objective, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import NonNegative, Reg, Size
@@ -43,6 +43,13 @@ class PMF(RatingModel):
 
     def forward(self, users, items):
         return self.link.rating(self.link.mean(self.net(users, items)))
+
+    def reference(self, users, items):
+        """Salakhutdinov & Mnih 2007: R̂_ij = U_iᵀV_j, on ratings centred by the training mean (center=true)."""
+        u_, v_ = plain(self.net.user.weight), plain(self.net.item.weight)
+        mu = self.data.global_mean if self.hparams.center else 0.0
+        return torch.tensor([mu + float(u_[u] @ v_[i]) for u, i in zip(users.tolist(), items.tolist())],
+                            dtype=torch.float64)
 
     def _prior(self) -> torch.Tensor:
         return gaussian_prior(*self.net.squared_norms(), *self.lambdas)

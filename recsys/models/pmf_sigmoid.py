@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from recsys.models.nets import ScaledSigmoid
+from recsys.models.nets import ScaledSigmoid, plain
 from recsys.models.pmf import PMF
 from recsys.validation import NonNegative, Reg, Size
 
@@ -41,6 +41,17 @@ class SigmoidPMF(PMF):
 
     def least_squares(self) -> None:
         return None  # g(c + UᵀV) is not bilinear in either side
+
+    def reference(self, users, items):
+        """Salakhutdinov & Mnih 2007, eq. 5: g(U_iᵀV_j) with g the logistic function, mapped onto the rating scale
+        as r_min + (r_max − r_min)·g; center=true adds the fixed offset logit(t(μ)) inside g."""
+        d = self.data
+        u_, v_ = plain(self.net.user.weight), plain(self.net.item.weight)
+        t_mu = min(max((d.global_mean - d.rating_min) / (d.rating_max - d.rating_min), 1e-3), 1 - 1e-3)
+        offset = math.log(t_mu / (1 - t_mu)) if self.hparams.center else 0.0
+        out = [d.rating_min + (d.rating_max - d.rating_min) / (1 + math.exp(-(offset + float(u_[u] @ v_[i]))))
+               for u, i in zip(users.tolist(), items.tolist())]
+        return torch.tensor(out, dtype=torch.float64)
 
     @torch.no_grad()
     def fold_in(self, items: torch.Tensor, ratings: torch.Tensor, row: int | None = None, steps: int = 20) -> int:

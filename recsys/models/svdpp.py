@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
 from recsys.data.interactions import Interactions
 from recsys.models.base import RatingModel
-from recsys.models.nets import Bilinear, Centered, Histories
+from recsys.models.nets import Bilinear, Centered, Histories, plain
 from recsys.validation import NonNegative, Reg, Size
 
 
@@ -81,6 +82,18 @@ class SVDpp(RatingModel):
     # -- the contract ------------------------------------------------------------------------------------
     def forward(self, users, items):
         return self.link.rating(self._score(users, items))
+
+    def reference(self, users, items):
+        """Koren 2008, eq. 15: r̂_ui = μ + b_u + b_i + q_iᵀ(p_u + |N(u)|^-½ Σ_{j∈N(u)} y_j), N(u) the user's items."""
+        p, q, y = plain(self.net.user.weight), plain(self.net.item.weight), plain(self.implicit.weight)
+        bu, bi = plain(self.net.user_bias.weight)[:, 0], plain(self.net.item_bias.weight)[:, 0]
+        indptr, held = self.history.indptr.tolist(), self.history.items.tolist()
+        out = []
+        for u, i in zip(users.tolist(), items.tolist()):
+            n_u = held[indptr[u]:indptr[u + 1]]
+            implicit = sum((y[j] for j in n_u), np.zeros(y.shape[1])) / (len(n_u) ** 0.5 if n_u else 1.0)
+            out.append(self.data.global_mean + bu[u] + bi[i] + float(q[i] @ (p[u] + implicit)))
+        return torch.tensor(out, dtype=torch.float64)
 
     def fallback(self, users, items, user_known, item_known):
         """Cold pairs: μ plus the bias of whichever side has training ratings."""

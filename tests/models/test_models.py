@@ -8,6 +8,7 @@ scores; a loaded copy scores without the data; it rejects bad hyperparameters wi
 survives a Lightning checkpoint.
 """
 
+import inspect
 import json
 
 import lightning as L
@@ -191,14 +192,14 @@ def test_model_fits_a_target_of_its_own_terms_by_als_or_refuses_it(name):
     assert rmse(model, users, items, ratings.double()) < 0.05
 
 
-def _randomized(name: str, users, items, ratings, n_users=20, n_items=15):
+def _randomized(name: str, users, items, ratings, n_users=20, n_items=15, **overrides):
     """The model with random weights, handed its training data (every user with a history), state refreshed."""
     torch.manual_seed(0)
     counts = torch.bincount(users, minlength=n_users)
     counts[3] = 0  # one user without training ratings: cold
     facts = fake_facts(n_users, n_items, len(ratings), float(ratings.mean()), user_counts=counts,
                        item_counts=torch.bincount(items, minlength=n_items))
-    model = build(name, facts).double()
+    model = build(name, facts, **overrides).double()
     train = interactions(users, items, ratings.double(), n_users, n_items)
     model.attach_interactions(train)
     with torch.no_grad():
@@ -208,6 +209,79 @@ def _randomized(name: str, users, items, ratings, n_users=20, n_items=15):
         model.fit_closed_form(train)
     model.refresh()
     return model
+
+
+def modes(name: str) -> list[dict]:
+    """Every mode a model's config can select, one switch at a time: the defaults, each other choice of a OneOf
+    setting (EASE's values=, pmf_sigmoid's center ...) and the other value of each boolean."""
+    cls = CLASSES[name]
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    out = [{}]
+    for key, annotation in validation.hints(cls.__init__).items():
+        if key not in defaults:
+            continue
+        if isinstance(defaults[key], bool):
+            out.append({key: not defaults[key]})
+        for meta in getattr(annotation, "__metadata__", ()):
+            if isinstance(meta, validation.OneOf):
+                out += [{key: v} for v in meta.values if v != defaults[key]]
+    return out
+
+
+REFERENCE_CASES = [(name, mode) for name in MODELS for mode in modes(name)]
+
+
+@pytest.mark.parametrize("name,mode", REFERENCE_CASES,
+                         ids=[f"{n}-{','.join(f'{k}={v}' for k, v in m.items()) or 'defaults'}"
+                              for n, m in REFERENCE_CASES])
+def test_every_scoring_path_equals_the_models_reference_in_every_mode(name, mode):
+    """Each model ships its paper's prediction written out plainly (``reference``); forward, all_item_scores,
+    Recommender.recommend and a folded-in user's scores equal it, for every mode its config can select. A model
+    without a reference fails here: that is its enrolment."""
+    import numpy as np
+
+    from recsys.data.datasets import IdMap
+    from recsys.data.interactions import Seen
+    from recsys.recommender import Recommender
+
+    users, items, ratings = structured_ratings(name)
+    try:
+        model = _randomized(name, users, items, ratings, **mode)
+    except ValueError as err:  # a combination the model refuses is not a mode it can run in
+        pytest.skip(f"{name} refuses {mode}: {err}")
+    model.track(users[::3], items[::3])
+    model.record(10**6)  # a sampler past its burn-in: tracked pairs served by their running averages
+    warm_u = torch.nonzero(model.user_seen).squeeze(1)
+    warm_i = torch.nonzero(model.item_seen).squeeze(1)
+    grid_u, grid_i = warm_u.repeat_interleave(len(warm_i)), warm_i.repeat(len(warm_u))
+    with torch.no_grad():
+        ref = model.reference(grid_u, grid_i)
+        assert ref.dtype == torch.float64 and ref.std() > 1e-3, "a reference that does not vary says nothing"
+        torch.testing.assert_close(model(grid_u, grid_i).double(), ref, atol=1e-6, rtol=1e-6)
+        every = model.score_all_items(warm_u)[:, warm_i].double()
+        torch.testing.assert_close(every, ref.view(len(warm_u), len(warm_i)), atol=1e-6, rtol=1e-6)
+        # recommend: the top items among the unseen ones, by the reference's scores
+        seen = Seen.of(users.numpy(), items.numpy(), 20)
+        rec = Recommender(model, IdMap(np.arange(20)), IdMap(np.arange(15)), seen)
+        full = model.reference(torch.arange(15).repeat(len(warm_u)) * 0 + warm_u.repeat_interleave(15),
+                               torch.arange(15).repeat(len(warm_u))).view(len(warm_u), 15)
+        top = rec.recommend(warm_u.numpy(), n=3)
+        for row, u in enumerate(warm_u.tolist()):
+            want = full[row].clone()
+            want[torch.as_tensor(seen.items[seen.indptr[u]:seen.indptr[u + 1]], dtype=torch.long)] = -np.inf
+            mine = top[top["user"] == u]
+            best = torch.topk(want, 3).values
+            np.testing.assert_allclose(mine["score"].to_numpy(), best[torch.isfinite(best)].numpy(), atol=1e-6)
+        # fold-in: a new user from a few ratings, then every path scores it as the reference does
+        try:
+            row = model.fold_in(torch.tensor([1, 4, 7]), torch.tensor([5.0, 2.0, 4.0], dtype=torch.float64))
+        except NotImplementedError as err:
+            pytest.skip(f"the reference holds on every path; {name} folds in no user: {err}")
+        new = torch.full((len(warm_i),), row)
+        ref_new = model.reference(new, warm_i)
+        torch.testing.assert_close(model(new, warm_i).double(), ref_new, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(model.score_all_items(torch.tensor([row]))[0, warm_i].double(), ref_new,
+                                   atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", MODELS)
