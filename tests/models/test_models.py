@@ -250,7 +250,12 @@ def test_every_scoring_path_equals_the_models_reference_in_every_mode(name, mode
     except ValueError as err:  # a combination the model refuses is not a mode it can run in
         pytest.skip(f"{name} refuses {mode}: {err}")
     model.track(users[::3], items[::3])
-    model.record(10**6)  # a sampler past its burn-in: tracked pairs served by their running averages
+    model.record(10**6)  # a sampler past its burn-in: tracked pairs served by their running averages ...
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    model.record(10**6 + 1)  # ... of two different samples, which the mean tables' product does not give
+    model.refresh()
     warm_u = torch.nonzero(model.user_seen).squeeze(1)
     warm_i = torch.nonzero(model.item_seen).squeeze(1)
     grid_u, grid_i = warm_u.repeat_interleave(len(warm_i)), warm_i.repeat(len(warm_u))
