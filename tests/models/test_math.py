@@ -162,9 +162,9 @@ def test_ease_solves_its_constrained_ridge_in_closed_form_and_scores_x_times_b(v
 
 
 def test_ease_refuses_an_item_count_whose_matrices_do_not_fit(monkeypatch):
-    from recsys.models import ease
+    from recsys.models import ease, item_item
 
-    monkeypatch.setattr(ease, "available_bytes", lambda device: 10 * 2**30)  # 10 GiB free
+    monkeypatch.setattr(item_item, "available_bytes", lambda device: 10 * 2**30)  # 10 GiB free
     with pytest.raises(MemoryError, match=r"model=ease needs 13.7 GiB on cpu for 35000 items .* and 10.0 GiB is free: "
                                           r"use a factor model"):
         ease.EASE(data=fake_facts(10, 35000, 100), solver="closed_form")
