@@ -21,8 +21,8 @@ for a one-solve fit).
 
 **The hooks** are the methods of :class:`RatingModel` below, each with a default correct for any model except
 ``forward`` (abstract) and ``objective`` (required with the ``gradient`` solver); their docstrings are the
-reference, and docs/adding-a-model.md's hook table is generated from them (``python -m
-recsys.models.catalogue --write``; a test keeps it in step). Nothing is looked up by attribute name.
+reference, and docs/adding-a-model.md's hook table is generated from them when the site is built
+(:mod:`recsys.models.catalogue`). Nothing is looked up by attribute name.
 
 A model that overrides ``all_item_scores`` with a faster path must give exactly ``forward``'s scores: a test
 compares the two for every model, for users with histories.

@@ -1,14 +1,17 @@
 """The model table of docs/models.md, generated from what each model class declares.
 
     python -m recsys.models.catalogue            # print the tables
-    python -m recsys.models.catalogue --write    # put them into docs/models.md and docs/adding-a-model.md
+
+The docs site puts them into docs/models.md and docs/adding-a-model.md when it is built (``mkdocs build`` or
+``serve``: docs/hooks.py calls :func:`render` on every page), so no committed file holds a copy that could go
+stale and adding a model edits no page.
 
 The model table has one row per ``configs/model/<name>.yaml``: the config name users type (``model=<name>``), the
 first line of the class docstring, its ``task``, ``solvers`` (the first the default), ``training_input`` and the
 hyperparameters its signature annotates as regularizers. The hook table is the contract's hooks
 (:data:`HOOKS`) with each one's signature and the first paragraph of its docstring in
-:class:`~recsys.models.base.RatingModel`, the one place they are written. A test keeps both pages equal to these,
-so adding a model adds its row here, never a line in the README.
+:class:`~recsys.models.base.RatingModel`, the one place they are written,
+so adding a model adds its row here, never a line in the README or the docs.
 """
 
 from __future__ import annotations
@@ -21,10 +24,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "model"
-DOC = ROOT / "docs" / "models.md"
-HOOK_DOC = ROOT / "docs" / "adding-a-model.md"
-BEGIN, END = "<!-- model-table: python -m recsys.models.catalogue --write -->", "<!-- /model-table -->"
-HOOK_BEGIN, HOOK_END = "<!-- hook-table: python -m recsys.models.catalogue --write -->", "<!-- /hook-table -->"
+MODEL_TABLE = "<!-- model-table: generated from the model classes when the site is built -->"
+HOOK_TABLE = "<!-- hook-table: generated from RatingModel's docstrings when the site is built -->"
 #: the contract's hooks, in the order a model author meets them
 HOOKS = ("forward", "objective", "setup_interactions", "fit_closed_form", "track", "refresh", "gradients",
          "negatives_per_positive", "least_squares", "chain", "record", "fallback", "all_item_scores",
@@ -80,34 +81,19 @@ def hooks() -> str:
     return "\n".join(rows) + "\n"
 
 
-def documented(text: str, begin: str = BEGIN, end: str = END) -> str | None:
-    """The table between the markers of a docs page's text (None without the markers)."""
-    if begin not in text or end not in text:
-        return None
-    return text[text.index(begin) + len(begin):text.index(end)].strip("\n") + "\n"
-
-
-def _write(doc: Path, begin: str, end: str, body: str) -> None:
-    text = doc.read_text()
-    if documented(text, begin, end) is None:
-        raise SystemExit(f"{doc} has no {begin} ... {end} markers")
-    head, tail = text[:text.index(begin) + len(begin)], text[text.index(end):]
-    doc.write_text(f"{head}\n{body}{tail}")
-
-
-def write() -> None:
-    _write(DOC, BEGIN, END, table())
-    _write(HOOK_DOC, HOOK_BEGIN, HOOK_END, hooks())
+def render(markdown: str) -> str:
+    """A docs page with its table markers replaced by the generated tables (docs/hooks.py, at build time)."""
+    if MODEL_TABLE in markdown:
+        markdown = markdown.replace(MODEL_TABLE, table())
+    if HOOK_TABLE in markdown:
+        markdown = markdown.replace(HOOK_TABLE, hooks())
+    return markdown
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recsys.models.catalogue", description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="write the tables into their docs pages")
-    args = parser.parse_args(argv)
-    if args.write:
-        write()
-    else:
-        sys.stdout.write(table() + "\n" + hooks())
+    parser.parse_args(argv)
+    sys.stdout.write(table() + "\n" + hooks())
     return 0
 
 

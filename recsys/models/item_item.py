@@ -68,7 +68,8 @@ class ItemItem(RatingModel):
         self.history.set(train.by_user)
 
     def gram(self, train: Interactions) -> torch.Tensor:
-        """XᵀX (items × items, float32, on the weights' device) of the training matrix X: one sparse product."""
+        """XᵀX (items × items, in the weights' dtype and on their device) of the training matrix X: one sparse
+        product."""
         device, n_items = self.weights.device, self.data.num_items
         check_fits(type(self).__name__.lower(), n_items, device)
         users, items = train.users.to(device), train.items.to(device)
@@ -77,7 +78,7 @@ class ItemItem(RatingModel):
         x = torch.sparse_coo_tensor(torch.stack([users, items]), entries, (self.data.num_users, n_items)).coalesce()
         if self.values == "binary":
             x.values().clamp_(max=1.0)  # 0/1: a repeated pair counts once
-        return torch.sparse.mm(x.t().coalesce(), x).to_dense()
+        return torch.sparse.mm(x.t().coalesce(), x).to_dense().to(self.weights.dtype)  # W's: float32, a test's float64
 
     @abc.abstractmethod
     def fit_closed_form(self, train: Interactions) -> None:

@@ -213,10 +213,11 @@ def _randomized(name: str, users, items, ratings, n_users=20, n_items=15, **over
 
 def modes(name: str) -> list[dict]:
     """Every mode a model's config can select, one switch at a time: the defaults, each other choice of a OneOf
-    setting (EASE's values=, pmf_sigmoid's center ...) and the other value of each boolean."""
+    setting (EASE's values=, pmf_sigmoid's center ...), the other value of each boolean, and every size
+    (``validation.Size``: dim, k, hidden) at SMALL, where a default larger than the test's shape would not bite."""
     cls = CLASSES[name]
     defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
-    out = [{}]
+    out, sizes = [{}], {}
     for key, annotation in validation.hints(cls.__init__).items():
         if key not in defaults:
             continue
@@ -225,7 +226,12 @@ def modes(name: str) -> list[dict]:
         for meta in getattr(annotation, "__metadata__", ()):
             if isinstance(meta, validation.OneOf):
                 out += [{key: v} for v in meta.values if v != defaults[key]]
-    return out
+            if annotation.__origin__ is int and isinstance(meta, validation.AtLeast) and meta.low == 1:
+                sizes[key] = SMALL  # a size (dim, k neighbours, hidden units) that bites at the test's 15 items
+    return out + ([sizes] if sizes else [])
+
+
+SMALL = 3
 
 
 REFERENCE_CASES = [(name, mode) for name in MODELS for mode in modes(name)]
