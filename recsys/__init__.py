@@ -1,4 +1,5 @@
-"""recsys: explicit-rating recommendation with matrix factorization on PyTorch Lightning.
+"""recsys: recommendation with matrix factorization and its descendants (rating prediction and top-N ranking) on
+PyTorch Lightning.
 
 ``recsys.load(run)`` returns a :class:`recsys.Recommender` that answers in the data set's own ids.
 """
