@@ -39,14 +39,14 @@ def users_per_chunk(num_items: int, max_memory_mb: float = MAX_MEMORY_MB, work=N
     grows with its users' histories, so the probe is the costliest chunk), its working memory is measured
     (:func:`recsys.memory.peak_bytes`, with the budget in force as it will be) on the first 1/32 of the chunk
     ``BYTES_PER_CELL`` a score would give, then on as many as that says fit an eighth of the budget
-    (:func:`recsys.memory.linear_cost`), and the chunk sized by that; without, by ``BYTES_PER_CELL`` a score."""
+    (:func:`recsys.memory.per_unit_bytes`), and the chunk sized by that; without, by ``BYTES_PER_CELL`` a score."""
     with memory.budget(max_memory_mb):
-        guess = memory.units_within(0.0, float(max(num_items, 1) * BYTES_PER_CELL))
+        guess = memory.units_within(float(max(num_items, 1) * BYTES_PER_CELL))
         small = max(1, guess // PROBE_SHARE)
         if work is None or users is None or len(users) <= 2 * small:
             return guess
-        fixed, per_user = memory.linear_cost(lambda n: memory.peak_bytes(work, users[:n])[1], small, len(users))
-        return memory.units_within(fixed, max(per_user, 4.0 * num_items))  # never less than the float32 scores
+        per_user = memory.per_unit_bytes(lambda n: memory.peak_bytes(work, users[:n])[1], small, len(users))
+        return memory.units_within(max(per_user, 4.0 * num_items))  # never less than the float32 scores
 
 
 def _sums_from_hits(hits: torch.Tensor, n_rel: torch.Tensor, ks: tuple[int, ...]) -> dict[str, torch.Tensor]:
@@ -179,8 +179,8 @@ def _suffix_max(values: torch.Tensor) -> torch.Tensor:
 
 def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, seen: Seen,
                    popularity: torch.Tensor | None, num_items: int, ks: tuple[int, ...], device=None, rank: int = 0,
-                   world: int = 1, max_memory_mb: float = MAX_MEMORY_MB, ranking_factors=None
-                   ) -> dict[str, torch.Tensor]:
+                   world: int = 1, max_memory_mb: float = MAX_MEMORY_MB, ranking_factors=None,
+                   memo: dict | None = None) -> dict[str, torch.Tensor]:
     """Sums of the ranking metrics (model's and popularity's) over this rank's share of the users.
 
     ``users``/``items`` (indices) are the relevant test pairs; ``score_all_items(rows)`` gives the model's
@@ -191,6 +191,8 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
     dense relevance matrix). Popularity ranks every user by one order, so its top-k is read off that order.
     ``ranking_factors(users)`` (a model's, where it has them): the top-k comes from :class:`BoundedTop` instead of
     scoring every item, each user closed as soon as its top-k is known or k items beat all its relevant ones.
+    ``memo``: a dict the caller keeps across calls on the same model and data (a run's validation every epoch):
+    the chunk size measured at the first call is kept there and reused.
     """
     totals: dict[str, torch.Tensor] = {}
     mine = torch.unique(users)[rank::world].contiguous()  # each user on one rank
@@ -225,7 +227,12 @@ def ranking_totals(score_all_items, users: torch.Tensor, items: torch.Tensor, se
         return sums
 
     rows_all = mine.to(device)
-    step = users_per_chunk(num_items, max_memory_mb, lambda rows: chunk_sums(0, rows), seen.heaviest_first(rows_all))
+    step = memo.get("users_per_chunk") if memo is not None else None
+    if step is None:  # measured on the costliest chunk (working memory grows with the users' histories)
+        step = users_per_chunk(num_items, max_memory_mb, lambda rows: chunk_sums(0, rows),
+                               seen.heaviest_first(rows_all))
+        if memo is not None:
+            memo["users_per_chunk"] = step
     for lo in range(0, len(mine), step):
         with memory.budget(max_memory_mb):  # a model's default pairwise path blocks within it
             for name, value in chunk_sums(lo, rows_all[lo:lo + step]).items():
@@ -265,14 +272,16 @@ def ranking_means(totals: dict, ks: tuple[int, ...], reduce=lambda t: t, stage: 
 def ranking_metrics(score_all_items, test: tuple[torch.Tensor, ...], seen: Seen, popularity: torch.Tensor | None,
                     num_items: int, ks: tuple[int, ...] = (10,), relevance_threshold: float = 4.0, device=None,
                     rank: int = 0, world: int = 1, reduce=lambda t: t, stage: str = "test",
-                    max_memory_mb: float = MAX_MEMORY_MB, ranking_factors=None) -> dict[str, float]:
+                    max_memory_mb: float = MAX_MEMORY_MB, ranking_factors=None, memo: dict | None = None
+                    ) -> dict[str, float]:
     """``<stage>/<metric>@k`` of a model (and of popularity, where given) on triples ``(users, items, ratings)``
     (indices): the one evaluation path of a run's validation (:class:`RankingValidation`), its test
-    (:class:`RankingMetrics`) and ``recsys evaluate``. ``ranking_factors``: the model's, for exact pruning."""
+    (:class:`RankingMetrics`) and ``recsys evaluate``. ``ranking_factors``: the model's, for exact pruning;
+    ``memo``: see :func:`ranking_totals`."""
     users, items, ratings = test
     liked = ratings >= relevance_threshold
     totals = ranking_totals(score_all_items, users[liked], items[liked], seen, popularity, num_items, tuple(ks),
-                            device, rank, world, max_memory_mb, ranking_factors)
+                            device, rank, world, max_memory_mb, ranking_factors, memo)
     return ranking_means(totals, tuple(ks), reduce, stage)
 
 
@@ -305,6 +314,7 @@ class RankingValidation(L.Callback):
                  relevance_threshold: float = 4.0, max_memory_mb: float = MAX_MEMORY_MB):
         self.val, self.seen, self.ks, self.threshold = val, seen, tuple(ks), relevance_threshold
         self.max_memory_mb = max_memory_mb
+        self._memos: dict[int, dict] = {}  # per model: the chunk size measured at its first validation
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -315,6 +325,7 @@ class RankingValidation(L.Callback):
         means = ranking_metrics(pl_module.score_all_items, self.val, self.seen, None, len(pl_module.item_seen),
                                 self.ks, self.threshold, device, trainer.global_rank, trainer.world_size, reduce,
                                 stage="val", max_memory_mb=self.max_memory_mb,
-                                ranking_factors=pl_module.ranking_factors)
+                                ranking_factors=pl_module.ranking_factors,
+                                memo=self._memos.setdefault(id(pl_module), {}))
         for key, value in means.items():
             pl_module.log(key, value, sync_dist=False)

@@ -5,7 +5,7 @@ the block's *whole* working memory stays within the budget, not only its output:
 holds a hidden layer per pair (I-AutoRec: ~2 kB a pair) needs blocks a few hundred times smaller than its
 score matrix alone suggests. Nothing is declared by hand: :func:`peak_bytes` runs a call under a dispatch mode
 that adds up the bytes of every tensor the call's operators allocate and subtracts them as they are freed, so
-its peak is the call's working memory on any device. :func:`linear_cost` bounds it as ``per_unit · n`` from two
+its peak is the call's working memory on any device. :func:`per_unit_bytes` bounds it as ``per_unit · n`` from two
 probe calls, and :func:`units_within` turns that into a block size.
 
 The budget itself is a context (:func:`budget`): the evaluation and the recommender set it from
@@ -99,24 +99,22 @@ def peak_bytes(fn: Callable, *args, **kwargs) -> tuple[object, int]:
     return result, mode.peak
 
 
-def linear_cost(measure: Callable[[int], int], small: int, limit: int) -> tuple[float, float]:
-    """``(fixed, per_unit)`` bytes bounding a call of ``n`` units (n at least the second probe) whose peak is
-    ``measure(n)``. A warm-up call (a first call may build and cache derived state, e.g. a sparse history matrix),
-    then ``small`` units, then as many as the first probe says fit an eighth of the budget (between 2·small and
-    ``limit``), so no probe itself overruns the budget. The bound is the larger of the slope between the two
-    probes and the second probe's average: a fixed part counts as if it grew with n (conservative, never below
-    the measured)."""
+def per_unit_bytes(measure: Callable[[int], int], small: int, limit: int) -> float:
+    """Bytes a unit that bound a call of ``n`` units (n at least the second probe) whose peak is ``measure(n)``.
+    A warm-up call (a first call may build and cache derived state, e.g. a sparse history matrix), then ``small``
+    units, then as many as the first probe says fit an eighth of the budget (between 2·small and ``limit``), so no
+    probe itself overruns the budget. The bound is the larger of the slope between the two probes and the second
+    probe's average: a fixed part counts as if it grew with n (conservative, never below the measured)."""
     measure(small)
     a = measure(small)
-    large = max(2 * small, min(limit, units_within(0.0, max(a, 1) / small) // 8))
+    large = max(2 * small, min(limit, units_within(max(a, 1) / small) // 8))
     b = measure(large)
     slope = max((b - a) / (large - small), 0.0)
-    return 0.0, max(slope, b / large)  # for n ≥ large: fixed + slope·n ≤ n·b/large
+    return max(slope, b / large)  # for n ≥ large: fixed + slope·n ≤ n·b/large
 
 
-def units_within(fixed: float, per_unit: float, limit: int | None = None, share: float = 1.0) -> int:
-    """How many units fit in ``share`` of the current budget beside ``fixed`` bytes (at least 1; at most ``limit``)."""
-    room = budget_bytes() * share - fixed
-    n = int(room // per_unit) if per_unit > 0 else (limit or 1 << 62)
+def units_within(per_unit: float, limit: int | None = None, share: float = 1.0) -> int:
+    """How many units of ``per_unit`` bytes fit in ``share`` of the current budget (at least 1; at most ``limit``)."""
+    n = int(budget_bytes() * share // per_unit) if per_unit > 0 else (limit or 1 << 62)
     n = max(1, n)
     return min(n, limit) if limit is not None else n

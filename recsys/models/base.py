@@ -55,7 +55,8 @@ from recsys.solvers.gibbs import Chain
 from recsys.solvers.gradient import optimizer_spec
 
 SHARED = ("data", "optimizer", "solver")
-PROBE_PAIRS = (64, 1024)  # forward's working memory is first probed on 64 pairs; calls of ≤ 1024 pairs run whole
+PROBE_PAIRS = 64  # forward's working memory is first probed on this many pairs (memory.per_unit_bytes)
+WHOLE_PAIRS = 1024  # calls of at most this many pairs run whole, unmeasured
 _BUILDING: contextvars.ContextVar = contextvars.ContextVar("recsys_model_shared")
 
 
@@ -201,7 +202,7 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         self._data_buffers: set[str] = set()
         #: the training interactions of the run (attach_interactions); None in a loaded model
         self.interactions: Interactions | None = None
-        self._pair_cost: dict[tuple, tuple[float, float]] = {}  # forward's (fixed, per-pair) bytes (pairs_per_block)
+        self._pair_cost: dict[tuple, float] = {}  # forward's bytes a pair, by grad mode and pattern (pairs_per_block)
         self.solver = SOLVERS[solver]()
         metrics = MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
         self.val_metrics = metrics.clone(prefix="val/")
@@ -326,17 +327,16 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
     def pairs_per_block(self, pairs, total: int, share: float = 1.0, pattern: str = "pairs") -> int:
         """How many of ``total`` pairs ``forward`` scores at once within ``share`` of the scoring budget
         (:func:`recsys.memory.budget_bytes`), from its working memory measured on ``pairs(0, n)`` for two probe
-        sizes (:func:`recsys.memory.linear_cost`), once per model, grad mode and ``pattern`` (``grid``: one
-        user's items, as ``all_item_scores`` asks; ``pairs``: pairs in user order). Calls of at most 1024 pairs
-        run whole."""
-        small, large = PROBE_PAIRS
-        if total <= large:
+        sizes (:func:`recsys.memory.per_unit_bytes`), once per model, grad mode and ``pattern`` (``grid``: one
+        user's items, as ``all_item_scores`` asks; ``pairs``: pairs in user order). Calls of at most
+        ``WHOLE_PAIRS`` run whole."""
+        if total <= WHOLE_PAIRS:
             return max(total, 1)
         key = (torch.is_grad_enabled(), pattern)
         if key not in self._pair_cost:
-            self._pair_cost[key] = memory.linear_cost(lambda n: memory.peak_bytes(self, *pairs(0, n))[1],
-                                                      small, total)
-        return memory.units_within(*self._pair_cost[key], limit=total, share=share)
+            self._pair_cost[key] = memory.per_unit_bytes(lambda n: memory.peak_bytes(self, *pairs(0, n))[1],
+                                                         PROBE_PAIRS, total)
+        return memory.units_within(self._pair_cost[key], limit=total, share=share)
 
     def ranking_factors(self, users: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
         """``(user_vectors, user_constants, item_vectors, item_constants)`` — (len(users), d), (len(users),),
@@ -409,13 +409,19 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         """``forward`` of the pairs in blocks within the scoring budget; a call that needs several blocks takes
         them in user order, so a model whose work grows with a block's distinct users (EASE scores X_u·B) meets
         each user about once."""
-        if len(users) <= PROBE_PAIRS[1]:
-            return self(users, items)
-        order = torch.argsort(users, stable=True)
-        su, si = users[order], items[order]
-        step = self.pairs_per_block(lambda lo, hi: (su[lo:hi], si[lo:hi]), len(users))
+        sorted_pairs: list[torch.Tensor] = []  # (order, users, items) in user order, made only when needed
+
+        def in_user_order(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if not sorted_pairs:
+                order = torch.argsort(users, stable=True)
+                sorted_pairs.extend((order, users[order], items[order]))
+            return sorted_pairs[1][lo:hi], sorted_pairs[2][lo:hi]
+
+        step = self.pairs_per_block(in_user_order, len(users))  # measured once; later calls sort only to block
         if step >= len(users):
             return self(users, items)
+        in_user_order(0, 0)
+        order, su, si = sorted_pairs
         pred = torch.cat([self(su[lo:lo + step], si[lo:lo + step]) for lo in range(0, len(users), step)])
         return torch.empty_like(pred).index_copy_(0, order, pred)
 
