@@ -80,7 +80,7 @@ def gradient_epochs(model, batches, epochs: int, sync=lambda: None) -> list[floa
     the epoch's permutation and gathers included); ``sync`` waits for the device (``torch.cuda.synchronize``)."""
     from recsys.solvers.gradient import Gradient
 
-    solver, opt, seconds = Gradient(), model.configure_optimizers(), []
+    solver, opt, seconds = Gradient(), Gradient().configure_optimizers(model), []
     for _ in range(epochs):
         sync()
         start = time.perf_counter()

@@ -295,12 +295,12 @@ class RankingMetrics(L.Callback):
 
     @torch.no_grad()
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        device = pl_module.device
+        model, device = pl_module.model, pl_module.device
         reduce = lambda t: trainer.strategy.reduce(t.to(device), reduce_op="sum")  # noqa: E731
-        means = ranking_metrics(pl_module.score_all_items, self.test, self.seen, self.popularity,
-                                len(pl_module.item_seen), self.ks, self.threshold, device, trainer.global_rank,
+        means = ranking_metrics(model.score_all_items, self.test, self.seen, self.popularity,
+                                len(model.item_seen), self.ks, self.threshold, device, trainer.global_rank,
                                 trainer.world_size, reduce, max_memory_mb=self.max_memory_mb,
-                                ranking_factors=pl_module.ranking_factors)
+                                ranking_factors=model.ranking_factors)
         for key, value in means.items():
             pl_module.log(key, value, sync_dist=False)
 
@@ -320,12 +320,12 @@ class RankingValidation(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        device = pl_module.device
+        model, device = pl_module.model, pl_module.device
         reduce = lambda t: trainer.strategy.reduce(t.to(device), reduce_op="sum")  # noqa: E731
-        means = ranking_metrics(pl_module.score_all_items, self.val, self.seen, None, len(pl_module.item_seen),
+        means = ranking_metrics(model.score_all_items, self.val, self.seen, None, len(model.item_seen),
                                 self.ks, self.threshold, device, trainer.global_rank, trainer.world_size, reduce,
                                 stage="val", max_memory_mb=self.max_memory_mb,
-                                ranking_factors=pl_module.ranking_factors,
-                                memo=self._memos.setdefault(id(pl_module), {}))
+                                ranking_factors=model.ranking_factors,
+                                memo=self._memos.setdefault(id(model), {}))
         for key, value in means.items():
             pl_module.log(key, value, sync_dist=False)

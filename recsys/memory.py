@@ -9,7 +9,7 @@ its peak is the call's working memory on any device. :func:`per_unit_bytes` boun
 probe calls, and :func:`units_within` turns that into a block size.
 
 The budget itself is a context (:func:`budget`): the evaluation and the recommender set it from
-``eval.max_memory_mb``/``max_memory_mb``, and a model's default pairwise paths (``RatingModel.score``,
+``eval.max_memory_mb``/``max_memory_mb``, and a model's default pairwise paths (``Model.score``,
 ``all_item_scores``) read it (:func:`budget_bytes`), so no method signature carries it.
 """
 

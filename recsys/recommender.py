@@ -30,7 +30,7 @@ from recsys.data.datasets import IdMap
 from recsys.data.interactions import Seen
 from recsys.evaluation import users_per_chunk
 from recsys.io import atomic_file
-from recsys.models.base import RatingModel, load_checkpoint
+from recsys.models.base import Model, load_checkpoint
 from recsys.models.nets import Bilinear
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _normalize(ids, id_map: IdMap) -> np.ndarray:
 class Recommender:
     """A trained model with its id maps; see the module docstring."""
 
-    def __init__(self, model: RatingModel, users: IdMap, items: IdMap,
+    def __init__(self, model: Model, users: IdMap, items: IdMap,
                  seen: tuple[np.ndarray, np.ndarray] | None = None):
         self.model, self.users, self.items, self._seen = model, users, items, seen
         self.popularity, self.run_dir = None, None  # training counts per item and the run, when loaded from one

@@ -1,4 +1,4 @@
-"""Config values read off the model class's declarations (``RatingModel.task``), as OmegaConf resolvers.
+"""Config values read off the model class's declarations (``Model.task``), as OmegaConf resolvers.
 
 What a model is decides three run settings, so no YAML file repeats it (configs/train.yaml and
 configs/data/_ratings.yaml use these; each stays an ordinary override):
@@ -23,11 +23,11 @@ def task_of(target: str) -> str:
     """The ``task`` a model class declares, from its dotted name (``model._target_``)."""
     from hydra.utils import get_class
 
-    from recsys.models.base import RatingModel
+    from recsys.models.base import Model
 
     cls = get_class(target)
-    if not (isinstance(cls, type) and issubclass(cls, RatingModel)):
-        raise ValueError(f"model._target_={target!r} is not a recsys.models.RatingModel")
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise ValueError(f"model._target_={target!r} is not a recsys.models.base.Model")
     return cls.task
 
 

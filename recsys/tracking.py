@@ -38,7 +38,8 @@ def git_state(cwd: str | os.PathLike | None = None) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def parameter_counts(model: L.LightningModule) -> dict:
+def parameter_counts(model) -> dict:
+    """Parameters of ``model`` (any ``nn.Module``): all, and those that train."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable}

@@ -20,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys import checkpoints, evaluation, memory, rundir, tracking, validation, wandb_setup
 from recsys.io import atomic_write_json
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.recommender import save_seen
 from recsys.solvers import SOLVERS
+from recsys.system import System
 from recsys.validation import AtLeast, OneOf, Positive, Size
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,8 @@ def check_settings(cfg: DictConfig) -> None:
             validation.check(key, annotation, value)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     cls = get_class(model.pop("_target_"))
-    if not (isinstance(cls, type) and issubclass(cls, RatingModel)):
-        raise ValueError(f"model._target_={cfg.model._target_!r} is not a recsys.models.RatingModel")
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise ValueError(f"model._target_={cfg.model._target_!r} is not a recsys.models.base.Model")
     cls.check_settings(model)
     metric, mode = str(cfg.optimized_metric), str(cfg.get("optimized_mode", "min"))
     better = "max" if is_ranking_metric(metric) else "min"
@@ -149,7 +150,7 @@ def train(cfg: DictConfig) -> dict:
         facts, seen = datamodule.facts(), datamodule.seen()
         if rank_zero:  # what each user rated in training and validation: recommend() excludes it
             save_seen(out, seen, facts.item_counts.numpy())
-        model = _build_model(cfg, datamodule, (datamodule.val_set, datamodule.test_set))
+        system = _build_model(cfg, datamodule, (datamodule.val_set, datamodule.test_set))
         if is_ranking_metric(cfg.optimized_metric):  # ranking on validation each epoch: what selects the model
             k = int(str(cfg.optimized_metric).rsplit("@", 1)[1])
             trainer.callbacks.append(evaluation.RankingValidation(datamodule.val_set, datamodule.seen("train"), (k,),
@@ -161,12 +162,12 @@ def train(cfg: DictConfig) -> dict:
             datamodule.with_validation_in_train()  # refuses a split without validation before any fitting
         phase = "fit"
         if chosen is None:
-            _fit(cfg, trainer, datamodule, model, loggers, out, resume_from)
+            _fit(cfg, trainer, datamodule, system, loggers, out, resume_from)
         if refit:
             if chosen is None:
                 chosen = _choice(cfg, trainer, history, clock, out)
             phase = "refit"
-            trainer, datamodule, model, clock = _refit(cfg, datamodule, chosen, out)
+            trainer, datamodule, system, clock = _refit(cfg, datamodule, chosen, out)
             facts = datamodule.facts()
         phase = "test"
         tested = str(out / "checkpoints" / "refit.ckpt") if refit else _test_checkpoint(cfg, trainer, out)
@@ -176,9 +177,9 @@ def train(cfg: DictConfig) -> dict:
                                                                cfg.eval.relevance_threshold,
                                                                cfg.eval.max_memory_mb))
         if refit:
-            metrics = _test_and_report_refit(cfg, trainer, datamodule, model, loggers, chosen, clock, out)
+            metrics = _test_and_report_refit(cfg, trainer, datamodule, system, loggers, chosen, clock, out)
         else:
-            metrics = _test_and_report(cfg, trainer, datamodule, model, loggers, history, clock, out)
+            metrics = _test_and_report(cfg, trainer, datamodule, system, loggers, history, clock, out)
         failed = False
         return metrics
     except rundir.RunDirectoryError:
@@ -204,18 +205,18 @@ def train(cfg: DictConfig) -> dict:
             wandb.finish(exit_code=1 if failed else 0)
 
 
-def _build_model(cfg: DictConfig, datamodule, asked: tuple) -> RatingModel:
+def _build_model(cfg: DictConfig, datamodule, asked: tuple) -> System:
     """The configured model for ``datamodule`` (the fit's or the refit's), built and handed its data through the
     contract: the training interactions, the sampled negatives its batches need, the pairs the run will ask about
-    (``asked``: the splits scored after the fit)."""
+    (``asked``: the splits scored after the fit); returned in the Lightning system that fits and tests it."""
     model = instantiate(cfg.model, data=datamodule.facts())
     model.attach_interactions(datamodule.interactions("train"))
     datamodule.sample_negatives(model.negatives_per_positive())  # pairwise models: negatives in the batches
     model.track(*(torch.cat([split[k] for split in asked]) for k in (0, 1)))
-    return model
+    return System(model)
 
 
-def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, out: Path,
+def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule, system: System, loggers: list, out: Path,
          resume_from: str | None) -> None:
     applied = tracking.applied_defaults(*tracking.hydra_choices())
     for group, found in applied.items():  # defaults chosen by interpolation: say which applied and what they set
@@ -226,13 +227,13 @@ def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, 
                      ", ".join(f"{k}={v}" for k, v in found["sets"].items()))
     run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "data": datamodule.describe(),
                 "applied_defaults": applied, "git": tracking.git_state(),
-                "parameters": tracking.parameter_counts(model)}
+                "parameters": tracking.parameter_counts(system.model)}
     for lg in loggers:
         lg.log_hyperparams(run_info)
     if trainer.is_global_zero:
         atomic_write_json(out / "run_info.json", run_info)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
 
 
 def _last_checkpoint(out: Path) -> Path | str:
@@ -249,14 +250,14 @@ def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, out: Path) -> str:
     return str(_last_checkpoint(out))
 
 
-def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list,
+def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, system: System, loggers: list,
                      history: tracking.History, clock: tracking.RunClock, out: Path) -> dict:
     fit_seconds = clock.seconds  # every part of the run, resumed ones included
     ckpt = trainer.checkpoint_callback
     tested = _test_checkpoint(cfg, trainer, out)
     use_best = ckpt is not None and bool(ckpt.best_model_path) and tested == str(ckpt.best_model_path)
     start = time.perf_counter()
-    results = trainer.test(model, datamodule=datamodule, ckpt_path=tested if use_best else None,
+    results = trainer.test(system, datamodule=datamodule, ckpt_path=tested if use_best else None,
                            verbose=False)[0]
     test_seconds = time.perf_counter() - start
 
@@ -339,7 +340,7 @@ def _refit(cfg: DictConfig, datamodule, chosen: dict, out: Path):
     if rank_zero_only.rank == 0:  # seen items are unchanged; popularity now counts train+val
         save_seen(out, full.seen(), facts.item_counts.numpy())
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = _build_model(cfg, full, (full.test_set,))
+    system = _build_model(cfg, full, (full.test_set,))
     clock = tracking.RunClock()
     last = ModelCheckpoint(dirpath=out / "checkpoints", filename="refit", monitor=None, save_top_k=1,
                            enable_version_counter=False)
@@ -350,15 +351,16 @@ def _refit(cfg: DictConfig, datamodule, chosen: dict, out: Path):
     ckpt = out / "checkpoints" / "refit.ckpt"
     with warnings.catch_warnings():  # the run's checkpoints share the directory, as they should
         warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-        trainer.fit(model, datamodule=full, ckpt_path=ckpt if ckpt.exists() else None)
-    return trainer, full, model, clock
+        trainer.fit(system, datamodule=full, ckpt_path=ckpt if ckpt.exists() else None)
+    return trainer, full, system, clock
 
 
-def _test_and_report_refit(cfg: DictConfig, trainer: L.Trainer, datamodule, model, loggers: list, chosen: dict,
+def _test_and_report_refit(cfg: DictConfig, trainer: L.Trainer, datamodule, system: System, loggers: list,
+                           chosen: dict,
                            clock: tracking.RunClock, out: Path) -> dict:
     """metrics.json of a refit run: ``test/*`` of the refit model, the validation choice beside them, seconds of
     both fits; ``test_checkpoint`` names checkpoints/refit.ckpt, which ``recsys.load`` serves."""
-    results = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    results = trainer.test(system, datamodule=datamodule, verbose=False)[0]
     refit_seconds = clock.seconds
     n_train = len(datamodule.train_set[0])
     metrics = {k: float(v) for k, v in results.items()}

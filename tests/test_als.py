@@ -14,6 +14,8 @@ from recsys.models.mf import BiasedMF
 from recsys.models.pmf import PMF
 from recsys.models.pmf_sigmoid import SigmoidPMF
 from recsys.solvers import als
+from recsys.solvers.gradient import Gradient
+from recsys.system import System
 from recsys.training import train
 
 
@@ -183,7 +185,7 @@ def test_non_finite_factors_stop_training_naming_the_epoch(udata):
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         num_sanity_val_steps=0)
     with pytest.raises(FloatingPointError, match="epoch 0"):
-        trainer.fit(model, datamodule=dm)
+        trainer.fit(System(model), datamodule=dm)
 
 
 @pytest.mark.parametrize("model", ["mf", "pmf", "baseline"])
@@ -294,14 +296,13 @@ def test_als_stops_once_converged(compose_cfg, tmp_path):
 def _gradient_worker(rank, world, init, users, items, ratings, state, out):
     import torch.distributed as dist
 
-    from recsys.solvers.gradient import Gradient
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         model = BiasedMF(data=fake_facts(60, 40, len(ratings), float(ratings.mean())), dim=5, reg=0.1)
         model.load_state_dict(state)
-        opt, solver = model.configure_optimizers(), Gradient()
+        opt, solver = Gradient().configure_optimizers(model), Gradient()
         for step, batch in enumerate(torch.arange(len(ratings)).split(300)):
             piece = batch.tensor_split(world)[rank]  # each rank takes its half of the global batch
             model.gradients(users[piece], items[piece], ratings[piece])
@@ -326,7 +327,7 @@ def test_closed_form_gradient_steps_on_two_processes_equal_one(tmp_path):
     torch.manual_seed(0)
     model = BiasedMF(data=fake_facts(60, 40, len(r), float(r.mean())), dim=5, reg=0.1)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = model.configure_optimizers()
+    opt = Gradient().configure_optimizers(model)
     for batch in torch.arange(len(r)).split(300):
         model.gradients(users[batch], items[batch], r[batch])
         opt.step()

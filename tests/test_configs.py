@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from recsys.models.base import SHARED, RatingModel
+from recsys.models.base import SHARED, Model
 
 ROOT = CONFIGS.parent
 MODELS = model_configs()
@@ -29,7 +29,7 @@ def test_model_config_keys_are_the_class_parameters_with_its_defaults(name):
     spec = yaml.safe_load(MODELS[name].read_text())
     cls = get_class(spec.pop("_target_"))
     # any module under recsys.models (recsys.load imports model classes only from there); its name is free
-    assert issubclass(cls, RatingModel) and cls.__module__.startswith("recsys.models.")
+    assert issubclass(cls, Model) and cls.__module__.startswith("recsys.models.")
     params = {k: p.default for k, p in list(inspect.signature(cls.__init__).parameters.items())[1:]}
     steps = "gradient" in cls.solvers  # an optimizer block only where an optimizer steps the model
     assert set(spec) == set(params) | {"solver"} | ({"optimizer"} if steps else set()), \
@@ -48,7 +48,7 @@ def test_model_config_keys_are_the_class_parameters_with_its_defaults(name):
 def test_every_model_config_instantiates_with_fake_data_facts(name):
     cfg = composed(f"model={name}")
     model = instantiate(cfg.model, data=fake_facts())
-    assert isinstance(model, RatingModel) and set(SHARED) <= set(model.hparams)
+    assert isinstance(model, Model) and set(SHARED) <= set(model.hparams)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -271,7 +271,7 @@ def test_presets_open_with_the_search_that_found_them_and_tune_only_its_space(pa
     for key in swept:  # a value found by a command-line range lies in it
         assert in_sweep(OmegaConf.select(cfg, key), args[key]), (key, args[key])
     model_cfg = instantiate(cfg.model, data=fake_facts())
-    assert isinstance(model_cfg, RatingModel)
+    assert isinstance(model_cfg, Model)
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "data_defaults").glob("*.yaml")), ids=lambda p: p.stem)

@@ -20,13 +20,13 @@ from conftest import fake_facts, model_configs
 from recsys import memory
 from recsys.data.interactions import Seen
 from recsys.evaluation import ranking_metrics
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.models.nets import Bilinear
 
 MB = 2**20
 
 
-class Hidden(RatingModel):
+class Hidden(Model):
     """A forward with a per-pair hidden layer and no all-items shortcut: the default paths must block it."""
 
     def __init__(self, hidden: int = 256):

@@ -51,7 +51,7 @@ def _train(model_cls, steps, batch=512, **kwargs):
     torch.manual_seed(0)
     kwargs = {"dim": 16, **kwargs} if model_cls is BiasedMF else kwargs
     model = model_cls(data=fake_facts(300, 500, len(ratings), float(ratings.mean())), **kwargs)
-    solver, opt = Gradient(), model.configure_optimizers()
+    solver, opt = Gradient(), Gradient().configure_optimizers(model)
     losses = []
     for step in range(steps):
         lo = step * batch % len(ratings)
@@ -244,7 +244,7 @@ def test_a_resumed_row_adam_continues_as_the_uninterrupted_one_with_its_tables_i
     def fresh():
         torch.manual_seed(0)
         model = BiasedMF(data=fake_facts(300, 500, len(ratings), float(ratings.mean())), dim=16, reg=0.05)
-        return model, model.configure_optimizers()
+        return model, Gradient().configure_optimizers(model)
 
     whole, whole_opt = fresh()
     steps(whole, whole_opt, 0, 20)

@@ -48,10 +48,10 @@ def test_a_new_model_gets_its_checks_from_its_own_signature():
 
     from conftest import fake_facts
 
-    from recsys.models.base import RatingModel
+    from recsys.models.base import Model
     from recsys.validation import AtLeast, OneOf
 
-    class Toy(RatingModel):
+    class Toy(Model):
         def __init__(self, width: Annotated[int, AtLeast(2)] = 2, kind: Annotated[str, OneOf("a", "b")] = "a"):
             super().__init__()
 

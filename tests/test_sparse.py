@@ -46,7 +46,7 @@ def test_a_model_trains_with_it_from_its_optimizer_setting():
     ratings = 3.0 + 0.5 * torch.randn(20, generator=g)[users] + 0.5 * torch.randn(15, generator=g)[items]
     model = BiasedMF(data=fake_facts(20, 15, 300, float(ratings.mean())), dim=4, reg=1e-4, reg_bias=1e-4,
                      optimizer={"_target_": "recsys.solvers.sparse.RowAdam", "lr": 0.05})
-    opt = model.configure_optimizers()
+    opt = Gradient().configure_optimizers(model)
     assert isinstance(opt, RowAdam) and model.hparams.optimizer["_target_"] == "recsys.solvers.sparse.RowAdam"
     losses = []
     for batch in torch.arange(300).split(50) * 20:

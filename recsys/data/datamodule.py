@@ -329,7 +329,7 @@ class RatingsDataModule(L.LightningDataModule):
     def sample_negatives(self, per_positive: int) -> None:
         """Training batches carry ``per_positive`` negative items per rating, drawn uniformly among the items its
         user has not interacted with (in the training interactions), anew each epoch (pairwise models such as
-        BPR ask for them: ``RatingModel.negatives_per_positive``). 0: none."""
+        BPR ask for them: ``Model.negatives_per_positive``). 0: none."""
         if per_positive and self.hparams.batch_by != "rating":
             raise ValueError(f"data.batch_by={self.hparams.batch_by}: sampled negatives come with batches of "
                              "ratings; use data.batch_by=rating")

@@ -1,4 +1,4 @@
-"""Interactions: the training data a model receives through the contract (``RatingModel.setup_interactions``).
+"""Interactions: the training data a model receives through the contract (``Model.setup_interactions``).
 
 User and item indices, ratings, and compressed-row (CSR) views by user and by item, computed once on first
 use. A model that needs a user's history (SVD++'s N(u)), an item's ratings (AutoRec's codes) or the whole

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from recsys.data.interactions import Interactions
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.models.nets import plain
 from recsys.validation import NonNegative, Reg, Size
 
@@ -43,7 +43,7 @@ CHUNK = 1 << 16  # training ratings encoded at once when refreshing the codes: b
 DENSE_PER_RATING = 64
 
 
-class AutoRec(RatingModel):
+class AutoRec(Model):
     """I-AutoRec: items' rating vectors through a sigmoid layer, r̂ = W·g(V r_i + μ) + b (Sedhain et al. 2015)."""
     default_optimizer = {"_target_": "torch.optim.Rprop", "lr": 0.01}
 
@@ -59,7 +59,6 @@ class AutoRec(RatingModel):
         nn.init.constant_(self.decoder_bias.weight, float(self.data.global_mean))
         self.reg = reg
         self.register_buffer("codes", torch.zeros(n_items, hidden))  # h_i from the whole training set
-        self._codes_step = None  # the global step the codes were computed at
         self._train: tuple[torch.Tensor, ...] | None = None  # the training ratings (setup_interactions)
 
     def _add_inputs(self, z: torch.Tensor, rows: torch.Tensor, users, ratings) -> torch.Tensor:
@@ -146,18 +145,9 @@ class AutoRec(RatingModel):
     def setup_interactions(self, train: Interactions) -> None:
         """The training ratings the codes are encoded from (kept for the run, not saved: the codes are)."""
         self._train = train.triples()
-        self._codes_step = None
 
     def refresh(self) -> None:
-        """Encode every item from the training set with the current weights, once per optimizer step (outside a
-        run: every call). Without training data (e.g. ``recsys.load``) the saved codes serve."""
-        if self._train is None:
-            return
-        step = self._trainer.global_step if self._trainer is not None else None
-        if step is None or self._codes_step != step:
+        """Encode every item from the training set with the current weights (the system calls it before every
+        validation, test and predict epoch). Without training data (e.g. ``recsys.load``) the saved codes serve."""
+        if self._train is not None:
             self.refresh_codes(*self._train)
-            self._codes_step = step
-
-    def on_test_epoch_start(self) -> None:
-        self._codes_step = None  # the tested weights may be a checkpoint's: encode with them
-        super().on_test_epoch_start()

@@ -1,4 +1,10 @@
-"""RatingModel: the Lightning system every model shares, and the contract a model follows.
+"""Model: the scoring math every model shares, and the contract a model follows — a plain ``nn.Module``.
+
+A model holds the math only: its scores (``forward``), scores against every item, fold-in, its factor tables and
+how a solver fits it (its objective, least-squares form or chain). It needs no trainer: build it, attach its data,
+fit it with its solver (or load a checkpoint) and call it. The Lightning system that trains every model — steps,
+metrics, logging, solver delegation, checkpoints — is :class:`recsys.system.System`, written once around any
+model.
 
 A model is a subclass whose ``__init__`` declares only its own hyperparameters (explicit, typed, primitive,
 each with a default) and builds its scoring modules from ``self.data``, the
@@ -8,7 +14,7 @@ built in one call,
     Model(data=facts, optimizer={"_target_": "torch.optim.Adam", "lr": 0.01}, solver="gradient", **own)
 
 and the contract (the metaclass) does the rest in order: it takes the shared arguments, runs the subclass's
-``__init__``, saves every hyperparameter as primitives (so ``load_from_checkpoint`` needs nothing else and
+``__init__``, keeps every hyperparameter as primitives in ``hparams`` (so a checkpoint needs nothing else and
 loads with ``weights_only=True``) and checks the combination (e.g. ALS on a model without a bilinear form).
 
 **The declarations** (class attributes, checked when the class is defined): ``task`` (``rating`` | ``ranking``:
@@ -16,21 +22,16 @@ the feedback it trains on, the metric that selects it, the metrics it reports; :
 ``solvers`` (the solvers that fit it, the first the default; the contract refuses any other with one message),
 ``training_input`` (``ratings`` | ``pairs`` with sampled negatives), and the regularizers, annotated in the
 ``__init__`` signature (:data:`recsys.validation.Reg`). The data reaches a model through one channel,
-:meth:`RatingModel.attach_interactions` (``setup_interactions`` for what scoring keeps, ``fit_closed_form(train)``
+:meth:`Model.attach_interactions` (``setup_interactions`` for what scoring keeps, ``fit_closed_form(train)``
 for a one-solve fit).
 
-**The hooks** are the methods of :class:`RatingModel` below, each with a default correct for any model except
+**The hooks** are the methods of :class:`Model` below, each with a default correct for any model except
 ``forward`` (abstract) and ``objective`` (required with the ``gradient`` solver); their docstrings are the
 reference, and docs/adding-a-model.md's hook table is generated from them when the site is built
 (:mod:`recsys.models.catalogue`). Nothing is looked up by attribute name.
 
 A model that overrides ``all_item_scores`` with a faster path must give exactly ``forward``'s scores: a test
 compares the two for every model, for users with histories.
-
-The system supplies training/validation/test steps, torchmetrics RMSE and MAE per stage (pooled over the
-whole split and synced across DDP ranks, never a mean of per-batch values), logging as ``train/loss``,
-``val/rmse``, ``test/mae`` ..., clipping to the rating scale, the cold-start fallback, and delegates
-fitting to its solver (:mod:`recsys.solvers`).
 """
 
 from __future__ import annotations
@@ -41,9 +42,8 @@ import importlib
 import inspect
 from typing import ClassVar
 
-import lightning as L
 import torch
-from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
+from torch import nn
 
 from recsys import memory, validation
 from recsys.data.facts import DataFacts
@@ -70,7 +70,7 @@ def _primitive(value) -> bool:
     return False
 
 
-TASKS = ("rating", "ranking")  # what a model is for: predicting ratings, or ordering items (see RatingModel.task)
+TASKS = ("rating", "ranking")  # what a model is for: predicting ratings, or ordering items (see Model.task)
 INPUTS = ("ratings", "pairs")  # what a training batch holds: rated pairs, or positives with sampled negatives
 #: the hook each solver fits a model through: a model declaring the solver must implement it
 SOLVER_HOOKS = {"gradient": "objective", "als": "least_squares", "gibbs": "chain", "closed_form": "fit_closed_form"}
@@ -83,7 +83,7 @@ class _Contract(abc.ABCMeta):
     def __init__(cls, name, bases, namespace, **kw):
         super().__init__(name, bases, namespace, **kw)
         if not any(isinstance(b, _Contract) for b in bases):
-            return  # RatingModel itself
+            return  # Model itself
         if "__init__" in namespace:  # a subclass that keeps its parent's hyperparameters has nothing new here
             cls._check_init()
         cls._check_declarations()
@@ -111,7 +111,7 @@ class _Contract(abc.ABCMeta):
             raise TypeError(f"{where}.solvers={solvers!r}: declare a tuple of one or more of {list(SOLVER_HOOKS)}")
         for solver in solvers:
             hook = SOLVER_HOOKS[solver]
-            if getattr(cls, hook) is getattr(RatingModel, hook):
+            if getattr(cls, hook) is getattr(Model, hook):
                 raise TypeError(f"{where} declares solver {solver!r} but does not implement {hook}(), which that "
                                 "solver fits it through")
 
@@ -130,12 +130,9 @@ class _Contract(abc.ABCMeta):
             model = super().__call__(*args, **kwargs)
         finally:
             _BUILDING.reset(token)
-        # logger=False: loggers get the run's own record (resolved config, data set, git), see training.py
-        model.save_hyperparameters({"data": facts.as_dict(), "optimizer": spec, "solver": solver, **own},
-                                   logger=False)
-        model.automatic_optimization = model.solver.automatic(model)
+        model.hparams = HParams(data=facts.as_dict(), optimizer=spec, solver=solver, **own)
         model.least_squares()  # builds (and so checks) the least-squares form, e.g. reg_scaling, whatever the solver
-        model.solver.check(model)
+        SOLVERS[solver]().check(model)
         if (model.negatives_per_positive() > 0) != (cls.training_input == "pairs"):
             raise TypeError(f"{cls.__name__} declares training_input={cls.training_input!r} but "
                             f"negatives_per_positive() is {model.negatives_per_positive()}: pairs need one or more "
@@ -175,8 +172,18 @@ class _Contract(abc.ABCMeta):
             cls(data=stand_in, **{k: v for k, v in dict(settings).items() if not k.startswith("_")})
 
 
-class RatingModel(L.LightningModule, metaclass=_Contract):
-    """The shared Lightning system; see the module docstring for what a subclass provides."""
+class HParams(dict):
+    """A model's hyperparameters (primitives): a dict whose keys read as attributes (``model.hparams.solver``)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+class Model(nn.Module, metaclass=_Contract):
+    """The scoring math and the contract; see the module docstring for what a subclass provides."""
 
     #: the optimizer when none is given; each model config repeats it as its ``optimizer:`` block
     default_optimizer: ClassVar[dict] = {"_target_": "torch.optim.Adam", "lr": 0.001, "weight_decay": 0.0}
@@ -197,18 +204,13 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         try:
             facts, solver = _BUILDING.get()
         except LookupError:
-            raise TypeError("a RatingModel is built by calling its class: Model(data=facts, ...)") from None
+            raise TypeError("a Model is built by calling its class: Model(data=facts, ...)") from None
         self.data: DataFacts = facts
         self._data_buffers: set[str] = set()
         #: the training interactions of the run (attach_interactions); None in a loaded model
         self.interactions: Interactions | None = None
         self._pair_cost: dict[tuple, float] = {}  # forward's bytes a pair, by grad mode and pattern (pairs_per_block)
-        self.solver = SOLVERS[solver]()
-        metrics = MetricCollection({"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError()})
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
-        # cold-start accounting on the test split (see predict): fractions and the warm subset's RMSE
-        self.test_cold_user, self.test_cold_item, self.test_warm_mse = MeanMetric(), MeanMetric(), MeanMetric()
+        self.hparams = HParams(solver=solver)  # the contract sets every hyperparameter once __init__ returns
         # which users/items have training ratings: from the facts at training time, saved with the weights
         for side, counts, n in (("user", facts.user_counts, facts.num_users), ("item", facts.item_counts,
                                                                                 facts.num_items)):
@@ -260,7 +262,7 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         raise NotImplementedError(f"{type(self).__name__} has no closed-form gradients")
 
     def has_closed_form_gradients(self) -> bool:
-        return type(self).gradients is not RatingModel.gradients
+        return type(self).gradients is not Model.gradients
 
     def negatives_per_positive(self) -> int:
         """Sampled negative items the model's ``objective``/``gradients`` take per training rating (pairwise
@@ -278,7 +280,7 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         raise NotImplementedError(f"{type(self).__name__} has no closed-form fit")
 
     def has_closed_form(self) -> bool:
-        return type(self).fit_closed_form is not RatingModel.fit_closed_form
+        return type(self).fit_closed_form is not Model.fit_closed_form
 
     def chain(self) -> Chain | None:
         """The Markov chain's state a Gibbs sampler advances (Bayesian models); None otherwise."""
@@ -440,79 +442,16 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
         """Predicted ratings clipped to ``[rating_min, rating_max]``; cold pairs get :meth:`fallback`."""
         return self.score(users, items, user_known, item_known).clamp(self.data.rating_min, self.data.rating_max)
 
-    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over DDP ranks (the identity in one process or outside a trainer)."""
-        if self._trainer is None:
-            return tensor
-        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tables are."""
+        return self.user_seen.device
 
-    def configure_optimizers(self):
-        return self.solver.configure_optimizers(self)
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch = {"ratings": 0, "loss": 0.0, "weight": 0}
-
-    def training_step(self, batch, batch_idx):
-        n = len(batch[2])
-        loss = self.solver.training_step(self, batch, batch_idx)
-        # the epoch's sums stay on the device: no per-step host sync, and one log call per epoch
-        tally = self._epoch
-        tally["ratings"] += n
-        if loss is not None:
-            tally["loss"], tally["weight"] = tally["loss"] + loss.detach() * n, tally["weight"] + n
-        if batch_idx + 1 == self.trainer.num_training_batches:
-            # training ratings seen this epoch, summed over ranks (once, at epoch end); the batch-weighted loss
-            self.log("train/ratings", float(tally["ratings"]), on_step=False, on_epoch=True, reduce_fx="sum",
-                     sync_dist=True)
-            if tally["weight"]:
-                self.log("train/loss", tally["loss"] / tally["weight"], on_step=False, on_epoch=True)
-        return loss if self.automatic_optimization else None
-
-    def _eval_step(self, batch, metrics: MetricCollection) -> torch.Tensor | None:
-        """RMSE/MAE of a rating model's predictions; a ranking model predicts no rating (its validation and test
-        are the ranking metrics, :mod:`recsys.evaluation`)."""
-        if self.task != "rating":
-            return None
-        users, items, ratings = batch
-        pred = self.predict(users, items)
-        metrics.update(pred, ratings)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
-        return pred
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, self.val_metrics)
-
-    def test_step(self, batch, batch_idx):
-        pred = self._eval_step(batch, self.test_metrics)
-        users, items, ratings = batch
-        cold_u, cold_i = ~self.user_seen[users], ~self.item_seen[items]
-        self.test_cold_user.update(cold_u.float())
-        self.test_cold_item.update(cold_i.float())
-        if pred is not None:
-            self.test_warm_mse.update((pred - ratings).square(), weight=(~(cold_u | cold_i)).float())
-        self.log("test/cold_user_fraction", self.test_cold_user, on_step=False, on_epoch=True)
-        self.log("test/cold_item_fraction", self.test_cold_item, on_step=False, on_epoch=True)
-
-    def on_test_epoch_end(self) -> None:
-        if self.task == "rating":
-            self.log("test/rmse_warm", self.test_warm_mse.compute().sqrt())
-        self.test_warm_mse.reset()
-
-    def predict_step(self, batch, batch_idx):
-        return self.predict(batch[0], batch[1])
-
-    def on_validation_epoch_start(self) -> None:
-        self.refresh()
-
-    def on_test_epoch_start(self) -> None:
-        self.refresh()
-
-    def on_predict_epoch_start(self) -> None:
-        self.refresh()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # the class that rebuilds this model (recsys.load imports it only from under recsys.models)
-        checkpoint["recsys_model"] = f"{type(self).__module__}.{type(self).__qualname__}"
+    def checkpoint(self) -> dict:
+        """What a checkpoint holds of the model: ``torch.save(model.checkpoint(), path)`` writes one that
+        :func:`load_checkpoint` (and ``recsys.load``) reads, as a trainer's are."""
+        return {"hyper_parameters": dict(self.hparams), "state_dict": self.state_dict(),
+                "recsys_model": f"{type(self).__module__}.{type(self).__qualname__}"}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict: bool = True,
@@ -524,7 +463,7 @@ class RatingModel(L.LightningModule, metaclass=_Contract):
 
 
 def load_checkpoint(path, map_location=None, expect: type | None = None, strict: bool = True,
-                    weights_only: bool = True, **overrides) -> tuple[RatingModel, dict]:
+                    weights_only: bool = True, **overrides) -> tuple[Model, dict]:
     """(model, checkpoint dict) of a recsys checkpoint: the one loader behind ``recsys.load`` and
     ``Model.load_from_checkpoint``.
 
@@ -546,14 +485,13 @@ def load_checkpoint(path, map_location=None, expect: type | None = None, strict:
         if not module.startswith("recsys.models."):  # never import an arbitrary dotted path read from a file
             raise ValueError(f"{path} names the model class {name!r}, which is not under recsys.models")
         cls = getattr(importlib.import_module(module), cls_name, None)
-        if not (isinstance(cls, type) and issubclass(cls, RatingModel)):
-            raise ValueError(f"{path} names {name!r}, which is not a recsys RatingModel")
-        if expect is not None and expect is not RatingModel and not issubclass(cls, expect):
+        if not (isinstance(cls, type) and issubclass(cls, Model)):
+            raise ValueError(f"{path} names {name!r}, which is not a recsys Model")
+        if expect is not None and expect is not Model and not issubclass(cls, expect):
             raise ValueError(f"{path} holds a {cls.__name__}, not a {expect.__name__}")
-    if cls is None or cls is RatingModel:
+    if cls is None or cls is Model:
         raise ValueError(f"{path} does not name its model class ('recsys_model'); load it with that class's "
                          "load_from_checkpoint")
     model = cls(**{**ckpt["hyper_parameters"], **overrides})
-    model.on_load_checkpoint(ckpt)
     model.load_state_dict(ckpt["state_dict"], strict=strict)
     return model, ckpt

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.models.nets import Bilinear, Centered, plain
 from recsys.models.objectives import per_rating_ridge, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import Reg
 
 
-class Baseline(RatingModel):
+class Baseline(Model):
     """The baseline predictor μ + b_u + b_i (Koren 2008): the floor to beat."""
     solvers = ("gradient", "als")
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.01, "weight_decay": 0.0}

@@ -26,14 +26,14 @@ from typing import Annotated
 
 import torch
 
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.models.nets import Bilinear, Centered, plain
 from recsys.solvers.als import LeastSquares
 from recsys.solvers.gibbs import HYPERS, Chain
 from recsys.validation import AtLeast, NonNegative, OneOf, Size
 
 
-class BPMF(RatingModel):
+class BPMF(Model):
     """Bayesian PMF with biases: the posterior mean of Gibbs samples (Salakhutdinov & Mnih 2008)."""
     solvers = ("gibbs",)  # the posterior is sampled: the sampler sets the tables, no optimizer steps
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.models.nets import Bilinear, grad_buffer, plain
 from recsys.validation import NonNegative, Reg, Size
 
 
-class BPR(RatingModel):
+class BPR(Model):
     """BPR-MF: −ln σ(x_ui − x_uj) over sampled negatives, x = pᵀq + b_i (Rendle et al. 2009)."""
     task = "ranking"
     training_input = "pairs"  # each positive with negatives_per_positive() sampled negatives

@@ -10,7 +10,7 @@ The model table has one row per ``configs/model/<name>.yaml``: the config name u
 first line of the class docstring, its ``task``, ``solvers`` (the first the default), ``training_input`` and the
 hyperparameters its signature annotates as regularizers. The hook table is the contract's hooks
 (:data:`HOOKS`) with each one's signature and the first paragraph of its docstring in
-:class:`~recsys.models.base.RatingModel`, the one place they are written,
+:class:`~recsys.models.base.Model`, the one place they are written,
 so adding a model adds its row here, never a line in the README or the docs.
 """
 
@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "model"
 MODEL_TABLE = "<!-- model-table: generated from the model classes when the site is built -->"
-HOOK_TABLE = "<!-- hook-table: generated from RatingModel's docstrings when the site is built -->"
+HOOK_TABLE = "<!-- hook-table: generated from Model's docstrings when the site is built -->"
 #: the contract's hooks, in the order a model author meets them
 HOOKS = ("forward", "objective", "setup_interactions", "fit_closed_form", "track", "refresh", "gradients",
          "negatives_per_positive", "least_squares", "chain", "record", "fallback", "all_item_scores",
@@ -67,11 +67,11 @@ def hooks() -> str:
     import inspect
     import re
 
-    from recsys.models.base import RatingModel
+    from recsys.models.base import Model
 
     rows = ["| hook | what it does, and its default |", "|---|---|"]
     for name in HOOKS:
-        method = getattr(RatingModel, name)
+        method = getattr(Model, name)
         params = ", ".join(list(inspect.signature(method).parameters)[1:])
         text = " ".join((inspect.getdoc(method) or "").split("\n\n")[0].split())
         text = re.sub(r":(?:meth|class|mod|func|attr|data):`~?([^`]+)`", r"`\1`", text).replace("``", "`")

@@ -24,13 +24,13 @@ from typing import Annotated
 
 import torch
 
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.models.nets import Bilinear, plain
 from recsys.solvers.als import LeastSquares, RegScaling, Solve
 from recsys.validation import NonNegative, OneOf, Positive, PositiveReg, Size
 
 
-class IALS(RatingModel):
+class IALS(Model):
     """Implicit ALS: Σ_all c_ui (p_ui − x_uᵀy_i)², c = 1 + α·r, by the Gram trick (Hu, Koren & Volinsky 2008)."""
     task = "ranking"
     solvers = ("als",)  # the factors are solved: no optimizer steps

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from recsys.data.interactions import Interactions
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.models.nets import Histories, plain
 from recsys.validation import OneOf
 
@@ -49,7 +49,7 @@ def check_fits(name: str, n_items: int, device: torch.device) -> None:
                           "factor model for this many items (model=mf, model=svdpp), or a data set with fewer items")
 
 
-class ItemItem(RatingModel):
+class ItemItem(Model):
     """The shared part of the item-item models (see the module docstring); not a model of its own."""
 
     task = "ranking"

@@ -20,14 +20,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.models.nets import Bilinear, Centered, plain
 from recsys.models.objectives import per_rating_ridge, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import NonNegative, Reg, Size
 
 
-class BiasedMF(RatingModel):
+class BiasedMF(Model):
     """Biased MF: r̂ = μ + b_u + b_i + p_uᵀq_i, λ per observed rating (Koren et al. 2009)."""
     solvers = ("gradient", "als")
     # lazy Adam on the batch's rows (recsys.solvers.sparse): a step's cost is its batch's, whatever the tables' size

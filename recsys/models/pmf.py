@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import torch
 
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.models.nets import Bilinear, Centered, plain
 from recsys.models.objectives import gaussian_prior, map_estimate, map_objective, squared_error
 from recsys.solvers.als import LeastSquares, RegScaling, Solve, Tolerance
 from recsys.validation import NonNegative, Reg, Size
 
 
-class PMF(RatingModel):
+class PMF(Model):
     """PMF on its MAP objective with λ_U, λ_V: r̂ = μ + U_iᵀV_j (Salakhutdinov & Mnih 2007)."""
     solvers = ("gradient", "als")
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.1, "weight_decay": 0.0}

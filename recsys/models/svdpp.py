@@ -27,12 +27,12 @@ import torch
 from torch import nn
 
 from recsys.data.interactions import Interactions
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.models.nets import Bilinear, Centered, Histories, plain
 from recsys.validation import NonNegative, Reg, Size
 
 
-class SVDpp(RatingModel):
+class SVDpp(Model):
     """SVD++: biased MF plus the user's implicit feedback |N(u)|^-½ Σ y_j (Koren 2008)."""
     default_optimizer = {"_target_": "torch.optim.Adam", "lr": 0.005, "weight_decay": 0.0}
 

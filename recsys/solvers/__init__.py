@@ -1,8 +1,9 @@
 """Fitting strategies, apart from the models they fit: ``model.solver=gradient|als|gibbs|closed_form``.
 
 A strategy is a small object with ``full_batch``, ``automatic(model)``, ``check(model)``,
-``configure_optimizers(model)`` and ``training_step(model, batch, batch_idx)``; the Lightning system
-(:class:`recsys.models.base.RatingModel`) delegates to it. :mod:`recsys.solvers.als` works on any model
+``configure_optimizers(model)`` (each on the plain model, :class:`recsys.models.base.Model`) and
+``training_step(system, batch, batch_idx)`` (on the Lightning system, :class:`recsys.system.System`, which
+delegates to it; the model is ``system.model``). :mod:`recsys.solvers.als` works on any model
 whose ``least_squares()`` returns a :class:`~recsys.solvers.als.LeastSquares`.
 """
 

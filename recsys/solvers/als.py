@@ -477,43 +477,43 @@ class ALS:
         # its no-op step makes Lightning count one global step per epoch (checkpoints key on it)
         return torch.optim.SGD(model.parameters(), lr=0.0)
 
-    def _sweeper_for(self, model, batches, problem: LeastSquares | None = None) -> Sweeper:
+    def _sweeper_for(self, system, batches, problem: LeastSquares | None = None) -> Sweeper:
         """Both sides' row systems for ``problem`` (the model's least-squares form by default)."""
-        rank, world = model.trainer.global_rank, model.trainer.world_size
+        rank, world = system.trainer.global_rank, system.trainer.world_size
         key = (sum(len(b[2]) for b in batches), rank, world)  # built once per fit: the training set is fixed
         if self._sweeper is None or self._key != key:
             self._key = key
             users, items, ratings = (torch.cat(t) for t in zip(*batches))
             gather = reduce = None
             if world > 1:
-                gather, reduce = model.all_gather, model.sum_over_ranks
+                gather, reduce = system.all_gather, system.sum_over_ranks
                 users, items, ratings = _gather_ratings(gather, users, items, ratings)
-            self._sweeper = Sweeper(problem or model.least_squares(), users, items, ratings, rank, world, gather,
+            self._sweeper = Sweeper(problem or system.model.least_squares(), users, items, ratings, rank, world, gather,
                                     reduce)
         return self._sweeper
 
-    def _whole_epoch(self, model, batch, batch_idx: int) -> list | None:
+    def _whole_epoch(self, system, batch, batch_idx: int) -> list | None:
         """The epoch's batches once its last one has come (None before): a closed-form step uses them all."""
         self._batches.append(batch)
-        if batch_idx + 1 < model.trainer.num_training_batches:
+        if batch_idx + 1 < system.trainer.num_training_batches:
             return None
         batches, self._batches = self._batches, []
         return batches
 
     @torch.no_grad()
-    def training_step(self, model, batch, batch_idx: int) -> torch.Tensor | None:
-        batches = self._whole_epoch(model, batch, batch_idx)
+    def training_step(self, system, batch, batch_idx: int) -> torch.Tensor | None:
+        batches = self._whole_epoch(system, batch, batch_idx)
         if batches is None:
             return None
-        problem = model.least_squares()
+        problem = system.model.least_squares()
         try:
-            objective = self._sweeper_for(model, batches).epoch(problem)
+            objective = self._sweeper_for(system, batches).epoch(problem)
         except FloatingPointError as err:
-            raise FloatingPointError(f"ALS in epoch {model.current_epoch}: {err}") from None
-        model.optimizers().step()
+            raise FloatingPointError(f"ALS in epoch {system.current_epoch}: {err}") from None
+        system.optimizers().step()
         previous, self._objective = self._objective, objective
         if previous is not None and problem.tol > 0 and 0 <= previous - objective < problem.tol * abs(previous):
-            model.trainer.should_stop = True  # converged: the epoch changed the objective by < als_tol
+            system.trainer.should_stop = True  # converged: the epoch changed the objective by < als_tol
         return torch.tensor(objective)
 
 

@@ -32,13 +32,14 @@ class ClosedForm:
         return torch.optim.SGD([self._step_counter], lr=0.0)
 
     @torch.no_grad()
-    def training_step(self, model, batch, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, system, batch, batch_idx: int) -> torch.Tensor | None:
+        model = system.model
         if batch_idx == 0:
             if model.interactions is None:
                 raise RuntimeError(f"{type(model).__name__}: no training interactions were attached "
                                    "(model.attach_interactions(train)) before fitting")
             model.fit_closed_form(model.interactions)
-            model.optimizers().step()
-        if batch_idx + 1 == model.trainer.num_training_batches:
-            model.trainer.should_stop = True  # fitted: one validation, then the test
+            system.optimizers().step()
+        if batch_idx + 1 == system.trainer.num_training_batches:
+            system.trainer.should_stop = True  # fitted: one validation, then the test
         return None

@@ -42,7 +42,7 @@ ALPHA_A0, ALPHA_B0 = 1.0, 1.0
 
 @dataclass(frozen=True)
 class Chain:
-    """What a Bayesian model hands the sampler (``RatingModel.chain()``): the sampled tables in ALS's form and the
+    """What a Bayesian model hands the sampler (``Model.chain()``): the sampled tables in ALS's form and the
     chain's other state, tensors the sampler updates in place (the model keeps them as buffers, so they travel
     in checkpoints)."""
 
@@ -154,17 +154,18 @@ class Gibbs(ALS):
                              "None); use model=bpmf")
 
     @torch.no_grad()
-    def training_step(self, model, batch, batch_idx: int) -> torch.Tensor | None:
-        batches = self._whole_epoch(model, batch, batch_idx)
+    def training_step(self, system, batch, batch_idx: int) -> torch.Tensor | None:
+        batches = self._whole_epoch(system, batch, batch_idx)
         if batches is None:
             return None
-        sweeper = self._sweeper_for(model, batches, model.chain().problem)
+        model, epoch = system.model, system.current_epoch
+        sweeper = self._sweeper_for(system, batches, model.chain().problem)
         try:
-            sse = self.sample(model.chain(), sweeper, model.current_epoch)
+            sse = self.sample(model.chain(), sweeper, epoch)
         except FloatingPointError as err:
-            raise FloatingPointError(f"Gibbs sample {model.current_epoch}: {err}") from None
-        model.record(model.current_epoch)
-        model.optimizers().step()
+            raise FloatingPointError(f"Gibbs sample {epoch}: {err}") from None
+        model.record(epoch)
+        system.optimizers().step()
         return torch.tensor(sse / max(sweeper.num_ratings, 1))
 
     @staticmethod

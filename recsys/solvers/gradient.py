@@ -106,10 +106,10 @@ class Gradient:
     def configure_optimizers(self, model):
         return build_optimizer(model.hparams.optimizer, model.parameters())
 
-    def training_step(self, model, batch, batch_idx: int) -> torch.Tensor:
-        if model.automatic_optimization:
-            return model.objective(*batch)
-        return self.step(model, model.optimizers(), batch, model.trainer.world_size)
+    def training_step(self, system, batch, batch_idx: int) -> torch.Tensor:
+        if system.automatic_optimization:
+            return system.model.objective(*batch)
+        return self.step(system.model, system.optimizers(), batch, system.trainer.world_size)
 
     def step(self, model, optimizer, batch, world_size: int = 1) -> torch.Tensor:
         """One step of the fast path: the closed-form gradients, averaged over ranks, made dense for an optimizer

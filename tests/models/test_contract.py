@@ -4,11 +4,13 @@ import pytest
 import torch
 from conftest import fake_facts
 
-from recsys.models.base import RatingModel
+from recsys.models.base import Model
 from recsys.models.nets import Bilinear
+from recsys.solvers.gradient import Gradient
+from recsys.system import System
 
 
-class Dot(RatingModel):
+class Dot(Model):
     """The smallest model a user could write: s = P_uᵀQ_i, squared error."""
 
     def __init__(self, dim: int = 3):
@@ -29,10 +31,10 @@ def test_a_model_gets_its_data_facts_optimizer_and_solver_from_one_call():
     assert dict(model.hparams) == {"data": facts.as_dict(), "solver": "gradient", "dim": 2,
                                    "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9}}
     assert model.user_seen.tolist() == [True, False, True, True]
-    opt = model.configure_optimizers()
+    opt = Gradient().configure_optimizers(model)
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
     # the class's default optimizer when none is given, kept as primitives
-    assert Dot(data=facts).hparams.optimizer == RatingModel.default_optimizer
+    assert Dot(data=facts).hparams.optimizer == Model.default_optimizer
 
 
 def test_a_model_without_data_facts_cannot_be_built():
@@ -41,14 +43,14 @@ def test_a_model_without_data_facts_cannot_be_built():
 
 
 def test_a_model_missing_its_math_cannot_be_built():
-    class NoForward(RatingModel):
+    class NoForward(Model):
         def objective(self, users, items, ratings):
             return ratings.sum()
 
     with pytest.raises(TypeError, match="abstract method.*forward"):
         NoForward(data=fake_facts())
     with pytest.raises(TypeError, match="NoObjective declares solver 'gradient' but does not implement objective"):
-        class NoObjective(RatingModel):  # noqa: F841 - refused where it is defined
+        class NoObjective(Model):  # noqa: F841 - refused where it is defined
             def forward(self, users, items):
                 return users.float()
 
@@ -103,9 +105,9 @@ def test_regularizers_are_read_from_the_signature():
     ("self, optimizer: str = 'adam'", "are the shared arguments every model receives"),
 ])
 def test_a_model_class_with_a_bad_init_is_refused_when_defined(signature, match):
-    source = f"class Bad(RatingModel):\n    def __init__({signature}):\n        super().__init__()\n"
+    source = f"class Bad(Model):\n    def __init__({signature}):\n        super().__init__()\n"
     with pytest.raises(TypeError, match=match):
-        exec(source, {"RatingModel": RatingModel})
+        exec(source, {"Model": Model})
 
 
 def test_hyperparameters_must_be_primitives():
@@ -115,7 +117,7 @@ def test_hyperparameters_must_be_primitives():
 
 def test_the_base_system_cannot_be_initialized_outside_the_contract():
     with pytest.raises(TypeError, match="built by calling its class"):
-        RatingModel.__init__(object.__new__(Dot))
+        Model.__init__(object.__new__(Dot))
 
 
 def test_models_and_solvers_never_reach_into_the_trainers_datamodule():
@@ -147,7 +149,7 @@ def test_every_optional_hook_has_a_default_that_is_correct_for_any_model():
     pairs = model(users.repeat_interleave(3), torch.arange(3).repeat(4)).view(4, 3)
     torch.testing.assert_close(model.score_all_items(users), pairs)  # the generic path calls forward
     assert model.factor_tables() is None and model.least_squares() is None and model.chain() is None
-    assert not model.has_closed_form_gradients() and model.automatic_optimization
+    assert not model.has_closed_form_gradients() and System(model).automatic_optimization
     with pytest.raises(NotImplementedError, match="Scaled cannot fold in a user"):
         model.fold_in(torch.tensor([0]), torch.tensor([4.0]))
     with pytest.raises(NotImplementedError, match="Scaled has no factor tables"):
@@ -164,3 +166,33 @@ def test_user_histories_saved_before_they_kept_ratings_load_with_ones():
     assert torch.equal(loaded.items, old["items"]) and torch.equal(loaded.values, torch.ones(3))
     dense = loaded.dense(torch.tensor([0, 2]), 3, torch.float32, ratings=True)
     assert torch.equal(dense, torch.tensor([[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]))
+
+
+def test_the_math_imports_no_lightning_and_one_system_trains_every_model():
+    """Models and solvers are plain modules (no Lightning, no torchmetrics import); the one LightningModule of the
+    package is recsys.system.System, which delegates to the model it wraps."""
+    import ast
+    from pathlib import Path
+
+    import lightning as L
+
+    import recsys
+
+    root = Path(recsys.__file__).parent
+    for path in [*root.glob("models/*.py"), *root.glob("solvers/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] in ("lightning", "torchmetrics") for n in names), f"{path} imports {names}"
+    systems = [f"{p.relative_to(root).as_posix()}:{node.name}" for p in root.rglob("*.py")
+               for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.ClassDef)
+               and any(ast.unparse(base).endswith("LightningModule") for base in node.bases)]
+    assert systems == ["system.py:System"]
+    facts = fake_facts(4, 3)
+    model = Dot(data=facts)
+    assert not isinstance(model, L.LightningModule)
+    system = System(model)
+    users, items = torch.tensor([0, 1]), torch.tensor([2, 0])
+    torch.testing.assert_close(system(users, items), model(users, items))
+    with pytest.raises(TypeError, match="is not a recsys Model"):
+        System(torch.nn.Linear(1, 1))
