@@ -48,6 +48,56 @@ def model_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted((CONFIGS / "model").glob("*.yaml"))}
 
 
+class TrainedRun:
+    """One model config fitted and tested by ``train()`` on the synthetic file: its config, metrics and run dir.
+    Trained by the first test process that asks (under a file lock); the others read the finished run."""
+
+    def __init__(self, root: Path, name: str):
+        import json
+
+        from recsys.io import file_lock
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.data, self.dir = root / "u.data", root / "run"
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            self.cfg = compose("train", overrides=[
+                f"data.path={self.data}", f"output_dir={self.dir}", f"data.root={root / 'cache'}",
+                "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", f"model={name}",
+                "trainer.max_epochs=30", "data.batch_size=256"])
+        with file_lock(root / "lock"):
+            if (root / "done").exists():
+                self.metrics = json.loads((self.dir / "metrics.json").read_text())
+                return
+            from recsys.training import train
+
+            write_udata(self.data, synthetic_ratings())
+            previous = os.environ.get("RECSYS_DATA")
+            os.environ["RECSYS_DATA"] = str(root / "recsys-data")
+            try:
+                self.metrics = train(self.cfg)
+            finally:
+                os.environ.pop("RECSYS_DATA") if previous is None else os.environ.update(RECSYS_DATA=previous)
+            (root / "done").touch()
+
+
+@pytest.fixture(scope="session")
+def model_run(tmp_path_factory):
+    """``model_run(name)``: the run of model config ``name`` (30 epochs at most), trained once per test session
+    (shared by the xdist workers: the parent of their base temp dirs) and read by every test that checks a
+    finished run (metrics, checkpoints, ``recsys.load``): one fit per model, not one per test. Tests that change
+    a run make their own."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    runs: dict[str, TrainedRun] = {}
+
+    def get(name: str) -> TrainedRun:
+        if name not in runs:
+            runs[name] = TrainedRun(shared / f"model-run-{name}", name)
+        return runs[name]
+
+    return get
+
+
 @pytest.fixture(autouse=True)
 def _private_data_root(request, tmp_path, monkeypatch):
     """Parse caches and stamps of tmp files go to tmp, not ~/.cache/recsys (slow and preset real-data tests use it)."""

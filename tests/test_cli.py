@@ -10,13 +10,11 @@ import pytest
 
 import recsys
 from recsys.cli import main
-from recsys.training import train
 
 
 @pytest.fixture
-def run(compose_cfg, tmp_path):
-    train(compose_cfg("trainer.max_epochs=4", "~callbacks.early_stopping", "logger=none"))
-    return tmp_path / "run"
+def run(model_run):
+    return model_run("mf").dir  # the session's mf run (the commands only read it)
 
 
 def test_predict_prints_the_ratings(run, capsys):

@@ -16,8 +16,10 @@ QUICK = ("trainer.max_epochs=3", "~callbacks.early_stopping", "logger=none")
 
 
 @pytest.fixture
-def run(compose_cfg, tmp_path):
+def run(compose_cfg, tmp_path, model_run):
     def make(*overrides):
+        if not overrides:  # the default mf run: the session's (these tests only read it)
+            return model_run("mf").dir
         train(compose_cfg(*QUICK, *overrides))
         return tmp_path / "run"
     return make
@@ -32,11 +34,12 @@ def _split(udata):
 
 
 @pytest.mark.parametrize("name", model_configs())
-def test_load_predicts_by_original_ids_for_every_model(run, udata, name):
-    rec = recsys.load(run(f"model={name}"))
+def test_load_predicts_by_original_ids_for_every_model(model_run, name):
+    trained = model_run(name)
+    rec = recsys.load(trained.dir)
     target = yaml.safe_load(model_configs()[name].read_text())["_target_"]
     assert isinstance(rec, recsys.Recommender) and f"{type(rec.model).__module__}.{type(rec.model).__name__}" == target
-    dm = _split(udata)
+    dm = _split(trained.data)
     users, items, _ = dm.test_set
     ids_u, ids_i = dm.user_map.to_ids(users.numpy()), dm.item_map.to_ids(items.numpy())
     expected = rec.model.predict(users, items).detach().double().numpy()

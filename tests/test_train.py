@@ -23,32 +23,28 @@ def test_model_configs_are_discovered():
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_every_model_config_runs_end_to_end(compose_cfg, model, tmp_path):
-    cfg = compose_cfg(f"model={model}", "+trainer.fast_dev_run=true")
-    metrics = train(cfg)
-    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert saved == pytest.approx(metrics) and {"epochs", "fit_seconds", "test/ndcg@10"} <= saved.keys()
-    if get_class(cfg.model._target_).task == "rating":
+def test_every_model_config_runs_end_to_end(model_run, model):
+    run = model_run(model)
+    saved = json.loads((run.dir / "metrics.json").read_text())
+    assert saved == pytest.approx(run.metrics) and {"epochs", "fit_seconds", "test/ndcg@10"} <= saved.keys()
+    if get_class(run.cfg.model._target_).task == "rating":
         assert KEYS <= saved.keys() and 0 < saved["test/rmse"] < 4 and 0 < saved["test/mae"] <= saved["test/rmse"]
     else:  # a ranking model predicts no rating: no RMSE to report
         assert not {k for k in saved if "rmse" in k or "mae" in k}, saved
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_training_learns_and_checkpoints_load(compose_cfg, model, tmp_path):
-    cfg = compose_cfg(f"model={model}", "trainer.max_epochs=30", "data.batch_size=256")
-    metrics = train(cfg)
+def test_training_learns_and_checkpoints_load(model_run, model):
+    run = model_run(model)
+    cfg, metrics = run.cfg, run.metrics
     assert metrics["epochs"] >= 1 and metrics["train_ratings_per_second"] > 0
     if "@" in cfg.optimized_metric:  # a ranking model: it ranks better than popularity
         assert metrics["test/ndcg@10"] > metrics["test/ndcg@10_popularity"], metrics
     else:  # better than predicting the training mean on this low-rank synthetic set
         assert metrics["test/rmse"] < 1.0, metrics
     ckpt = Path(metrics["test_checkpoint"])
-    assert ckpt.exists() and (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
-    import hydra.utils
-
-    cls = hydra.utils.get_class(compose_cfg(f"model={model}").model._target_)
-    loaded = cls.load_from_checkpoint(ckpt, weights_only=True)
+    assert ckpt.exists() and (run.dir / "checkpoints" / "last.ckpt").exists()
+    loaded = get_class(cfg.model._target_).load_from_checkpoint(ckpt, weights_only=True)
     # the id maps travel with the checkpoint, in original ids
     state = torch.load(ckpt, weights_only=True)
     ids = state["RatingsDataModule"]["user_ids"]  # integer ids: one tensor, not a list of 10⁵ Python ints

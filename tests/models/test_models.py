@@ -172,11 +172,15 @@ def test_model_fits_a_target_of_its_own_terms_by_gradient(name):
     opt = Gradient().configure_optimizers(model)
     model.refresh()
     start = rmse(model, users, items, ratings)
-    for _ in range(1500):
+    for step in range(1500):
         loss = model.objective(users, items, ratings)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if step % 100 == 99:  # stop once fitted: the bound below is what is asserted
+            model.refresh()
+            if rmse(model, users, items, ratings) < 0.05:
+                break
     model.refresh()
     assert rmse(model, users, items, ratings) < 0.05 < start
 
