@@ -2,6 +2,7 @@
 
     python benchmarks/mutations.py        # prints a markdown row per mutation (docs/results.md, "Mutation table")
     python benchmarks/mutations.py ease   # only the mutations whose label matches the regular expression "ease"
+    python benchmarks/mutations.py --first  # stop each run at its first failing test: caught or not, faster
 
 Each mutation replaces one exact piece of source text, runs the tests, and restores the file (also on failure or
 Ctrl-C). A mutation that no test catches is a gap in the tests: the last column is empty and the exit code is 1.
@@ -121,7 +122,9 @@ TESTS = ["tests/models", "tests/data/test_datamodule.py", "tests/test_recommende
 
 
 def main() -> int:
-    only = sys.argv[1] if len(sys.argv) > 1 else ""  # e.g. python benchmarks/mutations.py "ease|\[mode\]"
+    first = "--first" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--first"]
+    only = args[0] if args else ""  # e.g. python benchmarks/mutations.py "ease|\[mode\]"
     rows = []
     for label, rel, old, new in MUTATIONS:
         if not re.search(only, label):
@@ -132,7 +135,8 @@ def main() -> int:
             raise SystemExit(f"{rel} no longer holds the text of mutation {label!r}: update benchmarks/mutations.py")
         path.write_text(src.replace(old, new))
         try:
-            res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", *TESTS],
+            res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", *(["-x"] if first else []),
+                                  *TESTS],
                                  cwd=ROOT, capture_output=True, text=True)
             failed = sorted(set(re.findall(r"^FAILED (\S+)", res.stdout, re.M)))
         finally:

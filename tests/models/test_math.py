@@ -78,6 +78,27 @@ def test_biased_mf_predicts_mu_plus_both_biases_plus_the_factor_product():
     torch.testing.assert_close(model(u, i), by_hand)
 
 
+@pytest.mark.parametrize("solver", ["gradient", "als"])
+def test_biased_mf_pays_lambda_on_factors_and_lambda_b_on_biases_once_per_rating(solver):
+    """Koren et al. 2009's regularized squared error: the batch mean of (r − r̂)² + λ(‖p_u‖² + ‖q_i‖²) +
+    λ_b(b_u² + b_i²), λ ≠ λ_b; ALS's row ridges carry the same two constants (λ on factors, λ_b on the bias)."""
+    import numpy as np
+
+    model = _randomize(BiasedMF(data=fake_facts(20, 15, global_mean=3.2), dim=3, reg=0.1, reg_bias=0.7,
+                                solver=solver)).double()
+    u, i, r = _problem()
+    n = model.net
+    p, q = n.user.weight.detach().numpy(), n.item.weight.detach().numpy()
+    bu, bi = n.user_bias.weight.detach().numpy()[:, 0], n.item_bias.weight.detach().numpy()[:, 0]
+    terms = []
+    for a, b, rating in zip(u.tolist(), i.tolist(), r.tolist()):
+        pred = 3.2 + bu[a] + bi[b] + p[a] @ q[b]
+        terms.append((rating - pred) ** 2 + 0.1 * (p[a] @ p[a] + q[b] @ q[b]) + 0.7 * (bu[a] ** 2 + bi[b] ** 2))
+    assert float(model.objective(u, i, r.double())) == pytest.approx(np.mean(terms), rel=1e-10)
+    ridge = model.least_squares().ridge
+    assert [float(x) for x in ridge[0]] == pytest.approx([0.1, 0.1, 0.1, 0.7])
+
+
 def test_baseline_predicts_mu_plus_both_biases():
     from recsys.models.baseline import Baseline
 
@@ -172,10 +193,11 @@ def test_ease_refuses_an_item_count_whose_matrices_do_not_fit(monkeypatch):
         ease.EASE(data=fake_facts(10, 5, 100), solver="gradient")
 
 
-@pytest.mark.parametrize("w0", [1.0, 0.2])
-def test_ials_user_step_solves_the_all_pairs_confidence_weighted_ridge(w0):
+@pytest.mark.parametrize(("w0", "confidence"), [(1.0, "linear"), (0.2, "linear"), (0.2, "log")])
+def test_ials_user_step_solves_the_all_pairs_confidence_weighted_ridge(w0, confidence):
     """One exact user half-sweep gives x_u = (w₀YᵀY + Σ_{i∈N(u)} (c_ui − w₀) y_i y_iᵀ + λI)⁻¹ Σ_{i∈N(u)} c_ui y_i,
-    c = 1 + α·r: the minimizer of Σ_{all i} c_ui (p_ui − x_uᵀy_i)² + λ‖x_u‖² with weight w₀ on unobserved pairs
+    c = 1 + α·r (``confidence=log``: 1 + α·log(1 + r/ε), Hu et al. 2008, eq. 6): the minimizer of
+    Σ_{all i} c_ui (p_ui − x_uᵀy_i)² + λ‖x_u‖² with weight w₀ on unobserved pairs
     (Rendle et al. 2021; 1 in Hu et al.), written out densely."""
     from recsys.models.ials import IALS
     from recsys.solvers.als import half_sweep
@@ -185,14 +207,15 @@ def test_ials_user_step_solves_the_all_pairs_confidence_weighted_ridge(w0):
     users, items = cells // 9, cells % 9
     ratings = torch.randint(1, 6, (25,), generator=g).double()
     model = _randomize(IALS(data=fake_facts(7, 9, 25), solver="als", dim=3, reg=0.7, alpha=2.0,
-                            unobserved_weight=w0)).double()
+                            unobserved_weight=w0, confidence=confidence, epsilon=0.5)).double()
     half_sweep(model.least_squares(), "user", users, items, ratings, solve="cholesky")
     y = model.net.item.weight.detach()
     for u in users.unique().tolist():
         c = torch.full((9,), w0, dtype=torch.float64)
         p = torch.zeros(9, dtype=torch.float64)
         mine = users == u
-        c[items[mine]] = 1 + 2.0 * ratings[mine]
+        r = ratings[mine]
+        c[items[mine]] = 1 + 2.0 * (r if confidence == "linear" else torch.log(1 + r / 0.5))
         p[items[mine]] = 1.0
         a = y.T @ (c.unsqueeze(1) * y) + 0.7 * torch.eye(3, dtype=torch.float64)
         expected = torch.linalg.solve(a, y.T @ (c * p))
