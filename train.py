@@ -4,10 +4,10 @@ Configuration lives in configs/ (Hydra); see the README for the groups and keys.
 (``hydra.run.dir``) receives metrics.json, checkpoints and logs.
 """
 
+import recsys  # noqa: F401, I001 - first: sets OpenMP's wait policy before torch loads; registers the resolvers
+
 import hydra
 from omegaconf import DictConfig
-
-import recsys  # noqa: F401 - registers the config resolvers (recsys.resolvers) before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

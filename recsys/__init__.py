@@ -4,7 +4,11 @@ PyTorch Lightning.
 ``recsys.load(run)`` returns a :class:`recsys.Recommender` that answers in the data set's own ids.
 """
 
-from recsys import resolvers as _resolvers
+from recsys import threads as _threads
+
+_threads.wait_passively()  # before anything loads the OpenMP runtime (torch): threads sleep at barriers
+
+from recsys import resolvers as _resolvers  # noqa: E402 - after the wait policy, on purpose
 
 __version__ = "0.1.0"
 __all__ = ["Recommender", "load"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from recsys import checkpoints, evaluation, memory, rundir, tracking, validation, wandb_setup
+from recsys import checkpoints, evaluation, memory, rundir, threads, tracking, validation, wandb_setup
 from recsys.io import atomic_write_json
 from recsys.models.base import Model
 from recsys.recommender import save_seen
@@ -68,6 +69,7 @@ RUN_SETTINGS = {
     "refit": bool,
     "progress": Annotated[str, OneOf(*tracking.PROGRESS)],
     "trainer.max_epochs": Annotated[int, OneOf(-1)] | Size,
+    "trainer.threads": Size,
     "callbacks.early_stopping.patience": Annotated[int, AtLeast(0)],
     "eval.ranking": bool,
     "eval.k": Size | list,
@@ -106,6 +108,31 @@ def check_settings(cfg: DictConfig) -> None:
                          "use trainer=cpu, or trainer=ddp_cpu for DDP on CPU processes")
 
 
+def _trainer_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.trainer`` as Lightning's Trainer takes it: without recsys's own ``threads``."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer.pop("threads", None)
+    return OmegaConf.create(trainer)
+
+
+def _ranks_on_node(cfg: DictConfig) -> int:
+    """Processes of this run that share one machine's CPUs: the CPU ranks of DDP (``trainer=ddp_cpu``), else 1."""
+    devices = cfg.trainer.get("devices", 1)
+    cpu = str(cfg.trainer.get("accelerator", "auto")) == "cpu" or not torch.cuda.is_available()
+    return int(devices) if cpu and isinstance(devices, int) and devices > 1 else 1
+
+
+def _set_threads(cfg: DictConfig) -> None:
+    """torch's threads for this process (``trainer.threads``, else its share of the CPUs it may use); under DDP
+    on CPUs the ranks Lightning starts take the same share (``OMP_NUM_THREADS``)."""
+    ranks, requested = _ranks_on_node(cfg), cfg.trainer.get("threads")
+    n = threads.apply(ranks, requested)
+    if ranks > 1 or requested is not None:
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))  # Lightning's launcher and the rank processes read it
+    log.info("torch threads: %d (%s CPUs available, %d rank(s) on this node; OpenMP waiting: %s, set by %s)", n,
+             threads.available_cpus(), ranks, *threads.waiting().values())
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit and test the configured model; return (and write to metrics.json) the final metrics.
 
@@ -122,6 +149,7 @@ def train(cfg: DictConfig) -> dict:
     tested = None  # the test phase's checkpoint, once the fit is done
     try:
         check_settings(cfg)
+        _set_threads(cfg)
         scope.enter_context(memory.budget(cfg.eval.max_memory_mb))  # every bulk scoring of the run keeps to it
         # checks the data settings; reads nothing yet. ALS takes the whole training set each epoch.
         full_batch = SOLVERS[cfg.model.solver].full_batch
@@ -140,7 +168,7 @@ def train(cfg: DictConfig) -> dict:
         if progress != "bar":  # no redraws: one line per epoch (epoch) or nothing (none)
             callbacks, bar = [c for c in callbacks if not isinstance(c, ProgressBar)], False
             callbacks += [tracking.EpochLines()] if progress == "epoch" else []
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+        trainer: L.Trainer = instantiate(_trainer_config(cfg), logger=loggers or False, callbacks=callbacks,
                                          plugins=[checkpoints.AtomicCheckpointIO()],
                                          enable_progress_bar=bar and cfg.trainer.get("enable_progress_bar", True))
         phase = "data"
@@ -227,7 +255,9 @@ def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule, system: System, logger
                      ", ".join(f"{k}={v}" for k, v in found["sets"].items()))
     run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "data": datamodule.describe(),
                 "applied_defaults": applied, "git": tracking.git_state(),
-                "parameters": tracking.parameter_counts(system.model)}
+                "parameters": tracking.parameter_counts(system.model),
+                "threads": {"torch": torch.get_num_threads(), "available_cpus": threads.available_cpus(),
+                            "openmp_wait": threads.waiting()}}
     for lg in loggers:
         lg.log_hyperparams(run_info)
     if trainer.is_global_zero:
@@ -344,7 +374,7 @@ def _refit(cfg: DictConfig, datamodule, chosen: dict, out: Path):
     clock = tracking.RunClock()
     last = ModelCheckpoint(dirpath=out / "checkpoints", filename="refit", monitor=None, save_top_k=1,
                            enable_version_counter=False)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[clock, last],
+    trainer = instantiate(_trainer_config(cfg), logger=False, callbacks=[clock, last],
                           plugins=[checkpoints.AtomicCheckpointIO()], max_epochs=int(chosen["epochs"]),
                           min_epochs=None, limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
                           enable_model_summary=False)

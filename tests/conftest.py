@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_dir
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
+import recsys  # noqa: E402, F401 - before torch: OpenMP's threads then sleep at barriers (recsys.threads)
+
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per worker: the workers share the cores
     import torch
 
