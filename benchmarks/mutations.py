@@ -41,7 +41,7 @@ MUTATIONS = [
     ("autorec: hidden layer skipped (prediction from the output bias alone)", "recsys/models/autorec.py",
      "return (self.decoder(users) * self.codes[items]).sum(1) + self.decoder_bias(users).squeeze(1)",
      "return self.decoder_bias(users).squeeze(1)"),
-    ("svdpp: |N(u)|^-1/2 normalization dropped", "recsys/models/svdpp.py",
+    ("svdpp: the N(u)^-½ normalization dropped", "recsys/models/svdpp.py",
      "values = torch.repeat_interleave(counts.clamp_min(1).to(self.implicit.weight.dtype).rsqrt(), counts)",
      "values = torch.repeat_interleave(torch.ones_like(counts, dtype=self.implicit.weight.dtype), counts)"),
     ("ease: λ dropped from the Gram matrix", "recsys/models/ease.py",
@@ -118,6 +118,7 @@ MUTATIONS = [
     ("item-item (ease): a folded-in user's history ignored", "recsys/models/item_item.py",
      "        self.history.replace(row, items, ratings)\n", "        pass\n"),
 ]
+HEADER = "| mutation | tests failed{} | caught by (the first four) |"
 TESTS = ["tests/models", "tests/data/test_datamodule.py", "tests/test_recommender.py", "tests/test_als.py", "tests/test_evaluation.py"]
 
 
@@ -125,7 +126,7 @@ def main() -> int:
     first = "--first" in sys.argv
     args = [a for a in sys.argv[1:] if a != "--first"]
     only = args[0] if args else ""  # e.g. python benchmarks/mutations.py "ease|\[mode\]"
-    rows = []
+    rows, lines = [], [HEADER.format(" (--first: the run stops at the first)" if first else ""), "|---|---|---|"]
     for label, rel, old, new in MUTATIONS:
         if not re.search(only, label):
             continue
@@ -142,7 +143,10 @@ def main() -> int:
         finally:
             path.write_text(src)
         rows.append((label, failed))
-        print(f"| {label} | {len(failed)} | {'; '.join(f.split('::')[-1] for f in failed[:4])} |", flush=True)
+        lines.append(f"| {label} | {len(failed)} | {'; '.join(f.split('::')[-1] for f in failed[:4])} |")
+        print(lines[-1], flush=True)
+    if not only:  # the whole table: benchmarks/results/mutations.md, which docs/results.md copies
+        (ROOT / "benchmarks" / "results" / "mutations.md").write_text("\n".join(lines) + "\n")
     return 0 if all(failed for _, failed in rows) else 1
 
 

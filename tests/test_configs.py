@@ -1,5 +1,7 @@
 """The configs as train.py composes them: each group holds its own keys, each default lives in one place."""
 
+import copy
+import functools
 import inspect
 import re
 import subprocess
@@ -20,6 +22,12 @@ DATA = sorted(p.stem for p in (CONFIGS / "data").glob("[!_]*.yaml"))
 
 
 def composed(*overrides: str, hydra: bool = False):
+    """train.yaml composed with ``overrides``; each distinct composition once per process (a copy each call)."""
+    return copy.deepcopy(_composed(overrides, hydra))
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...], hydra: bool):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose("train", overrides=list(overrides), return_hydra_config=hydra)
 
