@@ -200,7 +200,7 @@ def _metrics_json(run: Path) -> dict:
 
 def _ranking_metric(run: Path) -> str | None:
     """The validation ranking metric a run was selected by (``val/ndcg@10``), or None for a rating run."""
-    metric = str(_run_info(run)["config"].get("optimized_metric", "val/rmse"))
+    metric = str(_run_info(run)["config"]["optimized_metric"])
     return metric if "@" in metric else None
 
 
@@ -210,11 +210,11 @@ def _blend_ranking(runs: list[Path], recs: list, dm, cfg, metric: str, out) -> d
 
     k = int(metric.rsplit("@", 1)[1])
     name = metric.split("/", 1)[1].split("@")[0]
-    threshold = float(cfg.get("eval", {}).get("relevance_threshold", 4.0))
+    threshold = float(cfg["eval"]["relevance_threshold"])  # the members' run config (train.yaml's eval)
     n_users, n_items = dm.num_users, dm.num_items
     everyone = torch.arange(n_users)
 
-    budget = float(cfg.get("eval", {}).get("max_memory_mb", memory.MAX_MEMORY_MB))
+    budget = float(cfg["eval"]["max_memory_mb"])
 
     def z_scores(models) -> list[torch.Tensor]:
         """Each model's standardized scores of every user (the weight search needs them all), in chunks whose

@@ -62,7 +62,7 @@ def prepare(cfg: DictConfig, out: Path, set_aside: bool = True) -> str | None:
 
     ``set_aside=False`` (DDP ranks other than 0) leaves moving an old run's files to rank 0.
     """
-    mode = cfg.get("resume", "auto")
+    mode = cfg.resume
     if mode not in RESUME:
         raise ValueError(f"resume={mode!r}: choose one of {list(RESUME)}")
     if cfg.get("ckpt_path"):

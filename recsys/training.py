@@ -95,14 +95,14 @@ def check_settings(cfg: DictConfig) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Model)):
         raise ValueError(f"model._target_={cfg.model._target_!r} is not a recsys.models.base.Model")
     cls.check_settings(model)
-    metric, mode = str(cfg.optimized_metric), str(cfg.get("optimized_mode", "min"))
+    metric, mode = str(cfg.optimized_metric), str(cfg.optimized_mode)
     better = "max" if is_ranking_metric(metric) else "min"
     if mode != better:
         raise ValueError(f"optimized_metric={metric} with optimized_mode={mode}: {metric} is better when "
                          f"{'higher' if better == 'max' else 'lower'}; set optimized_mode={better}")
     if is_ranking_metric(metric) and not metric.startswith("val/"):
         raise ValueError(f"optimized_metric={metric}: select by a validation metric (val/ndcg@10, val/rmse, ...)")
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    accelerator = str(cfg.trainer.accelerator)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(f"trainer.accelerator={accelerator}: no GPU was found (torch.cuda.is_available() is False); "
                          "use trainer=cpu, or trainer=ddp_cpu for DDP on CPU processes")
@@ -117,15 +117,15 @@ def _trainer_config(cfg: DictConfig) -> DictConfig:
 
 def _ranks_on_node(cfg: DictConfig) -> int:
     """Processes of this run that share one machine's CPUs: the CPU ranks of DDP (``trainer=ddp_cpu``), else 1."""
-    devices = cfg.trainer.get("devices", 1)
-    cpu = str(cfg.trainer.get("accelerator", "auto")) == "cpu" or not torch.cuda.is_available()
+    devices = cfg.trainer.devices
+    cpu = str(cfg.trainer.accelerator) == "cpu" or not torch.cuda.is_available()
     return int(devices) if cpu and isinstance(devices, int) and devices > 1 else 1
 
 
 def _set_threads(cfg: DictConfig) -> None:
     """torch's threads for this process (``trainer.threads``, else its share of the CPUs it may use); under DDP
     on CPUs the ranks Lightning starts take the same share (``OMP_NUM_THREADS``)."""
-    ranks, requested = _ranks_on_node(cfg), cfg.trainer.get("threads")
+    ranks, requested = _ranks_on_node(cfg), cfg.trainer.threads
     n = threads.apply(ranks, requested)
     if ranks > 1 or requested is not None:
         os.environ.setdefault("OMP_NUM_THREADS", str(n))  # Lightning's launcher and the rank processes read it
@@ -164,7 +164,7 @@ def train(cfg: DictConfig) -> dict:
         loggers = _instantiate_all(cfg.get("logger"))
         history, clock = tracking.History(), tracking.RunClock()
         callbacks, bar = [*_instantiate_all(cfg.get("callbacks")), history, clock], True
-        progress = tracking.resolve_progress(cfg.get("progress", "auto"))
+        progress = tracking.resolve_progress(cfg.progress)
         if progress != "bar":  # no redraws: one line per epoch (epoch) or nothing (none)
             callbacks, bar = [c for c in callbacks if not isinstance(c, ProgressBar)], False
             callbacks += [tracking.EpochLines()] if progress == "epoch" else []
@@ -184,7 +184,7 @@ def train(cfg: DictConfig) -> dict:
             trainer.callbacks.append(evaluation.RankingValidation(datamodule.val_set, datamodule.seen("train"), (k,),
                                                                   cfg.eval.relevance_threshold,
                                                                   cfg.eval.max_memory_mb))
-        refit = bool(cfg.get("refit", False))
+        refit = bool(cfg.refit)
         chosen = _read_choice(out) if refit else None  # a resumed refit: the first fit and its choice are done
         if refit:
             datamodule.with_validation_in_train()  # refuses a split without validation before any fitting
@@ -275,7 +275,7 @@ def _test_checkpoint(cfg: DictConfig, trainer: L.Trainer, out: Path) -> str:
     """The weights the test phase uses (``test_ckpt``): the best checkpoint by ``optimized_metric``, else the
     last weights (``last.ckpt``)."""
     ckpt = trainer.checkpoint_callback
-    if cfg.get("test_ckpt", "best") == "best" and ckpt is not None and ckpt.best_model_path:
+    if cfg.test_ckpt == "best" and ckpt is not None and ckpt.best_model_path:
         return str(ckpt.best_model_path)
     return str(_last_checkpoint(out))
 
@@ -294,7 +294,7 @@ def _test_and_report(cfg: DictConfig, trainer: L.Trainer, datamodule, system: Sy
     epochs = trainer.current_epoch
     n_train = len(datamodule.train_set[0])
     metrics = {k: float(v) for k, v in results.items()}
-    metrics.update(_best_validation(cfg.optimized_metric, history, ckpt, cfg.get("optimized_mode", "min")))
+    metrics.update(_best_validation(cfg.optimized_metric, history, ckpt, cfg.optimized_mode))
     metrics.update({
         "epochs": int(epochs),
         "fit_seconds": fit_seconds,
@@ -343,12 +343,12 @@ def _choice(cfg: DictConfig, trainer: L.Trainer, history: tracking.History, cloc
     """What validation chose: the epoch count (gradient and ALS epochs, Gibbs samples, 1 for a closed form), the
     chosen epoch's validation metrics and the first fit's seconds; saved to refit_choice.json."""
     ckpt = trainer.checkpoint_callback
-    validation = _best_validation(cfg.optimized_metric, history, ckpt, cfg.get("optimized_mode", "min"))
+    validation = _best_validation(cfg.optimized_metric, history, ckpt, cfg.optimized_mode)
     rows = [r for r in history.rows if cfg.optimized_metric in r]
-    if cfg.get("test_ckpt", "best") == "last" or not rows:
+    if cfg.test_ckpt == "last" or not rows:
         epochs = max(int(trainer.current_epoch), 1)  # the last weights: every epoch trained
     else:
-        pick = max if cfg.get("optimized_mode", "min") == "max" else min
+        pick = max if cfg.optimized_mode == "max" else min
         epochs = int(pick(rows, key=lambda r: r[cfg.optimized_metric])["epoch"]) + 1
     choice = {"epochs": epochs, "validation": validation, "first_fit_epochs": int(trainer.current_epoch),
               "history": history.rows,

@@ -303,3 +303,18 @@ def test_every_preset_says_whether_it_refits():
     for path in sorted((CONFIGS / "experiment").glob("*.yaml")):
         spec = yaml.safe_load(path.read_text())
         assert isinstance(spec.get("refit"), bool), f"{path.name} does not say refit: true|false"
+
+
+def test_no_default_of_the_configs_is_written_again_in_the_code():
+    """A key the configs hold is read, never ``cfg.get(key, <default>)``: each default lives in its YAML only."""
+    keys = set(yaml.safe_load((CONFIGS / "train.yaml").read_text())) | set(
+        yaml.safe_load((CONFIGS / "trainer" / "default.yaml").read_text())) | set(
+        yaml.safe_load((CONFIGS / "data" / "_ratings.yaml").read_text()))
+    keys |= set(yaml.safe_load((CONFIGS / "train.yaml").read_text())["eval"])
+    found = []
+    for path in sorted((ROOT / "recsys").rglob("*.py")):
+        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+            for key, default in re.findall(r"""\.get\(["'](\w+)["'],\s*([^)\s][^)]*)\)""", line):
+                if key in keys and default.strip() != "None":
+                    found.append(f"{path.relative_to(ROOT)}:{line_no}: .get({key!r}, {default})")
+    assert not found, found
