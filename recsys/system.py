@@ -120,7 +120,5 @@ class System(L.LightningModule):
         return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # the class that rebuilds the model (recsys.load imports it only from under recsys.models) and its
-        # hyperparameters; the weights are the model's (state_dict)
-        checkpoint["recsys_model"] = f"{type(self.model).__module__}.{type(self.model).__qualname__}"
-        checkpoint["hyper_parameters"] = dict(self.model.hparams)
+        # the class that rebuilds the model and its hyperparameters; the weights are the model's (state_dict)
+        checkpoint.update(self.model.checkpoint(weights=False))

@@ -129,8 +129,9 @@ def _set_threads(cfg: DictConfig) -> None:
     n = threads.apply(ranks, requested)
     if ranks > 1 or requested is not None:
         os.environ.setdefault("OMP_NUM_THREADS", str(n))  # Lightning's launcher and the rank processes read it
+    wait = threads.waiting()
     log.info("torch threads: %d (%s CPUs available, %d rank(s) on this node; OpenMP waiting: %s, set by %s)", n,
-             threads.available_cpus(), ranks, *threads.waiting().values())
+             threads.available_cpus(), ranks, wait["policy"], wait["set_by"])
 
 
 def train(cfg: DictConfig) -> dict:

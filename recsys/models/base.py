@@ -447,11 +447,13 @@ class Model(nn.Module, metaclass=_Contract):
         """Where the model's tables are."""
         return self.user_seen.device
 
-    def checkpoint(self) -> dict:
-        """What a checkpoint holds of the model: ``torch.save(model.checkpoint(), path)`` writes one that
-        :func:`load_checkpoint` (and ``recsys.load``) reads, as a trainer's are."""
-        return {"hyper_parameters": dict(self.hparams), "state_dict": self.state_dict(),
-                "recsys_model": f"{type(self).__module__}.{type(self).__qualname__}"}
+    def checkpoint(self, weights: bool = True) -> dict:
+        """What a checkpoint holds of the model: its hyperparameters, the class that rebuilds it and (``weights``)
+        its state_dict. ``torch.save(model.checkpoint(), path)`` writes one that :func:`load_checkpoint` reads;
+        a trainer's checkpoints carry the same (:class:`recsys.system.System`)."""
+        record = {"hyper_parameters": dict(self.hparams),
+                  "recsys_model": f"{type(self).__module__}.{type(self).__qualname__}"}
+        return {**record, "state_dict": self.state_dict()} if weights else record
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict: bool = True,
